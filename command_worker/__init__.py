@@ -1,0 +1,1 @@
+"""The command side: consumes commands, decides with the Order aggregate, appends events."""

@@ -1,0 +1,121 @@
+"""The Order aggregate: pure domain logic, no I/O.
+
+`evolve` folds stored events into state; `decide` turns a command and the current state into new
+events or a `Rejection`. A second domain copies this file's shape and nothing else changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from enum import StrEnum
+
+from common.contracts.orders import (
+    AddItem,
+    CancelOrder,
+    Command,
+    CreateOrder,
+    ItemAdded,
+    OrderCancelled,
+    OrderCreated,
+    OrderEvent,
+    OrderLine,
+    OrderShipped,
+    ShipOrder,
+)
+
+
+class OrderStatus(StrEnum):
+    """Life cycle of an order: created, then shipped or cancelled, never back."""
+
+    CREATED = "created"
+    SHIPPED = "shipped"
+    CANCELLED = "cancelled"
+
+
+class Rejection(Exception):
+    """The command is refused by the domain; nothing is appended. `reason` is for humans."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """State of one order, rebuilt from its events. `version` is the number of events seen."""
+
+    version: int = 0
+    status: OrderStatus | None = None
+    lines: dict[str, OrderLine] = field(default_factory=dict)
+
+    @property
+    def exists(self) -> bool:
+        return self.status is not None
+
+    @property
+    def total_amount(self) -> Decimal:
+        return sum((line.price * line.quantity for line in self.lines.values()), Decimal("0.00"))
+
+    @property
+    def item_count(self) -> int:
+        return sum(line.quantity for line in self.lines.values())
+
+
+def add_line(lines: dict[str, OrderLine], line: OrderLine) -> dict[str, OrderLine]:
+    """Lines after adding `line`: a product already present gets its quantity raised."""
+    merged = dict(lines)
+    current = merged.get(line.product_id)
+    if current is None:
+        merged[line.product_id] = line
+    else:
+        merged[line.product_id] = current.model_copy(
+            update={"quantity": current.quantity + line.quantity}
+        )
+    return merged
+
+
+def evolve(state: Order, event: OrderEvent) -> Order:
+    """State after one event."""
+    match event:
+        case OrderCreated(items=items):
+            lines: dict[str, OrderLine] = {}
+            for line in items:
+                lines = add_line(lines, line)
+            return Order(version=state.version + 1, status=OrderStatus.CREATED, lines=lines)
+        case ItemAdded(item=item):
+            return replace(state, version=state.version + 1, lines=add_line(state.lines, item))
+        case OrderShipped():
+            return replace(state, version=state.version + 1, status=OrderStatus.SHIPPED)
+        case OrderCancelled():
+            return replace(state, version=state.version + 1, status=OrderStatus.CANCELLED)
+    raise TypeError(f"unknown event {event!r}")  # pragma: no cover
+
+
+def decide(state: Order, command: Command) -> list[OrderEvent]:
+    """The events `command` produces on `state`, or raise `Rejection`."""
+    if isinstance(command, CreateOrder):
+        if state.exists:
+            raise Rejection("order already exists")
+        return [
+            OrderCreated(
+                order_id=command.order_id,
+                customer_id=command.customer_id,
+                items=command.items,
+                shipping_address=command.shipping_address,
+            )
+        ]
+    if not state.exists:
+        raise Rejection("order not found")
+    if state.status is not OrderStatus.CREATED:
+        raise Rejection(f"order is {state.status}")
+    match command:
+        case AddItem(item=item):
+            return [ItemAdded(item=item)]
+        case ShipOrder():
+            return [OrderShipped()]
+        case CancelOrder(reason=reason):
+            if not reason.strip():
+                raise Rejection("a cancel needs a reason")
+            return [OrderCancelled(reason=reason)]
+    raise TypeError(f"unknown command {command!r}")  # pragma: no cover

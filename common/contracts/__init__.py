@@ -1,0 +1,1 @@
+"""Message contracts: what crosses a process boundary, as pydantic v2 models."""

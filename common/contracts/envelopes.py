@@ -1,0 +1,31 @@
+"""The envelope of a stored event as it leaves the event store: on the bus and in replays."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from common.contracts.base import Contract
+
+
+class EventMetadata(Contract):
+    """Who caused an event and when."""
+
+    command_id: UUID
+    correlation_id: UUID
+    causation_id: UUID
+    occurred_at: datetime
+
+
+class RecordedEvent(Contract):
+    """An event as committed: its place in its stream and in the global log."""
+
+    event_id: UUID
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    data: dict[str, Any]
+    metadata: EventMetadata
+    recorded_at: datetime

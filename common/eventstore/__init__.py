@@ -1,0 +1,1 @@
+"""The PostgreSQL event store: schema, appends with expected versions, gap-safe reads."""

@@ -1,0 +1,68 @@
+"""Schema migrations, applied in order under an advisory lock, each exactly once.
+
+`append_to_stream` is a function so an append is one round trip and one transaction, and so
+its statements run in a known order: the command row is written first, which gives the
+transaction its id (xid8) *before* the events take their positions. The relay's gap-safe
+horizon (see `store.py`) depends on that order.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the log, the command ledger and the relay's progress.
+    """
+    CREATE TABLE events (
+        position        bigserial   PRIMARY KEY,
+        transaction_id  xid8        NOT NULL DEFAULT pg_current_xact_id(),
+        stream_id       text        NOT NULL,
+        version         integer     NOT NULL CHECK (version > 0),
+        event_id        uuid        NOT NULL UNIQUE,
+        type            text        NOT NULL,
+        data            jsonb       NOT NULL,
+        metadata        jsonb       NOT NULL,
+        recorded_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+        CONSTRAINT events_stream_version_key UNIQUE (stream_id, version)
+    );
+
+    CREATE TABLE commands (
+        command_id   uuid        PRIMARY KEY,
+        type         text        NOT NULL,
+        stream_id    text        NOT NULL,
+        status       text        NOT NULL CHECK (status IN ('succeeded', 'rejected', 'failed')),
+        reason       text,
+        version      integer     NOT NULL,
+        fingerprint  text,
+        recorded_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+    );
+
+    CREATE TABLE checkpoints (
+        name      text   PRIMARY KEY,
+        position  bigint NOT NULL
+    );
+
+    CREATE FUNCTION append_to_stream(
+        p_command_id uuid, p_command_type text, p_stream_id text, p_expected_version integer,
+        p_fingerprint text, p_event_ids uuid[], p_types text[], p_data jsonb[], p_metadata jsonb[]
+    ) RETURNS bigint[] LANGUAGE plpgsql AS $$
+    DECLARE
+        positions bigint[];
+        n integer := cardinality(p_event_ids);
+    BEGIN
+        INSERT INTO commands (command_id, type, stream_id, status, version, fingerprint)
+        VALUES (p_command_id, p_command_type, p_stream_id, 'succeeded',
+                p_expected_version + n, p_fingerprint);
+        WITH inserted AS (
+            INSERT INTO events (stream_id, version, event_id, type, data, metadata)
+            SELECT p_stream_id, p_expected_version + e.ord, e.event_id, e.type, e.data, e.metadata
+            FROM unnest(p_event_ids, p_types, p_data, p_metadata)
+                 WITH ORDINALITY AS e(event_id, type, data, metadata, ord)
+            ORDER BY e.ord
+            RETURNING position
+        )
+        SELECT array_agg(position ORDER BY position) INTO positions FROM inserted;
+        PERFORM pg_notify('events_appended', '');
+        RETURN positions;
+    END
+    $$;
+    """,
+)

@@ -1,0 +1,235 @@
+"""Appending to and reading from the event store.
+
+Appends: one call of the `append_to_stream` SQL function per command. The unique key
+(stream_id, version) turns a stale expected version into `WrongExpectedVersion`; the primary key
+of `commands` turns a redelivered command into `DuplicateCommand`. Both fail loudly: nothing is
+ever silently dropped.
+
+Reads in global order: positions come from a sequence when a row is inserted, but transactions
+commit in another order, so "everything below the highest position I can see" is not final: a
+transaction that took position 7 may still commit after 8 was read. `read_horizon` finds a
+position below which the log is final: it reads the sequence's last value P, *then* the current
+snapshot's xmax X. Every position <= P was taken by a transaction whose id is < X (appends take
+their transaction id before their positions), so once the oldest running transaction id (xmin)
+reaches X, every position <= P is either committed and visible or rolled back for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from common.contracts.envelopes import EventMetadata, RecordedEvent
+
+
+class WrongExpectedVersion(Exception):
+    """Another writer appended to the stream since it was loaded."""
+
+
+class DuplicateCommand(Exception):
+    """The command was handled before; its recorded outcome stands."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    event_id: UUID
+    type: str
+    data: dict[str, Any]
+    metadata: EventMetadata
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    version: int
+    type: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    command_id: UUID
+    type: str
+    stream_id: str
+    status: str
+    reason: str | None
+    version: int
+    fingerprint: str | None
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Horizon:
+    """Positions up to `last_position` are final once the xmin reaches `xmax`."""
+
+    last_position: int
+    xmax: int
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _record(row: asyncpg.Record) -> RecordedEvent:
+    return RecordedEvent(
+        event_id=row["event_id"],
+        position=row["position"],
+        stream_id=row["stream_id"],
+        version=row["version"],
+        type=row["type"],
+        data=orjson.loads(row["data"]),
+        metadata=EventMetadata.model_validate_json(row["metadata"]),
+        recorded_at=row["recorded_at"],
+    )
+
+
+EVENT_COLUMNS = "position, stream_id, version, event_id, type, data, metadata, recorded_at"
+
+
+class EventStore:
+    """The event store over a connection pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def load_stream(self, stream_id: str) -> list[StoredEvent]:
+        rows = await self.pool.fetch(
+            "SELECT version, type, data FROM events WHERE stream_id = $1 ORDER BY version",
+            stream_id,
+        )
+        return [StoredEvent(r["version"], r["type"], orjson.loads(r["data"])) for r in rows]
+
+    async def append_to_stream(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int,
+        *,
+        command_id: UUID,
+        command_type: str,
+        fingerprint: str | None,
+    ) -> list[int]:
+        """Append `events` after `expected_version` and record the command, atomically.
+        Returns the events' global positions."""
+        try:
+            positions = await self.pool.fetchval(
+                "SELECT append_to_stream($1, $2, $3, $4, $5, $6, $7, $8::jsonb[], $9::jsonb[])",
+                command_id,
+                command_type,
+                stream_id,
+                expected_version,
+                fingerprint,
+                [e.event_id for e in events],
+                [e.type for e in events],
+                [_json(e.data) for e in events],
+                [e.metadata.model_dump_json() for e in events],
+            )
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "commands_pkey":
+                raise DuplicateCommand(str(command_id)) from exc
+            if exc.constraint_name == "events_stream_version_key":
+                raise WrongExpectedVersion(f"{stream_id}@{expected_version}") from exc
+            raise
+        return list(positions)
+
+    async def record_outcome(
+        self,
+        *,
+        command_id: UUID,
+        command_type: str,
+        stream_id: str,
+        status: str,
+        reason: str | None,
+        version: int,
+        fingerprint: str | None,
+    ) -> CommandRecord:
+        """Record a command that appended nothing (rejected or failed); first record wins."""
+        await self.pool.execute(
+            "INSERT INTO commands (command_id, type, stream_id, status, reason, version,"
+            " fingerprint) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (command_id) DO NOTHING",
+            command_id,
+            command_type,
+            stream_id,
+            status,
+            reason,
+            version,
+            fingerprint,
+        )
+        record = await self.get_command(command_id)
+        assert record is not None
+        return record
+
+    async def get_command(self, command_id: UUID) -> CommandRecord | None:
+        row = await self.pool.fetchrow(
+            "SELECT command_id, type, stream_id, status, reason, version, fingerprint,"
+            " recorded_at FROM commands WHERE command_id = $1",
+            command_id,
+        )
+        return CommandRecord(**dict(row)) if row is not None else None
+
+    # --- reading the log in global order ---------------------------------------------------
+
+    @staticmethod
+    async def read_horizon(conn: asyncpg.Connection) -> Horizon:
+        """Two statements, in this order, each with a fresh snapshot (autocommit)."""
+        last = await conn.fetchval(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM events_position_seq"
+        )
+        xmax = await conn.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+        return Horizon(last_position=last, xmax=xmax)
+
+    @staticmethod
+    async def wait_until_final(
+        conn: asyncpg.Connection, horizon: Horizon, *, poll_s: float = 0.001
+    ) -> None:
+        """Wait until every transaction that could hold a position <= the horizon has ended."""
+        delay = poll_s
+        while True:
+            xmin = await conn.fetchval(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+            )
+            if xmin >= horizon.xmax:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    @staticmethod
+    async def read_range(
+        conn: asyncpg.Connection, after: int, up_to: int, limit: int
+    ) -> list[RecordedEvent]:
+        """Committed events with after < position <= up_to, in position order."""
+        rows = await conn.fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 AND position <= $2"
+            " ORDER BY position LIMIT $3",
+            after,
+            up_to,
+            limit,
+        )
+        return [_record(r) for r in rows]
+
+    async def read_stream(self, stream_id: str) -> list[RecordedEvent]:
+        rows = await self.pool.fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 ORDER BY version", stream_id
+        )
+        return [_record(r) for r in rows]
+
+    @staticmethod
+    async def get_checkpoint(conn: asyncpg.Connection, name: str) -> int:
+        value = await conn.fetchval("SELECT position FROM checkpoints WHERE name = $1", name)
+        return int(value) if value is not None else 0
+
+    @staticmethod
+    async def set_checkpoint(conn: asyncpg.Connection, name: str, position: int) -> None:
+        await conn.execute(
+            "INSERT INTO checkpoints (name, position) VALUES ($1, $2)"
+            " ON CONFLICT (name) DO UPDATE SET position = GREATEST(checkpoints.position,"
+            " EXCLUDED.position)",
+            name,
+            position,
+        )

@@ -1,0 +1,109 @@
+"""A supervised RabbitMQ connection that rebuilds its whole state after every loss.
+
+Robust connections that replay declarations piecemeal are where "the queues came back but the
+consumers did not" comes from. Here a lost connection ends the session: the supervisor connects
+anew and runs `on_connected` again, which declares the topology and starts every consumer, so
+nothing can be restored half way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import aio_pika
+
+log = logging.getLogger(__name__)
+
+OnConnected = Callable[[aio_pika.abc.AbstractConnection], Awaitable[None]]
+
+
+class BrokerUnavailable(Exception):
+    """RabbitMQ could not take a message now; the caller should answer 503 or retry later."""
+
+
+class SupervisedConnection:
+    """Keeps one AMQP connection open, reconnecting with capped exponential backoff."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str,
+        on_connected: OnConnected,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self._url = url
+        self._name = name
+        self._on_connected = on_connected
+        self._max_backoff_s = max_backoff_s
+        self._task: asyncio.Task[None] | None = None
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self.ready = asyncio.Event()
+        self.sessions = 0
+        """How many times a connection was made and set up; tests use it to see a reconnect."""
+
+    @property
+    def connection(self) -> aio_pika.abc.AbstractConnection:
+        if self._connection is None or self._connection.is_closed or not self.ready.is_set():
+            raise BrokerUnavailable("not connected to RabbitMQ")
+        return self._connection
+
+    async def start(self, wait_s: float | None = None) -> None:
+        """Start supervising; with `wait_s`, wait that long for the first session."""
+        self._task = asyncio.create_task(self._supervise(), name=f"amqp-{self._name}")
+        if wait_s is not None:
+            try:
+                await asyncio.wait_for(self.ready.wait(), wait_s)
+            except TimeoutError:
+                log.warning("rabbitmq not ready after %.1fs; retrying in background", wait_s)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._connection is not None and not self._connection.is_closed:
+            await self._connection.close()
+        self.ready.clear()
+
+    async def _supervise(self) -> None:
+        backoff = 0.1
+        while True:
+            lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            try:
+                connection = await aio_pika.connect(
+                    self._url, client_properties={"connection_name": self._name}
+                )
+                connection.close_callbacks.add(
+                    lambda _conn, exc: lost.done() or lost.set_result(None)
+                )
+                self._connection = connection
+                await self._on_connected(connection)
+                self.sessions += 1
+                self.ready.set()
+                log.info("rabbitmq connected", extra={"connection": self._name})
+                backoff = 0.1
+                await lost
+                log.warning("rabbitmq connection lost", extra={"connection": self._name})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "rabbitmq connect failed: %r", exc, extra={"connection": self._name}
+                )
+            finally:
+                self.ready.clear()
+            conn = self._connection
+            if conn is not None and not conn.is_closed:
+                try:
+                    await conn.close()
+                except Exception:
+                    log.debug("closing a broken connection failed", exc_info=True)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._max_backoff_s)
+
+

@@ -1,0 +1,195 @@
+"""The consumer runtime: bounded prefetch, ack after the work is durable, delayed retries,
+dead letters with reasons, and a drain on shutdown.
+
+A handler returns normally (ack), raises `RejectMessage` (dead-letter now) or `RetryLater`
+(backoff through a delay queue). Any other exception counts as transient: a bug or an outage
+must not be mistaken for a poison message, but it still ends in the dead-letter queue once the
+attempts run out, so nothing loops for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from common.messaging.outcomes import FailureKind, RejectMessage, RetryLater
+from common.messaging.publishing import ConfirmedPublisher
+from common.messaging.topology import (
+    DEAD_LETTER_EXCHANGE,
+    RETRY_EXCHANGE,
+    dlq_name,
+    retry_delay_for,
+    retry_queue_name,
+)
+from common.observability import metrics
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+ATTEMPT_HEADER = "x-attempt"
+REASON_HEADER = "x-failure-reason"
+KIND_HEADER = "x-failure-kind"
+QUEUE_HEADER = "x-original-queue"
+
+
+def attempt_of(message: AbstractIncomingMessage) -> int:
+    """1 for a first delivery; counts our own delayed retries, not broker redeliveries."""
+    raw = (message.headers or {}).get(ATTEMPT_HEADER, 1)
+    return raw if isinstance(raw, int) and raw > 0 else 1
+
+
+def copy_message(message: AbstractIncomingMessage, **extra_headers: object) -> aio_pika.Message:
+    """A persistent copy of `message` with the same properties and extra headers."""
+    headers = dict(message.headers or {})
+    headers.update(extra_headers)
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,  # type: ignore[arg-type]
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=message.priority,
+        correlation_id=message.correlation_id,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+    )
+
+
+class QueueConsumer:
+    """Consumes one work queue with one handler; one instance per connection session."""
+
+    def __init__(
+        self,
+        queue_name: str,
+        handler: Handler,
+        *,
+        prefetch: int,
+        max_attempts: int,
+        retry_base_delay_ms: int,
+    ) -> None:
+        self.queue_name = queue_name
+        self._handler = handler
+        self._prefetch = prefetch
+        self._max_attempts = max_attempts
+        self._retry_base_delay_ms = retry_base_delay_ms
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._publisher: ConfirmedPublisher | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self, connection: aio_pika.abc.AbstractConnection, timeout_s: float) -> None:
+        self._publisher = await ConfirmedPublisher.open(connection, timeout_s)
+        self._channel = await connection.channel()
+        await self._channel.set_qos(prefetch_count=self._prefetch)
+        self._queue = await self._channel.get_queue(self.queue_name, ensure=True)
+        self._consumer_tag = await self._queue.consume(self._on_message)
+
+    async def stop(self, timeout_s: float) -> None:
+        """Stop taking messages, give in-flight ones `timeout_s` to finish, then close."""
+        if self._queue is not None and self._consumer_tag is not None:
+            try:
+                await self._queue.cancel(self._consumer_tag)
+            except Exception:
+                log.debug("cancel failed (connection gone?)", exc_info=True)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("shutdown timeout with %d messages in flight", self._in_flight)
+        for closable in (self._publisher, self._channel):
+            if closable is not None:
+                try:
+                    await closable.close()
+                except Exception:
+                    log.debug("close failed", exc_info=True)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+        started = time.perf_counter()
+        try:
+            await self._handle(message)
+        finally:
+            metrics.HANDLING_SECONDS.labels(self.queue_name).observe(time.perf_counter() - started)
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await self._handler(message)
+        except RejectMessage as exc:
+            await self._dead_letter(message, FailureKind.POISON, exc.reason)
+        except RetryLater as exc:
+            await self._retry(message, exc.reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("handler failed on %s", message.message_id)
+            await self._retry(message, f"{type(exc).__name__}: {exc}")
+        else:
+            await message.ack()
+
+    async def _retry(self, message: AbstractIncomingMessage, reason: str) -> None:
+        attempt = attempt_of(message)
+        if attempt >= self._max_attempts:
+            await self._dead_letter(
+                message, FailureKind.EXHAUSTED, f"{reason} (after {attempt} attempts)"
+            )
+            return
+        delay_ms = retry_delay_for(self._retry_base_delay_ms, attempt)
+        metrics.RETRIES.labels(self.queue_name).inc()
+        log.warning(
+            "retrying %s in %d ms (attempt %d): %s", message.message_id, delay_ms, attempt, reason
+        )
+        await self._forward(
+            message,
+            RETRY_EXCHANGE,
+            retry_queue_name(self.queue_name, delay_ms),
+            copy_message(message, **{ATTEMPT_HEADER: attempt + 1, REASON_HEADER: reason}),
+        )
+
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, kind: FailureKind, reason: str
+    ) -> None:
+        metrics.DEAD_LETTERS.labels(self.queue_name, kind.value).inc()
+        log.error("dead-lettering %s (%s): %s", message.message_id, kind.value, reason)
+        copy = copy_message(
+            message,
+            **{
+                REASON_HEADER: reason[:1000],
+                KIND_HEADER: kind.value,
+                QUEUE_HEADER: self.queue_name,
+                "x-failed-at": datetime.now(UTC).isoformat(),
+            },
+        )
+        await self._forward(message, DEAD_LETTER_EXCHANGE, dlq_name(self.queue_name), copy)
+
+    async def _forward(
+        self,
+        message: AbstractIncomingMessage,
+        exchange: str,
+        routing_key: str,
+        copy: aio_pika.Message,
+    ) -> None:
+        """Publish `copy` with a confirm, then ack the original; if the publish fails, the
+        original is returned to the queue (the broker's delivery limit bounds that loop)."""
+        assert self._publisher is not None
+        try:
+            await self._publisher.publish(exchange, routing_key, copy)
+        except Exception:
+            log.exception("could not forward %s to %s", message.message_id, routing_key)
+            await message.nack(requeue=True)
+            return
+        await message.ack()

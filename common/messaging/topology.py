@@ -1,0 +1,104 @@
+"""Every exchange and queue of the system, declared idempotently by whichever process starts.
+
+Names all start with `orders.` so they group together in the management console:
+
+- `orders.commands` (direct exchange) -> `orders.commands` (quorum queue), read by command workers.
+- `orders.events` (fanout exchange) -> `orders.projector` (quorum queue), read by projectors.
+- `orders.dead-letter` (direct exchange) -> `<queue>.dlq` for each work queue.
+- `orders.retry` (direct exchange) -> `<queue>.retry.<delay>ms` delay queues whose TTL dead-letters
+  the message back to its work queue, giving exponential backoff without a hot requeue loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange
+
+COMMANDS_EXCHANGE = "orders.commands"
+COMMANDS_QUEUE = "orders.commands"
+EVENTS_EXCHANGE = "orders.events"
+PROJECTOR_QUEUE = "orders.projector"
+DEAD_LETTER_EXCHANGE = "orders.dead-letter"
+RETRY_EXCHANGE = "orders.retry"
+WORK_QUEUES = (COMMANDS_QUEUE, PROJECTOR_QUEUE)
+
+RETRY_TIERS = 6
+"""Delay queues per work queue: base delay x 1, 2, 4, ... 32."""
+
+DELIVERY_LIMIT = 20
+"""Broker-side cap on redeliveries of one message (a consumer crashing on it, say)."""
+
+
+def dlq_name(queue: str) -> str:
+    return f"{queue}.dlq"
+
+
+def retry_delays_ms(base_delay_ms: int) -> list[int]:
+    """The delay of each retry tier: base, 2 x base, 4 x base, ..."""
+    return [base_delay_ms * (2**tier) for tier in range(RETRY_TIERS)]
+
+
+def retry_queue_name(queue: str, delay_ms: int) -> str:
+    """Delay queues carry their TTL in the name, so two settings never clash on one queue."""
+    return f"{queue}.retry.{delay_ms}ms"
+
+
+def retry_delay_for(base_delay_ms: int, attempt: int) -> int:
+    """Delay before retry number `attempt` (1-based): doubling, capped at the last tier."""
+    return retry_delays_ms(base_delay_ms)[min(max(attempt, 1), RETRY_TIERS) - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Exchanges:
+    commands: AbstractExchange
+    events: AbstractExchange
+    dead_letter: AbstractExchange
+    retry: AbstractExchange
+
+
+async def declare_topology(channel: AbstractChannel, retry_base_delay_ms: int) -> Exchanges:
+    """Declare (or confirm) every exchange, queue and binding. Safe to run concurrently."""
+    durable = {"durable": True}
+    commands = await channel.declare_exchange(
+        COMMANDS_EXCHANGE, aio_pika.ExchangeType.DIRECT, **durable
+    )
+    events = await channel.declare_exchange(EVENTS_EXCHANGE, aio_pika.ExchangeType.FANOUT, **durable)
+    dead_letter = await channel.declare_exchange(
+        DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, **durable
+    )
+    retry = await channel.declare_exchange(RETRY_EXCHANGE, aio_pika.ExchangeType.DIRECT, **durable)
+
+    for queue_name, source, routing_key in (
+        (COMMANDS_QUEUE, commands, COMMANDS_QUEUE),
+        (PROJECTOR_QUEUE, events, ""),
+    ):
+        dlq = await channel.declare_queue(
+            dlq_name(queue_name), durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await dlq.bind(dead_letter, routing_key=dlq_name(queue_name))
+        queue = await channel.declare_queue(
+            queue_name,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+                "x-dead-letter-routing-key": dlq_name(queue_name),
+                "x-delivery-limit": DELIVERY_LIMIT,
+            },
+        )
+        await queue.bind(source, routing_key=routing_key)
+        for delay_ms in retry_delays_ms(retry_base_delay_ms):
+            name = retry_queue_name(queue_name, delay_ms)
+            delay_queue = await channel.declare_queue(
+                name,
+                durable=True,
+                arguments={
+                    "x-message-ttl": delay_ms,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": queue_name,
+                },
+            )
+            await delay_queue.bind(retry, routing_key=name)
+    return Exchanges(commands=commands, events=events, dead_letter=dead_letter, retry=retry)

@@ -1,0 +1,1 @@
+"""Structured logs, Prometheus metrics and the small health/metrics server of the workers."""

@@ -1,0 +1,80 @@
+"""Command statuses in Redis: `accepted` by the gateway, then an outcome by the workers.
+
+The outcome is written after the event store commit and before the message is acked, so a
+crash in between only means a redelivery writes it again; `accepted` never overwrites it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+import orjson
+from redis.asyncio import Redis
+
+from common.readmodel.keys import Keys
+
+
+class CommandStatus(StrEnum):
+    ACCEPTED = "accepted"
+    SUCCEEDED = "succeeded"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({CommandStatus.SUCCEEDED, CommandStatus.REJECTED, CommandStatus.FAILED})
+
+_MARK_ACCEPTED = """
+redis.call('HSET', KEYS[1], 'command_id', ARGV[1], 'type', ARGV[2], 'order_id', ARGV[3])
+redis.call('HSETNX', KEYS[1], 'status', 'accepted')
+return 1
+"""
+
+
+async def mark_accepted(
+    redis: Redis, keys: Keys, command_id: UUID, command_type: str, order_id: UUID
+) -> None:
+    await redis.eval(
+        _MARK_ACCEPTED, 1, keys.command(command_id), str(command_id), command_type, str(order_id)
+    )
+
+
+async def record_outcome(
+    redis: Redis,
+    keys: Keys,
+    *,
+    command_id: UUID,
+    command_type: str,
+    order_id: str,
+    status: CommandStatus,
+    reason: str | None,
+    version: int,
+) -> None:
+    """Write a terminal status and tell waiting gateways about it."""
+    fields: dict[str, Any] = {
+        "command_id": str(command_id),
+        "type": command_type,
+        "order_id": order_id,
+        "status": status.value,
+        "reason": reason or "",
+        "version": version,
+    }
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.command(command_id), mapping=fields)
+        pipe.publish(keys.command_outcomes_channel, orjson.dumps(fields))
+        await pipe.execute()
+
+
+async def get_status(redis: Redis, keys: Keys, command_id: UUID) -> dict[str, Any] | None:
+    raw = await redis.hgetall(keys.command(command_id))
+    if not raw:
+        return None
+    return {
+        "command_id": raw[b"command_id"].decode(),
+        "type": raw[b"type"].decode(),
+        "order_id": raw[b"order_id"].decode(),
+        "status": raw[b"status"].decode(),
+        "reason": (raw.get(b"reason") or b"").decode() or None,
+        "version": int(raw[b"version"]) if raw.get(b"version") else None,
+    }

@@ -1,0 +1,79 @@
+"""Configuration read from the environment, with defaults that work against local services."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of every process. Environment variables use the upper-case field name."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    """RabbitMQ URL; its path names the vhost (`%2F` is the default vhost)."""
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/orders"
+    """PostgreSQL URL of the event store; the database is created on start-up if missing."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL of the read model; its path is the database index."""
+
+    redis_key_prefix: str = "orders:"
+    """Prefix of every Redis key and pub/sub channel, so deployments can share one Redis."""
+
+    command_prefetch: int = Field(default=200, ge=1, le=5000)
+    """Unacked command messages per worker
+    (https://www.rabbitmq.com/docs/consumer-prefetch)."""
+
+    projector_prefetch: int = Field(default=500, ge=1, le=5000)
+    """Unacked event messages per projector."""
+
+    db_pool_size: int = Field(default=8, ge=1, le=64)
+    """PostgreSQL connections per worker process."""
+
+    conflict_retries: int = Field(default=10, ge=0, le=100)
+    """How often a command is re-run on a fresh load after an expected-version conflict."""
+
+    max_delivery_attempts: int = Field(default=5, ge=1, le=50)
+    """Tries of a message failing for a transient reason before it is dead-lettered."""
+
+    retry_base_delay_ms: int = Field(default=500, ge=10, le=600_000)
+    """Delay before the first retry; each further retry doubles it."""
+
+    relay_batch_size: int = Field(default=500, ge=1, le=10_000)
+    """Events the relay publishes per round trip to the event store."""
+
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest HTTP request body the gateway accepts (413 above it)."""
+
+    publish_timeout_s: float = Field(default=5.0, gt=0)
+    """How long the gateway waits for a publisher confirm before answering 503."""
+
+    max_wait_s: float = Field(default=10.0, ge=0)
+    """Upper bound of `Prefer: wait=N` and `min_version` waits."""
+
+    shutdown_timeout_s: float = Field(default=15.0, gt=0)
+    """Time a worker gives in-flight messages to finish after SIGTERM."""
+
+    metrics_port: int | None = None
+    """Port of a worker's health and metrics HTTP server; unset means none."""
+
+    api_keys: str = ""
+    """Comma-separated API keys; when set, every endpoint but health needs a Bearer key."""
+
+    log_level: str = "INFO"
+    """Root log level."""
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

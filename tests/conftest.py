@@ -1,0 +1,111 @@
+"""Fixtures: an isolated slice of RabbitMQ, PostgreSQL and Redis per test, and the processes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from common.settings import Settings
+from tests.support.processes import ProcessFactory, process_factory
+from tests.support.services import Endpoints, create_vhost, delete_vhost, endpoints
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Endpoints]:
+    with endpoints() as found:
+        yield found
+
+
+@pytest.fixture
+def isolated_settings(services: Endpoints) -> Iterator[Settings]:
+    """Settings naming a fresh vhost, database and Redis key prefix, removed after the test."""
+    run = uuid.uuid4().hex[:12]
+    vhost = f"test-{run}"
+    database = f"orders_test_{run}"
+    create_vhost(services, vhost)
+    settings = Settings(
+        amqp_url=services.amqp_url(vhost),
+        database_url=services.database_url(database),
+        redis_url=services.redis_url(0),
+        redis_key_prefix=f"test-{run}:",
+        retry_base_delay_ms=50,
+        shutdown_timeout_s=10,
+    )
+    try:
+        yield settings
+    finally:
+        delete_vhost(services, vhost)
+        _drop_database(services, database)
+        _delete_prefix(settings)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a process use `settings`."""
+    return {
+        "AMQP_URL": settings.amqp_url,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "REDIS_KEY_PREFIX": settings.redis_key_prefix,
+        "RETRY_BASE_DELAY_MS": str(settings.retry_base_delay_ms),
+        "SHUTDOWN_TIMEOUT_S": str(settings.shutdown_timeout_s),
+        "LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def processes(isolated_settings: Settings, tmp_path: Path) -> Iterator[ProcessFactory]:
+    """Start `python -m <module>` processes on the isolated services; all stopped at teardown."""
+    with process_factory(settings_env(isolated_settings), tmp_path) as factory:
+        yield factory
+
+
+@pytest.fixture
+async def redis_client(isolated_settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(isolated_settings.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def pg(isolated_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the isolated database, created and migrated."""
+    from common.eventstore.database import create_pool, prepare_database
+
+    await prepare_database(isolated_settings.database_url)
+    pool = await create_pool(isolated_settings.database_url, 4)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def _drop_database(ep: Endpoints, database: str) -> None:
+    import asyncio
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(ep.database_url("postgres"))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+def _delete_prefix(settings: Settings) -> None:
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        batch = list(client.scan_iter(match=f"{settings.redis_key_prefix}*", count=1000))
+        for start in range(0, len(batch), 500):
+            client.delete(*batch[start : start + 500])
+    finally:
+        client.close()

@@ -1,0 +1,1 @@
+"""Test support: isolated service endpoints per run, process factories, waiting helpers."""
