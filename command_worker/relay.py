@@ -1,0 +1,123 @@
+"""The relay: publishes committed events from the event store to `orders.events`.
+
+No dual write: handlers only commit to PostgreSQL; this loop tails the log and publishes at
+least once, in global-position order, remembering its progress in the `checkpoints` table
+after each confirmed batch. A crash between publish and checkpoint republishes a batch;
+projectors drop the duplicates by stream version.
+
+It only reads below the gap-safe horizon (`EventStore.read_horizon`), so an event whose
+transaction commits after one with a higher position is never skipped. One relay per database
+is active at a time: each command worker runs one, and they elect a leader with a session
+advisory lock that PostgreSQL frees when the leader's connection dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import asyncpg
+
+from common.eventstore.store import EventStore
+from common.messaging.connection import BrokerUnavailable
+from common.messaging.messages import event_message
+from common.messaging.publishing import ConfirmedPublisher
+from common.messaging.topology import EVENTS_EXCHANGE
+from common.observability import metrics
+
+log = logging.getLogger(__name__)
+
+RELAY_LOCK = 0x7265_6C61_79  # "relay"
+CHECKPOINT = "relay:orders.events"
+APPENDED_CHANNEL = "events_appended"
+
+
+class Relay:
+    """Leader-elected publisher of the event log."""
+
+    def __init__(
+        self,
+        database_url: str,
+        publisher: Callable[[], ConfirmedPublisher],
+        *,
+        batch_size: int,
+        idle_poll_s: float = 1.0,
+    ) -> None:
+        self._database_url = database_url
+        self._publisher = publisher
+        self._batch_size = batch_size
+        self._idle_poll_s = idle_poll_s
+        self._appended = asyncio.Event()
+        self.is_leader = False
+        self.published_up_to = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="relay")
+
+    async def stop(self) -> None:
+        """Stop relaying; the advisory lock goes with the connection, to the next leader."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def run(self) -> None:
+        """Relay until cancelled; any failure restarts the session after a pause."""
+        backoff = 0.1
+        while True:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except (BrokerUnavailable, OSError, asyncpg.PostgresError,
+                    asyncpg.InterfaceError) as exc:
+                log.warning("relay paused: %r", exc)
+            except Exception:
+                log.exception("relay failed")
+            self.is_leader = False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _session(self) -> None:
+        conn: asyncpg.Connection = await asyncpg.connect(self._database_url)
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+                await asyncio.sleep(self._idle_poll_s)
+            self.is_leader = True
+            log.info("relay leading")
+            await conn.add_listener(APPENDED_CHANNEL, lambda *_: self._appended.set())
+            await self._relay(conn)
+        finally:
+            self.is_leader = False
+            await asyncio.shield(conn.close())
+
+    async def _relay(self, conn: asyncpg.Connection) -> None:
+        checkpoint = await EventStore.get_checkpoint(conn, CHECKPOINT)
+        scanned = checkpoint
+        while True:
+            self._appended.clear()
+            horizon = await EventStore.read_horizon(conn)
+            metrics.RELAY_LAG.set(max(horizon.last_position - checkpoint, 0))
+            if horizon.last_position <= scanned:
+                try:
+                    await asyncio.wait_for(self._appended.wait(), self._idle_poll_s)
+                except TimeoutError:
+                    pass
+                continue
+            await EventStore.wait_until_final(conn, horizon)
+            while True:
+                events = await EventStore.read_range(
+                    conn, checkpoint, horizon.last_position, self._batch_size
+                )
+                if not events:
+                    break
+                await self._publisher().publish_many(
+                    EVENTS_EXCHANGE, [("", event_message(event)) for event in events]
+                )
+                checkpoint = events[-1].position
+                await EventStore.set_checkpoint(conn, CHECKPOINT, checkpoint)
+                self.published_up_to = checkpoint
+                metrics.EVENTS_RELAYED.inc(len(events))
+            scanned = horizon.last_position

@@ -1,0 +1,105 @@
+"""Wiring of one command-worker process: event store, Redis, RabbitMQ consumer, relay, health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aio_pika
+from redis.asyncio import Redis
+
+from command_worker.handler import CommandHandler
+from command_worker.relay import Relay
+from common.eventstore.database import create_pool, prepare_database
+from common.eventstore.store import EventStore
+from common.messaging.connection import BrokerUnavailable, SupervisedConnection
+from common.messaging.consuming import QueueConsumer
+from common.messaging.publishing import ConfirmedPublisher
+from common.messaging.topology import COMMANDS_QUEUE, declare_topology
+from common.observability.server import HealthServer
+from common.process import install_stop_signals
+from common.readmodel.keys import Keys
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class CommandWorker:
+    """One process: consumes `orders.commands` and runs a (leader-elected) relay."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._consumer: QueueConsumer | None = None
+        self._relay_publisher: ConfirmedPublisher | None = None
+        self._connection = SupervisedConnection(
+            settings.amqp_url, name="command_worker", on_connected=self._on_connected
+        )
+
+    async def _on_connected(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        channel = await connection.channel()
+        await declare_topology(channel, self.settings.retry_base_delay_ms)
+        await channel.close()
+        self._relay_publisher = await ConfirmedPublisher.open(
+            connection, self.settings.publish_timeout_s
+        )
+        consumer = QueueConsumer(
+            COMMANDS_QUEUE,
+            self._handler,
+            prefetch=self.settings.command_prefetch,
+            max_attempts=self.settings.max_delivery_attempts,
+            retry_base_delay_ms=self.settings.retry_base_delay_ms,
+        )
+        await consumer.start(connection, self.settings.publish_timeout_s)
+        self._consumer = consumer
+
+    def _publisher(self) -> ConfirmedPublisher:
+        publisher = self._relay_publisher
+        if publisher is None or not publisher.is_open:
+            raise BrokerUnavailable("relay has no open channel")
+        return publisher
+
+    async def _ready(self) -> dict[str, bool]:
+        try:
+            redis_ok = bool(await self._redis.ping())
+        except Exception:
+            redis_ok = False
+        try:
+            await self._pool.fetchval("SELECT 1")
+            pg_ok = True
+        except Exception:
+            pg_ok = False
+        return {"rabbitmq": self._connection.ready.is_set(), "postgres": pg_ok, "redis": redis_ok}
+
+    async def run(self) -> int:
+        settings = self.settings
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await prepare_database(settings.database_url)
+        self._pool = await create_pool(settings.database_url, settings.db_pool_size)
+        self._redis = Redis.from_url(settings.redis_url)
+        self._handler = CommandHandler(
+            EventStore(self._pool), self._redis, Keys(settings.redis_key_prefix),
+            settings.conflict_retries,
+        )
+        health = None
+        if settings.metrics_port is not None:
+            health = HealthServer(settings.metrics_port, self._ready)
+            await health.start()
+        relay = Relay(
+            settings.database_url, self._publisher, batch_size=settings.relay_batch_size
+        )
+        await self._connection.start()
+        relay.start()
+        log.info("command worker started")
+        await stop.wait()
+        log.info("command worker stopping")
+        if self._consumer is not None:
+            await self._consumer.stop(settings.shutdown_timeout_s)
+        await relay.stop()
+        await self._connection.close()
+        if health is not None:
+            await health.close()
+        await self._redis.aclose()
+        await self._pool.close()
+        log.info("command worker stopped")
+        return 0

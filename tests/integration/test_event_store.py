@@ -1,0 +1,194 @@
+"""The event store and the relay on a real PostgreSQL and RabbitMQ: expected versions fail
+loudly, commands are recorded once, and the relay never skips a late-committing event."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import aio_pika
+import asyncpg
+import orjson
+import pytest
+
+from command_worker.relay import CHECKPOINT, Relay
+from common.contracts.envelopes import EventMetadata
+from common.eventstore.store import DuplicateCommand, EventStore, NewEvent, WrongExpectedVersion
+from common.messaging.publishing import ConfirmedPublisher
+from common.settings import Settings
+from tests.support.amqp import channel, eventually, take, tap_events
+
+pytestmark = pytest.mark.integration
+
+
+def new_event(command_id: uuid.UUID, n: int = 0) -> NewEvent:
+    return NewEvent(
+        event_id=uuid.uuid4(),
+        type="ItemAdded",
+        data={"item": {"product_id": f"p{n}", "quantity": 1, "price": "1.00"}},
+        metadata=EventMetadata(
+            command_id=command_id,
+            correlation_id=command_id,
+            causation_id=command_id,
+            occurred_at=datetime.now(UTC),
+        ),
+    )
+
+
+async def append(store: EventStore, stream: str, expected: int, count: int = 1) -> list[int]:
+    command_id = uuid.uuid4()
+    return await store.append_to_stream(
+        stream,
+        [new_event(command_id, i) for i in range(count)],
+        expected,
+        command_id=command_id,
+        command_type="AddItem",
+        fingerprint=None,
+    )
+
+
+@asynccontextmanager
+async def running_relay(settings: Settings) -> AsyncIterator[Relay]:
+    connection = await aio_pika.connect(settings.amqp_url)
+    publisher = await ConfirmedPublisher.open(connection, 5.0)
+    relay = Relay(settings.database_url, lambda: publisher, batch_size=100, idle_poll_s=0.2)
+    relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+        await connection.close()
+
+
+async def test_a_stale_expected_version_fails_loudly(pg: asyncpg.Pool) -> None:
+    store = EventStore(pg)
+    stream = str(uuid.uuid4())
+    await append(store, stream, 0)
+    with pytest.raises(WrongExpectedVersion):
+        await append(store, stream, 0)
+    await append(store, stream, 1, count=2)
+    assert [e.version for e in await store.load_stream(stream)] == [1, 2, 3]
+
+
+async def test_racing_appends_never_both_win(pg: asyncpg.Pool) -> None:
+    store = EventStore(pg)
+    stream = str(uuid.uuid4())
+    results = await asyncio.gather(
+        *(append(store, stream, 0) for _ in range(10)), return_exceptions=True
+    )
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    losers = [r for r in results if isinstance(r, WrongExpectedVersion)]
+    assert (len(winners), len(losers)) == (1, 9)
+    assert len(await store.load_stream(stream)) == 1
+
+
+async def test_a_command_is_recorded_once(pg: asyncpg.Pool) -> None:
+    store = EventStore(pg)
+    command_id = uuid.uuid4()
+    stream = str(uuid.uuid4())
+    await store.append_to_stream(
+        stream, [new_event(command_id)], 0, command_id=command_id, command_type="X",
+        fingerprint="f",
+    )
+    with pytest.raises(DuplicateCommand):
+        await store.append_to_stream(
+            stream, [new_event(command_id)], 1, command_id=command_id, command_type="X",
+            fingerprint="f",
+        )
+    assert len(await store.load_stream(stream)) == 1
+
+
+async def test_relay_publishes_in_order_and_resumes_from_its_checkpoint(
+    isolated_settings: Settings, pg: asyncpg.Pool
+) -> None:
+    store = EventStore(pg)
+    streams = [str(uuid.uuid4()) for _ in range(3)]
+    for version in range(4):
+        for stream in streams:
+            await append(store, stream, version)
+    async with channel(isolated_settings.amqp_url) as ch:
+        tap = await tap_events(ch)
+        async with running_relay(isolated_settings) as relay:
+            first = await take(tap, 12)
+            await eventually(lambda: relay.published_up_to == 12, what="checkpoint 12")
+        checkpoint = await pg.fetchval("SELECT position FROM checkpoints WHERE name=$1", CHECKPOINT)
+        assert checkpoint == 12
+        await append(store, streams[0], 4)
+        async with running_relay(isolated_settings):
+            [late] = await take(tap, 1)
+    positions = [orjson.loads(m.body)["position"] for m in first]
+    assert positions == list(range(1, 13))
+    assert orjson.loads(late.body)["position"] == 13
+
+
+async def test_relay_does_not_skip_an_event_committed_after_a_higher_position(
+    isolated_settings: Settings, pg: asyncpg.Pool
+) -> None:
+    """Transaction A takes position 1 and commits last; B takes position 2 and commits first.
+    A relay trusting "everything below the highest visible position" would publish 2 and skip
+    1 for ever (Marten #3321, Eventuous #222, Axon #391)."""
+    store = EventStore(pg)
+    slow = await asyncpg.connect(isolated_settings.database_url)
+    try:
+        slow_tx = slow.transaction()
+        await slow_tx.start()
+        command_id = uuid.uuid4()
+        event = new_event(command_id)
+        [slow_position] = await slow.fetchval(
+            "SELECT append_to_stream($1, 'AddItem', 'slow', 0, NULL, $2, $3, $4::jsonb[],"
+            " $5::jsonb[])",
+            command_id, [event.event_id], [event.type], [orjson.dumps(event.data).decode()],
+            [event.metadata.model_dump_json()],
+        )
+        [fast_position] = await append(store, "fast", 0)
+        assert slow_position < fast_position
+
+        async with channel(isolated_settings.amqp_url) as ch:
+            tap = await tap_events(ch)
+            async with running_relay(isolated_settings) as relay:
+                await eventually(lambda: relay.is_leader, what="relay leading")
+                # The relay sees position 2 committed but must hold back until A ends.
+                assert await tap.get(fail=False, no_ack=True) is None
+                await slow_tx.commit()
+                messages = await take(tap, 2)
+    finally:
+        await slow.close()
+    assert [orjson.loads(m.body)["position"] for m in messages] == [slow_position, fast_position]
+
+
+async def test_rolled_back_positions_leave_a_gap_the_relay_passes(
+    isolated_settings: Settings, pg: asyncpg.Pool
+) -> None:
+    store = EventStore(pg)
+    await append(store, "a", 0)
+    with pytest.raises(WrongExpectedVersion):
+        await append(store, "a", 0)  # takes a position, then rolls back
+    await append(store, "a", 1)
+    async with channel(isolated_settings.amqp_url) as ch:
+        tap = await tap_events(ch)
+        async with running_relay(isolated_settings):
+            messages = await take(tap, 2)
+    assert [orjson.loads(m.body)["version"] for m in messages] == [1, 2]
+
+
+async def test_one_relay_leads_and_another_takes_over(
+    isolated_settings: Settings, pg: asyncpg.Pool
+) -> None:
+    store = EventStore(pg)
+    async with channel(isolated_settings.amqp_url) as ch, running_relay(
+        isolated_settings
+    ) as first, running_relay(isolated_settings) as second:
+        tap = await tap_events(ch)
+        await eventually(lambda: first.is_leader or second.is_leader, what="a leader")
+        leader, standby = (first, second) if first.is_leader else (second, first)
+        assert not standby.is_leader
+        await append(store, "s", 0)
+        await take(tap, 1)
+        await leader.stop()
+        await eventually(lambda: standby.is_leader, what="standby takes over")
+        await append(store, "s", 1)
+        [after] = await take(tap, 1)
+    assert orjson.loads(after.body)["version"] == 2

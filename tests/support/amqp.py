@@ -1,0 +1,66 @@
+"""Reading what the system published, the way an operator's tap queue would."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from common.messaging.topology import EVENTS_EXCHANGE, declare_topology
+
+
+@asynccontextmanager
+async def channel(amqp_url: str, retry_base_delay_ms: int = 50) -> AsyncIterator[AbstractChannel]:
+    """A channel on a connection with the topology declared."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        ch = await connection.channel()
+        await declare_topology(ch, retry_base_delay_ms)
+        yield ch
+    finally:
+        await connection.close()
+
+
+async def tap_events(ch: AbstractChannel) -> AbstractQueue:
+    """An exclusive queue bound to orders.events: sees every event published from now on."""
+    queue = await ch.declare_queue("", exclusive=True)
+    await queue.bind(EVENTS_EXCHANGE)
+    return queue
+
+
+async def take(queue: AbstractQueue, count: int, timeout: float = 20) -> list[AbstractIncomingMessage]:
+    """Exactly `count` messages (acked), or fail after `timeout` with what arrived."""
+    received: list[AbstractIncomingMessage] = []
+    deadline = time.monotonic() + timeout
+    while len(received) < count:
+        message = await queue.get(fail=False, no_ack=True)
+        if message is not None:
+            received.append(message)
+            continue
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {count} messages, got {len(received)}")
+        await asyncio.sleep(0.02)
+    return received
+
+
+async def depth(ch: AbstractChannel, name: str) -> int:
+    queue = await ch.declare_queue(name, passive=True)
+    return int(queue.declaration_result.message_count or 0)
+
+
+async def eventually(condition, timeout: float = 20, what: str = "condition", every: float = 0.02):  # type: ignore[no-untyped-def]
+    """Await `condition()` (sync or async) until truthy, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(every)
