@@ -1,0 +1,166 @@
+"""The consumer runtime on a real broker: delayed retries, dead letters, replay, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from urllib.parse import quote
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+
+from common.messaging.connection import SupervisedConnection
+from common.messaging.consuming import QueueConsumer, attempt_of
+from common.messaging.dead_letters import list_dead_letters, replay_dead_letters
+from common.messaging.outcomes import RetryLater
+from common.messaging.topology import COMMANDS_EXCHANGE, COMMANDS_QUEUE, declare_topology, dlq_name
+from common.settings import Settings
+from tests.support.amqp import channel, depth, eventually
+from tests.support.services import Endpoints
+
+pytestmark = pytest.mark.integration
+
+Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+@asynccontextmanager
+async def consuming(settings: Settings, handler: Handler) -> AsyncIterator[SupervisedConnection]:
+    consumers: list[QueueConsumer] = []
+
+    async def on_connected(connection: aio_pika.abc.AbstractConnection) -> None:
+        ch = await connection.channel()
+        await declare_topology(ch, settings.retry_base_delay_ms)
+        await ch.close()
+        consumer = QueueConsumer(
+            COMMANDS_QUEUE, handler, prefetch=10, max_attempts=3,
+            retry_base_delay_ms=settings.retry_base_delay_ms,
+        )
+        await consumer.start(connection, 5.0)
+        consumers.append(consumer)
+
+    connection = SupervisedConnection(
+        settings.amqp_url, name=f"test-{uuid.uuid4().hex[:6]}", on_connected=on_connected
+    )
+    await connection.start(wait_s=10)
+    try:
+        yield connection
+    finally:
+        if consumers:
+            await consumers[-1].stop(5)
+        await connection.close()
+
+
+async def publish(settings: Settings, body: bytes) -> str:
+    message_id = str(uuid.uuid4())
+    async with channel(settings.amqp_url) as ch:
+        exchange = await ch.get_exchange(COMMANDS_EXCHANGE)
+        await exchange.publish(
+            aio_pika.Message(body, message_id=message_id, type="Test"), routing_key=COMMANDS_QUEUE
+        )
+    return message_id
+
+
+async def test_transient_failures_are_retried_through_delay_queues(
+    isolated_settings: Settings,
+) -> None:
+    attempts: list[int] = []
+    done = asyncio.Event()
+
+    async def flaky(message: AbstractIncomingMessage) -> None:
+        attempts.append(attempt_of(message))
+        if len(attempts) < 3:
+            raise ConnectionError("database unreachable")
+        done.set()
+
+    async with consuming(isolated_settings, flaky):
+        await publish(isolated_settings, b"{}")
+        await asyncio.wait_for(done.wait(), 20)
+    assert attempts == [1, 2, 3]
+
+
+async def test_exhausted_retries_end_in_the_dead_letter_queue_and_replay(
+    isolated_settings: Settings,
+) -> None:
+    seen: list[str | None] = []
+    healthy = asyncio.Event()
+
+    async def failing(message: AbstractIncomingMessage) -> None:
+        seen.append(message.message_id)
+        if not healthy.is_set():
+            raise RetryLater("redis timed out")
+
+    async with consuming(isolated_settings, failing):
+        message_id = await publish(isolated_settings, b'{"n": 1}')
+        async with channel(isolated_settings.amqp_url) as ch:
+
+            async def dead_lettered() -> bool:
+                return await depth(ch, dlq_name(COMMANDS_QUEUE)) == 1
+
+            await eventually(dead_lettered, what="message in the DLQ")
+        assert seen == [message_id] * 3
+
+        [letter] = await list_dead_letters(isolated_settings, COMMANDS_QUEUE, 10)
+        assert letter.message_id == message_id
+        assert letter.kind == "exhausted"
+        assert "redis timed out (after 3 attempts)" in letter.reason
+
+        healthy.set()
+        assert await replay_dead_letters(isolated_settings, COMMANDS_QUEUE, 10) == 1
+        await eventually(lambda: len(seen) == 4, what="replayed message handled")
+        async with channel(isolated_settings.amqp_url) as ch:
+            assert await depth(ch, dlq_name(COMMANDS_QUEUE)) == 0
+
+
+async def test_consumers_come_back_after_the_connection_is_closed_by_the_broker(
+    isolated_settings: Settings, services: Endpoints
+) -> None:
+    handled: list[bytes] = []
+
+    async def record(message: AbstractIncomingMessage) -> None:
+        handled.append(message.body)
+
+    async with consuming(isolated_settings, record) as connection:
+        await publish(isolated_settings, b"before")
+        await eventually(lambda: handled == [b"before"], what="first message")
+        vhost = isolated_settings.amqp_url.rsplit("/", 1)[1]
+
+        def connections() -> list[dict[str, object]]:
+            return [c for c in services.management("GET", "/connections") if c["vhost"] == vhost]
+
+        await eventually(connections, what="connection listed by the management API")
+        sessions = connection.sessions
+        for conn in connections():
+            services.management("DELETE", f"/connections/{quote(str(conn['name']), safe='')}")
+        await eventually(lambda: connection.sessions > sessions, what="a new session")
+        await publish(isolated_settings, b"after")
+        await eventually(lambda: handled == [b"before", b"after"], what="message after reconnect")
+        async with channel(isolated_settings.amqp_url) as ch:
+            queue = await ch.declare_queue(COMMANDS_QUEUE, passive=True)
+            assert queue.declaration_result.consumer_count == 1
+
+
+async def test_unhandled_message_is_not_lost_when_the_consumer_dies(
+    isolated_settings: Settings,
+) -> None:
+    """A message in flight when the connection drops is redelivered, not dropped."""
+    started = asyncio.Event()
+    release = asyncio.Event()
+    bodies: list[bytes] = []
+
+    async def slow(message: AbstractIncomingMessage) -> None:
+        bodies.append(message.body)
+        started.set()
+        await release.wait()
+
+    async with consuming(isolated_settings, slow) as connection:
+        await publish(isolated_settings, b"in flight")
+        await asyncio.wait_for(started.wait(), 10)
+        await connection.connection.close()
+        release.set()
+        await eventually(lambda: len(bodies) == 2, what="redelivery")
+    assert bodies == [b"in flight", b"in flight"]
+    async with channel(isolated_settings.amqp_url) as ch:
+        assert await depth(ch, COMMANDS_QUEUE) == 0
