@@ -53,10 +53,19 @@ class InterferingStore(EventStore):
             other = uuid.uuid4()
             await EventStore(self.pool).append_to_stream(
                 stream_id,
-                [NewEvent(uuid.uuid4(), "ItemAdded",
-                          {"item": {"product_id": "intruder", "quantity": 1, "price": "2.00"}},
-                          EventMetadata(command_id=other, correlation_id=other,
-                                        causation_id=other, occurred_at=datetime.now(UTC)))],
+                [
+                    NewEvent(
+                        uuid.uuid4(),
+                        "ItemAdded",
+                        {"item": {"product_id": "intruder", "quantity": 1, "price": "2.00"}},
+                        EventMetadata(
+                            command_id=other,
+                            correlation_id=other,
+                            causation_id=other,
+                            occurred_at=datetime.now(UTC),
+                        ),
+                    )
+                ],
                 len(loaded),
                 command_id=other,
                 command_type="AddItem",
@@ -124,9 +133,7 @@ async def test_concurrent_handlers_apply_every_addition_once(
     handlers = [CommandHandler(EventStore(pg), redis_client, keys, 50) for _ in range(3)]
     order_id = await created_order(handlers[0])
     commands = [add(order_id, f"p{i % 7}") for i in range(50)]
-    outcomes = await asyncio.gather(
-        *(handlers[i % 3].execute(c) for i, c in enumerate(commands))
-    )
+    outcomes = await asyncio.gather(*(handlers[i % 3].execute(c) for i, c in enumerate(commands)))
     assert {o.status for o in outcomes} == {CommandStatus.SUCCEEDED}
     stored = await EventStore(pg).load_stream(str(order_id))
     assert [e.version for e in stored] == list(range(1, 52))

@@ -34,7 +34,10 @@ from tests.support.processes import ProcessFactory
 pytestmark = pytest.mark.integration
 
 ADDRESS = ShippingAddress(
-    recipient="Grace Hopper", street="1 Navy Way", city="Arlington", postal_code="22201",
+    recipient="Grace Hopper",
+    street="1 Navy Way",
+    city="Arlington",
+    postal_code="22201",
     country="US",
 )
 
@@ -79,8 +82,10 @@ async def test_commands_become_ordered_events_on_the_fanout(
         messages = await take(tap, 1)
         await send(
             ch,
-            AddItem(item=OrderLine(product_id="apple", quantity=1, price=Decimal("0.10")),
-                    **envelope(order_id)),
+            AddItem(
+                item=OrderLine(product_id="apple", quantity=1, price=Decimal("0.10")),
+                **envelope(order_id),
+            ),
             ShipOrder(**envelope(order_id)),
         )
         messages += await take(tap, 2)
@@ -105,7 +110,9 @@ async def test_commands_become_ordered_events_on_the_fanout(
         "SELECT version, type FROM events WHERE stream_id = $1 ORDER BY version", str(order_id)
     )
     assert [(r["version"], r["type"]) for r in rows] == [
-        (1, "OrderCreated"), (2, "ItemAdded"), (3, "OrderShipped")
+        (1, "OrderCreated"),
+        (2, "ItemAdded"),
+        (3, "OrderShipped"),
     ]
     record = await command_row(pg, first.command_id)
     assert record is not None
@@ -141,7 +148,11 @@ async def test_rejections_append_nothing_and_say_why(
     assert (rejected["status"], rejected["reason"]) == ("rejected", "order not found")
     late = await command_row(pg, add_after_cancel.command_id)
     assert late is not None
-    assert (late["status"], late["reason"], late["version"]) == ("rejected", "order is cancelled", 2)
+    assert (late["status"], late["reason"], late["version"]) == (
+        "rejected",
+        "order is cancelled",
+        2,
+    )
     assert await pg.fetchval("SELECT count(*) FROM events WHERE stream_id = $1", str(unknown)) == 0
     assert await pg.fetchval("SELECT count(*) FROM events WHERE stream_id = $1", str(order_id)) == 2
 
@@ -159,8 +170,9 @@ async def test_a_redelivered_command_takes_effect_once(
 ) -> None:
     order_id = uuid.uuid4()
     create_it = create(order_id, ("a", 1, "1.00"))
-    add = AddItem(item=OrderLine(product_id="a", quantity=1, price=Decimal("1.00")),
-                  **envelope(order_id))
+    add = AddItem(
+        item=OrderLine(product_id="a", quantity=1, price=Decimal("1.00")), **envelope(order_id)
+    )
     async with channel(isolated_settings.amqp_url) as ch:
         await send(ch, create_it)
         processes.start("command_worker")

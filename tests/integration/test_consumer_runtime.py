@@ -35,7 +35,10 @@ async def consuming(settings: Settings, handler: Handler) -> AsyncIterator[Super
         await declare_topology(ch, settings.retry_base_delay_ms)
         await ch.close()
         consumer = QueueConsumer(
-            COMMANDS_QUEUE, handler, prefetch=10, max_attempts=3,
+            COMMANDS_QUEUE,
+            handler,
+            prefetch=10,
+            max_attempts=3,
             retry_base_delay_ms=settings.retry_base_delay_ms,
         )
         await consumer.start(connection, 5.0)

@@ -90,12 +90,20 @@ async def test_a_command_is_recorded_once(pg: asyncpg.Pool) -> None:
     command_id = uuid.uuid4()
     stream = str(uuid.uuid4())
     await store.append_to_stream(
-        stream, [new_event(command_id)], 0, command_id=command_id, command_type="X",
+        stream,
+        [new_event(command_id)],
+        0,
+        command_id=command_id,
+        command_type="X",
         fingerprint="f",
     )
     with pytest.raises(DuplicateCommand):
         await store.append_to_stream(
-            stream, [new_event(command_id)], 1, command_id=command_id, command_type="X",
+            stream,
+            [new_event(command_id)],
+            1,
+            command_id=command_id,
+            command_type="X",
             fingerprint="f",
         )
     assert len(await store.load_stream(stream)) == 1
@@ -140,7 +148,10 @@ async def test_relay_does_not_skip_an_event_committed_after_a_higher_position(
         [slow_position] = await slow.fetchval(
             "SELECT append_to_stream($1, 'AddItem', 'slow', 0, NULL, $2, $3, $4::jsonb[],"
             " $5::jsonb[])",
-            command_id, [event.event_id], [event.type], [orjson.dumps(event.data).decode()],
+            command_id,
+            [event.event_id],
+            [event.type],
+            [orjson.dumps(event.data).decode()],
             [event.metadata.model_dump_json()],
         )
         [fast_position] = await append(store, "fast", 0)
@@ -178,9 +189,11 @@ async def test_one_relay_leads_and_another_takes_over(
     isolated_settings: Settings, pg: asyncpg.Pool
 ) -> None:
     store = EventStore(pg)
-    async with channel(isolated_settings.amqp_url) as ch, running_relay(
-        isolated_settings
-    ) as first, running_relay(isolated_settings) as second:
+    async with (
+        channel(isolated_settings.amqp_url) as ch,
+        running_relay(isolated_settings) as first,
+        running_relay(isolated_settings) as second,
+    ):
         tap = await tap_events(ch)
         await eventually(lambda: first.is_leader or second.is_leader, what="a leader")
         leader, standby = (first, second) if first.is_leader else (second, first)
