@@ -1,4 +1,4 @@
-"""Handling one command message: load, decide, append with an expected version, report.
+"""Handling command messages: load, decide, append with an expected version, report.
 
 Order of effects, each idempotent so a redelivery at any point is harmless:
 1. the outcome is committed to PostgreSQL (events + command row, or the command row alone);
@@ -19,11 +19,17 @@ import pydantic
 from aio_pika.abc import AbstractIncomingMessage
 from redis.asyncio import Redis
 
-from command_worker.locks import KeyedLocks
+from command_worker.batching import Batcher
 from command_worker.order import Order, Rejection, decide, evolve
 from common.contracts.envelopes import EventMetadata
-from common.contracts.orders import COMMAND_ADAPTER, ORDER_EVENT_ADAPTER, Command
-from common.eventstore.store import DuplicateCommand, EventStore, NewEvent, WrongExpectedVersion
+from common.contracts.orders import COMMAND_ADAPTER, ORDER_EVENT_ADAPTER, Command, OrderEvent
+from common.eventstore.store import (
+    CommandOutcome,
+    DuplicateCommand,
+    EventStore,
+    NewEvent,
+    WrongExpectedVersion,
+)
 from common.messaging.outcomes import RejectMessage
 from common.observability import metrics
 from common.observability.logging import correlation_id
@@ -60,41 +66,142 @@ def load_order(stored: list[tuple[str, dict[str, object]]]) -> Order:
     return state
 
 
-class CommandHandler:
-    """The message handler of `orders.commands`."""
+def new_events_of(command: Command, events: list[OrderEvent]) -> list[NewEvent]:
+    """Domain events as rows for the store, stamped with who caused them."""
+    metadata = EventMetadata(
+        command_id=command.command_id,
+        correlation_id=command.correlation_id,
+        causation_id=command.command_id,
+        occurred_at=datetime.now(UTC),
+    )
+    return [
+        NewEvent(
+            event_id=uuid.uuid4(),
+            type=event.type,
+            data=event.model_dump(mode="json", exclude={"type"}),
+            metadata=metadata,
+        )
+        for event in events
+    ]
 
-    def __init__(self, store: EventStore, redis: Redis, keys: Keys, conflict_retries: int) -> None:
+
+class CommandHandler:
+    """The message handler of `orders.commands`: parses, then hands the command to a batch."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        redis: Redis,
+        keys: Keys,
+        conflict_retries: int,
+        *,
+        max_batch: int = 200,
+        max_parallel_batches: int = 2,
+    ) -> None:
         self._store = store
         self._redis = redis
         self._keys = keys
         self._conflict_retries = conflict_retries
-        self._locks = KeyedLocks()
+        self._batcher: Batcher[Command, Outcome] = Batcher(
+            self.execute_batch,
+            key=lambda command: command.order_id,
+            max_batch=max_batch,
+            max_parallel=max_parallel_batches,
+        )
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         command = parse_command(message)
         token = correlation_id.set(str(command.correlation_id))
         try:
-            async with self._locks.hold(command.order_id):
-                outcome = await self.execute(command)
-            await command_status.record_outcome(
-                self._redis,
-                self._keys,
-                command_id=command.command_id,
-                command_type=command.type,
-                order_id=str(command.order_id),
-                status=outcome.status,
-                reason=outcome.reason,
-                version=outcome.version,
-            )
-            metrics.COMMANDS.labels(command.type, outcome.status.value).inc()
+            outcome = await self._batcher.submit(command)
             log.info(
-                "command %s", outcome.status.value,
-                extra={"command_id": str(command.command_id), "type": command.type,
-                       "order_id": str(command.order_id), "version": outcome.version,
-                       "reason": outcome.reason},
+                "command %s",
+                outcome.status.value,
+                extra={
+                    "command_id": str(command.command_id),
+                    "type": command.type,
+                    "order_id": str(command.order_id),
+                    "version": outcome.version,
+                    "reason": outcome.reason,
+                },
             )
         finally:
             correlation_id.reset(token)
+
+    async def execute_batch(self, commands: list[Command]) -> list[Outcome]:
+        """Decide every command on one load of their streams and commit all outcomes in one
+        transaction. If another writer got in between, fall back to one command at a time,
+        each with its own bounded conflict retries."""
+        try:
+            outcomes = await self._try_batch(commands)
+        except (WrongExpectedVersion, DuplicateCommand):
+            metrics.VERSION_CONFLICTS.inc()
+            outcomes = [await self.execute(command) for command in commands]
+        await command_status.record_outcomes(
+            self._redis,
+            self._keys,
+            [
+                command_status.Outcome(
+                    c.command_id, c.type, str(c.order_id), o.status, o.reason, o.version
+                )
+                for c, o in zip(commands, outcomes, strict=True)
+            ],
+        )
+        for command, outcome in zip(commands, outcomes, strict=True):
+            metrics.COMMANDS.labels(command.type, outcome.status.value).inc()
+        return outcomes
+
+    async def _try_batch(self, commands: list[Command]) -> list[Outcome]:
+        async with self._store.pool.acquire() as conn:
+            known = await self._store.get_commands(conn, [c.command_id for c in commands])
+            streams = await self._store.load_streams(
+                conn, list(dict.fromkeys(str(c.order_id) for c in commands))
+            )
+            states = {
+                stream_id: load_order([(e.type, e.data) for e in events])
+                for stream_id, events in streams.items()
+            }
+            outcomes: dict[uuid.UUID, Outcome] = {
+                command_id: Outcome(CommandStatus(r.status), r.version, r.reason)
+                for command_id, r in known.items()
+            }
+            rows: list[CommandOutcome] = []
+            for command in commands:
+                if command.command_id in outcomes:
+                    continue  # handled before, or twice in this batch
+                stream_id = str(command.order_id)
+                state = states[stream_id]
+                try:
+                    new_events = decide(state, command)
+                except Rejection as rejection:
+                    outcome = Outcome(CommandStatus.REJECTED, state.version, rejection.reason)
+                    rows.append(self._row(command, outcome))
+                else:
+                    for event in new_events:
+                        state = evolve(state, event)
+                    states[stream_id] = state
+                    outcome = Outcome(CommandStatus.SUCCEEDED, state.version)
+                    rows.append(self._row(command, outcome, new_events))
+                outcomes[command.command_id] = outcome
+            if rows:
+                await self._store.append_batch(conn, rows)
+        metrics.EVENTS_APPENDED.inc(sum(len(r.events) for r in rows))
+        return [outcomes[c.command_id] for c in commands]
+
+    @staticmethod
+    def _row(
+        command: Command, outcome: Outcome, events: list[OrderEvent] | None = None
+    ) -> CommandOutcome:
+        return CommandOutcome(
+            command_id=command.command_id,
+            command_type=command.type,
+            stream_id=str(command.order_id),
+            status=outcome.status.value,
+            reason=outcome.reason,
+            version=outcome.version,
+            fingerprint=command.fingerprint,
+            events=new_events_of(command, events or []),
+        )
 
     async def execute(self, command: Command) -> Outcome:
         """Run `command` to a recorded outcome, retrying on expected-version conflicts."""
@@ -106,24 +213,10 @@ class CommandHandler:
                 new_events = decide(state, command)
             except Rejection as rejection:
                 return await self._record(command, CommandStatus.REJECTED, rejection.reason, state)
-            metadata = EventMetadata(
-                command_id=command.command_id,
-                correlation_id=command.correlation_id,
-                causation_id=command.command_id,
-                occurred_at=datetime.now(UTC),
-            )
             try:
                 await self._store.append_to_stream(
                     stream_id,
-                    [
-                        NewEvent(
-                            event_id=uuid.uuid4(),
-                            type=event.type,
-                            data=event.model_dump(mode="json", exclude={"type"}),
-                            metadata=metadata,
-                        )
-                        for event in new_events
-                    ],
+                    new_events_of(command, new_events),
                     expected_version=state.version,
                     command_id=command.command_id,
                     command_type=command.type,

@@ -1,7 +1,7 @@
 """Schema migrations, applied in order under an advisory lock, each exactly once.
 
-`append_to_stream` is a function so an append is one round trip and one transaction, and so
-its statements run in a known order: the command row is written first, which gives the
+`append_to_stream` and `append_batch` are functions so an append is one round trip and one
+transaction, and so their statements run in a known order: the command row is written first, which gives the
 transaction its id (xid8) *before* the events take their positions. The relay's gap-safe
 horizon (see `store.py`) depends on that order.
 """
@@ -62,6 +62,30 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT array_agg(position ORDER BY position) INTO positions FROM inserted;
         PERFORM pg_notify('events_appended', '');
         RETURN positions;
+    END
+    $$;
+    """,
+    # 2: many commands' outcomes and events in one call, one transaction.
+    """
+    CREATE FUNCTION append_batch(
+        p_command_ids uuid[], p_command_types text[], p_stream_ids text[], p_statuses text[],
+        p_reasons text[], p_versions integer[], p_fingerprints text[],
+        p_event_streams text[], p_event_versions integer[], p_event_ids uuid[],
+        p_event_types text[], p_data jsonb[], p_metadata jsonb[]
+    ) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO commands (command_id, type, stream_id, status, reason, version, fingerprint)
+        SELECT * FROM unnest(p_command_ids, p_command_types, p_stream_ids, p_statuses,
+                             p_reasons, p_versions, p_fingerprints);
+        IF cardinality(p_event_ids) > 0 THEN
+            INSERT INTO events (stream_id, version, event_id, type, data, metadata)
+            SELECT e.stream_id, e.version, e.event_id, e.type, e.data, e.metadata
+            FROM unnest(p_event_streams, p_event_versions, p_event_ids, p_event_types, p_data,
+                        p_metadata) WITH ORDINALITY
+                 AS e(stream_id, version, event_id, type, data, metadata, ord)
+            ORDER BY e.ord;
+            PERFORM pg_notify('events_appended', '');
+        END IF;
     END
     $$;
     """,

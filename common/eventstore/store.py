@@ -65,6 +65,21 @@ class CommandRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandOutcome:
+    """One command's part of a batch: its outcome row and the events it appends (maybe none)."""
+
+    command_id: UUID
+    command_type: str
+    stream_id: str
+    status: str
+    reason: str | None
+    version: int
+    """The stream's version after the command."""
+    fingerprint: str | None
+    events: Sequence[NewEvent] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Horizon:
     """Positions up to `last_position` are final once the xmin reaches `xmax`."""
 
@@ -137,6 +152,66 @@ class EventStore:
                 raise WrongExpectedVersion(f"{stream_id}@{expected_version}") from exc
             raise
         return list(positions)
+
+    async def load_streams(
+        self, conn: asyncpg.Connection, stream_ids: Sequence[str]
+    ) -> dict[str, list[StoredEvent]]:
+        """Every event of each stream, in version order; one round trip."""
+        rows = await conn.fetch(
+            "SELECT stream_id, version, type, data FROM events WHERE stream_id = ANY($1::text[])"
+            " ORDER BY stream_id, version",
+            list(stream_ids),
+        )
+        streams: dict[str, list[StoredEvent]] = {sid: [] for sid in stream_ids}
+        for r in rows:
+            streams[r["stream_id"]].append(
+                StoredEvent(r["version"], r["type"], orjson.loads(r["data"]))
+            )
+        return streams
+
+    async def get_commands(
+        self, conn: asyncpg.Connection, command_ids: Sequence[UUID]
+    ) -> dict[UUID, CommandRecord]:
+        rows = await conn.fetch(
+            "SELECT command_id, type, stream_id, status, reason, version, fingerprint,"
+            " recorded_at FROM commands WHERE command_id = ANY($1::uuid[])",
+            list(command_ids),
+        )
+        return {r["command_id"]: CommandRecord(**dict(r)) for r in rows}
+
+    async def append_batch(self, conn: asyncpg.Connection, outcomes: Sequence[CommandOutcome]) -> None:
+        """Record every outcome and append every event in one transaction. Events of a command
+        take versions `version - len(events) + 1 .. version` of its stream. Any conflict fails
+        the whole batch: `WrongExpectedVersion` or `DuplicateCommand`."""
+        event_rows = [
+            (o.stream_id, o.version - len(o.events) + i, e)
+            for o in outcomes
+            for i, e in enumerate(o.events, start=1)
+        ]
+        try:
+            await conn.execute(
+                "SELECT append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+                " $12::jsonb[], $13::jsonb[])",
+                [o.command_id for o in outcomes],
+                [o.command_type for o in outcomes],
+                [o.stream_id for o in outcomes],
+                [o.status for o in outcomes],
+                [o.reason for o in outcomes],
+                [o.version for o in outcomes],
+                [o.fingerprint for o in outcomes],
+                [stream for stream, _, _ in event_rows],
+                [version for _, version, _ in event_rows],
+                [e.event_id for _, _, e in event_rows],
+                [e.type for _, _, e in event_rows],
+                [_json(e.data) for _, _, e in event_rows],
+                [e.metadata.model_dump_json() for _, _, e in event_rows],
+            )
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "commands_pkey":
+                raise DuplicateCommand(exc.detail or "") from exc
+            if exc.constraint_name == "events_stream_version_key":
+                raise WrongExpectedVersion(exc.detail or "") from exc
+            raise
 
     async def record_outcome(
         self,

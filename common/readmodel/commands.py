@@ -6,6 +6,8 @@ crash in between only means a redelivery writes it again; `accepted` never overw
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -52,17 +54,37 @@ async def record_outcome(
     version: int,
 ) -> None:
     """Write a terminal status and tell waiting gateways about it."""
-    fields: dict[str, Any] = {
-        "command_id": str(command_id),
-        "type": command_type,
-        "order_id": order_id,
-        "status": status.value,
-        "reason": reason or "",
-        "version": version,
-    }
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.command(command_id), mapping=fields)
-        pipe.publish(keys.command_outcomes_channel, orjson.dumps(fields))
+    await record_outcomes(
+        redis, keys, [Outcome(command_id, command_type, order_id, status, reason, version)]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A command's terminal status as the read side shows it."""
+
+    command_id: UUID
+    command_type: str
+    order_id: str
+    status: CommandStatus
+    reason: str | None
+    version: int
+
+
+async def record_outcomes(redis: Redis, keys: Keys, outcomes: Sequence[Outcome]) -> None:
+    """Write terminal statuses and publish them, in one pipelined round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for outcome in outcomes:
+            fields: dict[str, Any] = {
+                "command_id": str(outcome.command_id),
+                "type": outcome.command_type,
+                "order_id": outcome.order_id,
+                "status": outcome.status.value,
+                "reason": outcome.reason or "",
+                "version": outcome.version,
+            }
+            pipe.hset(keys.command(outcome.command_id), mapping=fields)
+            pipe.publish(keys.command_outcomes_channel, orjson.dumps(fields))
         await pipe.execute()
 
 

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from command_worker.handler import CommandHandler
 from common.contracts.envelopes import EventMetadata
-from common.contracts.orders import AddItem, CreateOrder, OrderLine, ShippingAddress
+from common.contracts.orders import AddItem, CreateOrder, OrderLine, ShipOrder, ShippingAddress
 from common.eventstore.store import EventStore, NewEvent, StoredEvent
 from common.readmodel.commands import CommandStatus
 from common.readmodel.keys import Keys
@@ -138,3 +138,64 @@ async def test_concurrent_handlers_apply_every_addition_once(
     stored = await EventStore(pg).load_stream(str(order_id))
     assert [e.version for e in stored] == list(range(1, 52))
     assert sorted(o.version for o in outcomes) == list(range(2, 52))
+
+
+async def test_a_batch_decides_in_order_and_records_everything_once(
+    pg: asyncpg.Pool, redis_client: aioredis.Redis, keys: Keys
+) -> None:
+    handler = CommandHandler(EventStore(pg), redis_client, keys, conflict_retries=5)
+    known = await created_order(handler)
+    fresh = uuid.uuid4()
+    create_fresh = CreateOrder(
+        customer_id="c",
+        items=[OrderLine(product_id="a", quantity=2, price=Decimal("0.10"))],
+        shipping_address=ShippingAddress(
+            recipient="R", street="S", city="C", postal_code="12345", country="DE"
+        ),
+        **envelope(fresh),
+    )
+    add_fresh = add(fresh)
+    ship_unknown = ShipOrder(**envelope(uuid.uuid4()))
+    batch = [add(known), create_fresh, add_fresh, add_fresh, ship_unknown, add(known)]
+    outcomes = await handler.execute_batch(batch)
+    assert [(o.status.value, o.version) for o in outcomes] == [
+        ("succeeded", 2),
+        ("succeeded", 1),
+        ("succeeded", 2),
+        ("succeeded", 2),
+        ("rejected", 0),
+        ("succeeded", 3),
+    ]
+    assert outcomes[4].reason == "order not found"
+    store = EventStore(pg)
+    assert [e.version for e in await store.load_stream(str(known))] == [1, 2, 3]
+    assert [e.type for e in await store.load_stream(str(fresh))] == ["OrderCreated", "ItemAdded"]
+    # The same batch again changes nothing: every outcome is the recorded one.
+    again = await handler.execute_batch(batch)
+    assert again == outcomes
+    assert len(await store.load_stream(str(known))) == 3
+    status = await redis_client.hgetall(keys.command(ship_unknown.command_id))
+    assert status[b"status"] == b"rejected"
+
+
+async def test_a_batch_that_meets_another_writer_falls_back_and_loses_nothing(
+    pg: asyncpg.Pool, redis_client: aioredis.Redis, keys: Keys
+) -> None:
+    store = InterferingStore(pg, times=0)
+    handler = CommandHandler(store, redis_client, keys, conflict_retries=5)
+    order_id = await created_order(handler)
+    # Another writer appends version 2 after the batch loaded version 1.
+    other = CommandHandler(EventStore(pg), redis_client, keys, conflict_retries=5)
+    original = store.load_streams
+
+    async def load_then_interfere(conn, stream_ids):  # type: ignore[no-untyped-def]
+        loaded = await original(conn, stream_ids)
+        await other.execute(add(order_id, "intruder"))
+        store.load_streams = original  # type: ignore[method-assign]
+        return loaded
+
+    store.load_streams = load_then_interfere  # type: ignore[method-assign]
+    outcomes = await handler.execute_batch([add(order_id, "x"), add(order_id, "y")])
+    assert [(o.status.value, o.version) for o in outcomes] == [("succeeded", 3), ("succeeded", 4)]
+    stored = await EventStore(pg).load_stream(str(order_id))
+    assert [e.version for e in stored] == [1, 2, 3, 4]
