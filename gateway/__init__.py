@@ -1,0 +1,1 @@
+"""The HTTP gateway: validates commands, queues them with publisher confirms, reports status."""

@@ -1,0 +1,192 @@
+"""The read side over HTTP: order views and searches, from Redis only.
+
+Included after the command routes. `/orders/search` is declared before `/orders/{order_id}`
+so the template does not swallow it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from decimal import Decimal
+from typing import Annotated, Any, TypeVar, cast
+from uuid import UUID
+
+import orjson
+from fastapi import APIRouter, Header, Path, Query, Request
+from redis.exceptions import RedisError
+from starlette.responses import Response
+
+from common.readmodel.order_queries import (
+    OrderQueries,
+    SearchQuery,
+    SortBy,
+    SortOrder,
+    ViewsUnavailable,
+)
+from common.readmodel.order_view import ViewStatus
+from gateway.openapi import problem_response
+from gateway.problems import Problem, ProblemType, unavailable, validation_problem
+from gateway.responses import JSON, json_response
+from gateway.runtime import runtime_of
+from gateway.waiting import prefer_wait, waiter_of
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["queries"])
+
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+STALE_HEADER = "X-Stale"
+SLUG = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+T = TypeVar("T")
+
+OrderId = Annotated[UUID, Path(description="The order's id.")]
+CustomerId = Annotated[str, Path(description="The customer's id.", pattern=SLUG)]
+PageNumber = Annotated[int, Query(ge=1, description="1-based page number.")]
+PageSize = Annotated[int, Query(ge=1, le=100, description="Orders per page (1-100).")]
+Amount = Annotated[Decimal, Query(ge=0, max_digits=12, decimal_places=2)]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: problem_response("An invalid parameter; `errors` names it."),
+    503: problem_response("Redis is unavailable or the views are being rebuilt."),
+}
+
+
+def queries_of(request: Request) -> OrderQueries:
+    state = request.app.state
+    queries = getattr(state, "order_queries", None)
+    if queries is None:
+        runtime = runtime_of(request)
+        queries = state.order_queries = OrderQueries(runtime.redis, runtime.keys)
+    return cast(OrderQueries, queries)
+
+
+async def _read(call: Awaitable[T]) -> T:
+    """Await a read; Redis trouble or missing views become 503 problems."""
+    try:
+        return await call
+    except ViewsUnavailable as exc:
+        raise unavailable("The order views are being rebuilt; retry shortly.") from exc
+    except REDIS_ERRORS as exc:
+        log.warning("redis read failed: %r", exc)
+        raise unavailable("The order views cannot be read now.") from exc
+
+
+def _not_found(order_id: UUID) -> Problem:
+    return Problem(404, f"No order {order_id} is known.", type_=ProblemType.NOT_FOUND)
+
+
+@router.get(
+    "/orders/search",
+    summary="Search orders",
+    response_class=Response,
+    responses=_ERRORS,
+)
+async def search_orders(
+    request: Request,
+    q: Annotated[
+        str,
+        Query(
+            max_length=200,
+            description="Words that must all match: order id, customer id, product ids, "
+            "shipping address words.",
+        ),
+    ] = "",
+    status: Annotated[ViewStatus | None, Query()] = None,
+    customer_id: Annotated[str | None, Query(pattern=SLUG)] = None,
+    min_total: Amount | None = None,
+    max_total: Amount | None = None,
+    sort_by: SortBy = SortBy.CREATED_AT,
+    sort_order: SortOrder = SortOrder.DESC,
+    page: PageNumber = 1,
+    page_size: PageSize = 20,
+) -> Response:
+    if min_total is not None and max_total is not None and min_total > max_total:
+        raise validation_problem([{"field": "max_total", "message": "must not be below min_total"}])
+    query = SearchQuery(
+        q=q,
+        status=status,
+        customer_id=customer_id,
+        min_total=min_total,
+        max_total=max_total,
+        sort_by=sort_by,
+        sort_order=sort_order,
+        page=page,
+        page_size=page_size,
+    )
+    result = await _read(queries_of(request).search(query))
+    return json_response(result.to_json())
+
+
+@router.get(
+    "/orders/{order_id}",
+    summary="One order's view",
+    response_class=Response,
+    responses={
+        404: problem_response("No such order (yet: see `X-Stale`)."),
+        **_ERRORS,
+    },
+)
+async def get_order(
+    request: Request,
+    order_id: OrderId,
+    min_version: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            description="Wait (up to the server's limit, or `Prefer: wait=<seconds>` if lower) "
+            "until the view reaches this version; if it does not, the answer carries "
+            "`X-Stale: true`.",
+        ),
+    ] = None,
+    prefer: Annotated[str | None, Header()] = None,
+) -> Response:
+    headers: dict[str, str] = {}
+    if min_version is not None:
+        limit = runtime_of(request).settings.max_wait_s
+        asked = prefer_wait(prefer)
+        timeout = min(limit, asked) if asked is not None else limit
+        waiter = await waiter_of(request)
+        reached = await _read(waiter.wait_for_order_version(order_id, min_version, timeout))
+        if not reached:
+            headers[STALE_HEADER] = "true"
+    view = await _read(queries_of(request).order(str(order_id)))
+    if view is None:
+        raise Problem(
+            404, f"No order {order_id} is known.", type_=ProblemType.NOT_FOUND, headers=headers
+        )
+    if min_version is not None and view["version"] < min_version:
+        headers[STALE_HEADER] = "true"
+    return Response(orjson.dumps(view), headers=headers, media_type=JSON)
+
+
+@router.get(
+    "/orders/{order_id}/history",
+    summary="One order's events, in version order",
+    response_class=Response,
+    responses={404: problem_response("No such order."), **_ERRORS},
+)
+async def order_history(request: Request, order_id: OrderId) -> Response:
+    entries = await _read(queries_of(request).history(str(order_id)))
+    if entries is None:
+        raise _not_found(order_id)
+    body = b'{"order_id":"%s","events":[%s]}' % (str(order_id).encode(), b",".join(entries))
+    return Response(body, media_type=JSON)
+
+
+@router.get(
+    "/customers/{customer_id}/orders",
+    summary="A customer's orders, newest first",
+    response_class=Response,
+    responses=_ERRORS,
+)
+async def customer_orders(
+    request: Request,
+    customer_id: CustomerId,
+    status: Annotated[ViewStatus | None, Query()] = None,
+    page: PageNumber = 1,
+    page_size: PageSize = 20,
+) -> Response:
+    result = await _read(queries_of(request).customer_orders(customer_id, status, page, page_size))
+    return json_response(result.to_json())

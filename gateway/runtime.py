@@ -1,0 +1,72 @@
+"""The long-lived resources of one gateway process, opened at start-up and shared by requests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import cast
+
+from redis.asyncio import Redis
+from starlette.requests import Request
+
+from common.readmodel.keys import Keys
+from common.settings import Settings
+from gateway.batching import AutoPipeline
+from gateway.publishing import CommandPublisher
+
+log = logging.getLogger(__name__)
+
+REDIS_TIMEOUT_S = 2.0
+"""Connect and read timeout of Redis calls, so a hung Redis gives a 503, not a hung request."""
+
+
+class Runtime:
+    """Settings, the AMQP publisher and the Redis clients of the running gateway."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.redis_key_prefix)
+        self.publisher = CommandPublisher(
+            settings.amqp_url,
+            timeout_s=settings.publish_timeout_s,
+            retry_base_delay_ms=settings.retry_base_delay_ms,
+        )
+        self.redis: Redis = Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+            socket_timeout=REDIS_TIMEOUT_S,
+            client_name=redis_client_name(settings.redis_key_prefix),
+        )
+        self.redis_batch = AutoPipeline(self.redis)
+        """The request path's Redis writes go through here, pipelined with other requests'."""
+
+    async def start(self, broker_wait_s: float) -> None:
+        """Connect to RabbitMQ, waiting at most `broker_wait_s`; later, 503 until connected."""
+        await self.publisher.start(broker_wait_s)
+
+    async def close(self) -> None:
+        await self.publisher.close()
+        await self.redis_batch.close()
+        await self.redis.aclose()
+
+    async def readiness(self) -> dict[str, bool]:
+        """Each dependency and whether it answers now."""
+        return {"rabbitmq": self.publisher.is_ready, "redis": await self._redis_answers()}
+
+    async def _redis_answers(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.redis.ping(), REDIS_TIMEOUT_S))
+        except Exception as exc:
+            log.debug("redis ping failed: %r", exc)
+            return False
+
+
+def redis_client_name(prefix: str) -> str:
+    """`gateway:<prefix>`, so `CLIENT LIST` tells which deployment a connection serves."""
+    return "gateway:" + re.sub(r"[^!-~]", "_", prefix)
+
+
+def runtime_of(request: Request) -> Runtime:
+    """The runtime of the app serving `request` (set by the app's lifespan)."""
+    return cast(Runtime, request.app.state.runtime)

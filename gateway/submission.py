@@ -1,0 +1,121 @@
+"""Turning a validated request into a queued command: identity, publish, status, answer.
+
+`command_fields` settles who the command is (new ids, or ids derived from the idempotency key)
+and `dispatch` is the one exit of every command route. Behaviour for all commands, such as
+waiting for the outcome on `Prefer: wait`, belongs in `dispatch`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import TypedDict
+from uuid import UUID
+
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from common.contracts.orders import COMMAND_TYPES, Command
+from common.messaging.connection import BrokerUnavailable
+from common.observability import metrics
+from common.readmodel.commands import mark_accepted
+from gateway import idempotency
+from gateway.idempotency import CommandIds
+from gateway.middleware import request_correlation_id
+from gateway.problems import unavailable
+from gateway.responses import accepted_response
+from gateway.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+"""What a Redis call raises when Redis is down or slow."""
+
+_ACCEPTED = {name: metrics.COMMANDS.labels(name, "accepted") for name in COMMAND_TYPES}
+
+
+class CommandFields(TypedDict):
+    """What every command carries besides its own fields."""
+
+    command_id: UUID
+    order_id: UUID
+    correlation_id: UUID
+    issued_at: datetime
+    fingerprint: str
+
+
+async def command_fields(
+    request: Request,
+    runtime: Runtime,
+    *,
+    path: str,
+    canonical_body: bytes,
+    order_id: UUID | None = None,
+) -> CommandFields:
+    """Ids, correlation and fingerprint of the command a request asks for.
+
+    `path` and `canonical_body` must be canonical (parsed ids, re-serialised model), so that
+    a retry spelled differently still has the same fingerprint. Without `order_id`, the request
+    creates an order and its id comes from the idempotency key or is new.
+    """
+    key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
+    print_ = idempotency.fingerprint(request.method, path, canonical_body)
+    if key is None:
+        ids = CommandIds(uuid.uuid4(), order_id or uuid.uuid4())
+    else:
+        ids = CommandIds(idempotency.command_id_for(key), order_id or idempotency.order_id_for(key))
+        await idempotency.claim(runtime.redis_batch, runtime.keys, key, ids, print_)
+    return {
+        "command_id": ids.command_id,
+        "order_id": ids.order_id,
+        "correlation_id": request_correlation_id(request),
+        "issued_at": datetime.now(UTC),
+        "fingerprint": print_,
+    }
+
+
+async def dispatch(request: Request, runtime: Runtime, command: Command) -> Response:
+    """Queue `command` and answer 202, or 503 if RabbitMQ did not confirm it.
+
+    The single exit of every command route: a place to add behaviour for all commands (such
+    as waiting for the outcome on `Prefer: wait`, which must subscribe before publishing).
+    """
+    command_id = command.command_id
+    try:
+        await runtime.publisher.publish(command)
+    except BrokerUnavailable as exc:
+        log.warning(
+            "command not queued: %s",
+            exc,
+            extra={"command_id": str(command_id), "type": command.type},
+        )
+        raise unavailable(
+            "The command could not be queued and was not accepted; retry later"
+            " (with the same Idempotency-Key, if one was sent)."
+        ) from exc
+    try:
+        await runtime.redis_batch.run(
+            lambda pipe: mark_accepted(
+                pipe, runtime.keys, command_id, command.type, command.order_id
+            )
+        )
+    except REDIS_ERRORS as exc:
+        # The command is safely queued; only its status lags until a worker records it.
+        log.warning(
+            "command queued but its status was not recorded: %r",
+            exc,
+            extra={"command_id": str(command_id)},
+        )
+    _ACCEPTED[command.type].inc()
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "command accepted",
+            extra={
+                "command_id": str(command_id),
+                "type": command.type,
+                "order_id": str(command.order_id),
+            },
+        )
+    return accepted_response(command)

@@ -1,0 +1,224 @@
+"""Read-your-writes: wait until a command's outcome is visible or an order reaches a version.
+
+One pub/sub connection per gateway, subscribed once at start-up to the two channels of
+`common/readmodel/notifications.py`. A wait registers a future *before* it reads the current
+state: a change after the read arrives as a message, a change before it is in the read, so
+nothing slips between the two. After a reconnect every pending wait reads the state again
+(messages published while disconnected are lost). No polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any, cast
+from uuid import UUID
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from starlette.requests import Request
+
+from common.readmodel.keys import Keys
+from common.readmodel.notifications import CommandProgress
+from common.readmodel.order_queries import OrderQueries, ViewsUnavailable
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 3.0
+MAX_BACKOFF_S = 2.0
+
+
+class Waiter:
+    """Futures keyed by command id and by (order id, version), resolved from pub/sub."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._queries = OrderQueries(redis, keys)
+        self._commands: dict[str, set[asyncio.Future[CommandProgress]]] = {}
+        self._versions: dict[str, set[tuple[int, asyncio.Future[int]]]] = {}
+        self._channels = (keys.command_outcomes_channel, keys.order_versions_channel)
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+        """Set while both channels are subscribed; waits still work (by reading) when not."""
+
+    async def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Subscribe in the background; wait up to `timeout_s` for the subscription."""
+        self._reader = asyncio.create_task(self._read_forever(), name="waiter")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.subscribed.wait(), timeout_s)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # --- waits ----------------------------------------------------------------------------
+
+    async def wait_for_command(self, command_id: UUID, timeout_s: float) -> CommandProgress | None:
+        """The command's progress once it is settled (rejected, failed, or succeeded and
+        visible to queries), or whatever is known when `timeout_s` runs out (check `.settled`);
+        None if the command is unknown. Safe to call before or after the command is published.
+        """
+        key = str(command_id)
+        future: asyncio.Future[CommandProgress] = asyncio.get_running_loop().create_future()
+        with _registered(self._commands, key, future):
+            progress = await self._read_command(key)
+            if (progress is not None and progress.settled) or timeout_s <= 0:
+                return progress
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(future, timeout_s)
+        return await self._read_command(key)
+
+    async def wait_for_order_version(self, order_id: UUID, version: int, timeout_s: float) -> bool:
+        """Whether the order's view reached `version` within `timeout_s`."""
+        key = str(order_id)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        with _registered(self._versions, key, (version, future)):
+            if await self._order_version(key) >= version:
+                return True
+            if timeout_s <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, timeout_s)
+                return True
+        return False
+
+    @property
+    def pending(self) -> int:
+        return sum(len(v) for v in self._commands.values()) + sum(
+            len(v) for v in self._versions.values()
+        )
+
+    async def _read_command(self, command_id: str) -> CommandProgress | None:
+        raw = await self._redis.hgetall(self._keys.command(command_id))
+        return CommandProgress.from_hash(cast(dict[bytes, bytes], raw))
+
+    async def _order_version(self, order_id: str) -> int:
+        try:
+            return await self._queries.order_version(order_id)
+        except ViewsUnavailable:
+            return 0
+
+    # --- the subscription -----------------------------------------------------------------
+
+    async def _read_forever(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                if self._pubsub is None:
+                    self._pubsub = self._redis.pubsub()
+                    await self._pubsub.subscribe(*self._channels)
+                async for message in self._pubsub.listen():
+                    backoff = 0.05
+                    await self._on_message(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("read-your-writes subscription lost: %r", exc)
+                self.subscribed.clear()
+                if self._pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                    self._pubsub = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "subscribe":
+            if int(message["data"]) == len(self._channels):
+                self.subscribed.set()
+                await self._recheck_all()
+            return
+        if kind != "message":
+            return
+        channel = message["channel"].decode()
+        if channel == self._channels[0]:
+            if self._commands:
+                self._on_command(orjson.loads(message["data"]))
+        elif self._versions:
+            body = orjson.loads(message["data"])
+            if "generation" in body:
+                await self._recheck_all()
+            else:
+                self._on_version(str(body["order_id"]), int(body["version"]))
+
+    def _on_command(self, body: dict[str, Any]) -> None:
+        futures = self._commands.get(str(body.get("command_id")))
+        if not futures:
+            return
+        progress = CommandProgress.from_message(body)
+        if progress.settled:
+            for future in futures:
+                if not future.done():
+                    future.set_result(progress)
+
+    def _on_version(self, order_id: str, version: int) -> None:
+        for wanted, future in self._versions.get(order_id, ()):
+            if wanted <= version and not future.done():
+                future.set_result(version)
+
+    async def _recheck_all(self) -> None:
+        """Read the state of every pending wait again (after a (re)subscription)."""
+        for command_id in list(self._commands):
+            progress = await self._read_command(command_id)
+            if progress is not None and progress.settled:
+                for future in self._commands.get(command_id, ()):
+                    if not future.done():
+                        future.set_result(progress)
+        for order_id in list(self._versions):
+            self._on_version(order_id, await self._order_version(order_id))
+
+
+@contextlib.contextmanager
+def _registered(registry: dict[str, set[Any]], key: str, entry: Any) -> Iterator[None]:
+    registry.setdefault(key, set()).add(entry)
+    try:
+        yield
+    finally:
+        entries = registry.get(key)
+        if entries is not None:
+            entries.discard(entry)
+            if not entries:
+                del registry[key]
+
+
+async def waiter_of(request: Request) -> Waiter:
+    """The app's waiter: `app.state.waiter` when the lifespan made one, else one made and
+    started on first use (the lifespan should own it, to close it at shutdown).
+
+    A waiter is correct before its subscription is confirmed: waits read the state, and the
+    confirmation makes every pending wait read it again."""
+    state = request.app.state
+    waiter = getattr(state, "waiter", None)
+    if waiter is None:
+        runtime = state.runtime
+        waiter = Waiter(runtime.redis, runtime.keys)
+        state.waiter = waiter
+        await waiter.start()
+    return cast(Waiter, waiter)
+
+
+def prefer_wait(header: str | None) -> float | None:
+    """The seconds of `Prefer: wait=<seconds>` (RFC 7240), None when absent or malformed."""
+    if not header:
+        return None
+    for preference in header.split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                seconds = float(value.strip().strip('"'))
+            except ValueError:
+                return None
+            return seconds if seconds >= 0 and math.isfinite(seconds) else None
+    return None

@@ -1,0 +1,540 @@
+"""The gateway's write side, end to end: HTTP in, the `orders.commands` queue and Redis out.
+
+No command worker runs here, so every accepted command stays in the queue to be inspected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import aio_pika
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from common.contracts.orders import COMMAND_ADAPTER, AddItem, CancelOrder, CreateOrder, ShipOrder
+from common.messaging.topology import COMMANDS_QUEUE
+from common.settings import Settings
+from gateway.runtime import redis_client_name
+from tests.support.processes import Proc, ProcessFactory, free_port, http_status, wait_for
+from tests.support.services import Endpoints
+
+pytestmark = pytest.mark.integration
+
+PROBLEM_JSON = "application/problem+json"
+
+ORDER: dict[str, Any] = {
+    "customer_id": "customer-1",
+    "items": [{"product_id": "sku-1", "quantity": 2, "price": "10.50"}],
+    "shipping_address": {
+        "recipient": "Ada Lovelace",
+        "street": "1 Analytical Row",
+        "city": "London",
+        "postal_code": "EC1A 1BB",
+        "country": "GB",
+    },
+}
+ITEM: dict[str, Any] = {"product_id": "sku-2", "quantity": 1, "price": 0.1}
+
+
+def with_item(**changes: Any) -> dict[str, Any]:
+    """ORDER with its one item changed."""
+    return {**ORDER, "items": [{**ORDER["items"][0], **changes}]}
+
+
+def without(field: str) -> dict[str, Any]:
+    return {k: v for k, v in ORDER.items() if k != field}
+
+
+# --- fixtures and helpers ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def gateway(processes: ProcessFactory) -> Proc:
+    return processes.start("gateway")
+
+
+@pytest.fixture
+async def client(gateway: Proc) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+        yield http
+
+
+@pytest.fixture
+async def channel(gateway: Proc, isolated_settings: Settings) -> AsyncIterator[AbstractChannel]:
+    """A channel on the test's vhost, once the gateway has declared the topology."""
+    connection = await aio_pika.connect(isolated_settings.amqp_url)
+    try:
+        yield await connection.channel()
+    finally:
+        await connection.close()
+
+
+async def queue_depth(channel: AbstractChannel) -> int:
+    queue = await channel.declare_queue(COMMANDS_QUEUE, passive=True)
+    return int(queue.declaration_result.message_count)
+
+
+async def take(channel: AbstractChannel, count: int, within_s: float = 5) -> list[Any]:
+    """Exactly `count` messages from the commands queue; fails if fewer arrive in time."""
+    queue = await channel.declare_queue(COMMANDS_QUEUE, passive=True)
+    messages: list[AbstractIncomingMessage] = []
+    deadline = time.monotonic() + within_s
+    while len(messages) < count:
+        message = await queue.get(no_ack=True, fail=False)
+        if message is not None:
+            messages.append(message)
+        elif time.monotonic() > deadline:
+            raise AssertionError(f"{len(messages)} of {count} messages arrived in {within_s}s")
+        else:
+            await asyncio.sleep(0.02)
+    return messages
+
+
+def assert_accepted(response: httpx.Response) -> dict[str, str]:
+    assert response.status_code == 202, response.text
+    body: dict[str, str] = response.json()
+    assert set(body) == {"command_id", "order_id"}
+    assert response.headers["location"] == f"/commands/{body['command_id']}"
+    uuid.UUID(body["order_id"])
+    return body
+
+
+def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> Any:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM_JSON
+    problem = response.json()
+    assert problem["status"] == status
+    assert {"type", "title", "detail"} <= set(problem)
+    if field is not None:
+        fields = [error["field"] for error in problem["errors"]]
+        assert field in fields, (field, problem)
+    return problem
+
+
+def assert_wire_format(message: Any, command: Any, correlation_id: str | None = None) -> None:
+    assert message.message_id == str(command.command_id)
+    assert message.type == command.type
+    assert message.content_type == "application/json"
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert message.app_id == "gateway"
+    assert message.timestamp is not None
+    assert message.headers["schema_version"] == 1
+    assert message.correlation_id == str(command.correlation_id)
+    if correlation_id is not None:
+        assert message.correlation_id == correlation_id
+
+
+# --- accepted commands ------------------------------------------------------------------------
+
+
+async def test_create_order_is_confirmed_queued_and_tracked(
+    client: httpx.AsyncClient, channel: AbstractChannel
+) -> None:
+    correlation_id = str(uuid.uuid4())
+    response = await client.post(
+        "/orders", json=ORDER, headers={"X-Correlation-Id": correlation_id}
+    )
+    ids = assert_accepted(response)
+    assert response.headers["x-correlation-id"] == correlation_id
+
+    [message] = await take(channel, 1)
+    command = COMMAND_ADAPTER.validate_json(message.body)
+    assert isinstance(command, CreateOrder)
+    assert_wire_format(message, command, correlation_id)
+    assert str(command.command_id) == ids["command_id"]
+    assert str(command.order_id) == ids["order_id"]
+    assert command.customer_id == "customer-1"
+    assert command.items[0].price == Decimal("10.50")
+    assert command.items[0].quantity == 2
+    assert command.fingerprint
+
+    status = await client.get(response.headers["location"])
+    assert status.status_code == 200
+    assert status.json() == {
+        "command_id": ids["command_id"],
+        "type": "CreateOrder",
+        "order_id": ids["order_id"],
+        "status": "accepted",
+        "reason": None,
+        "version": None,
+    }
+
+
+async def test_item_ship_and_cancel_commands_are_queued(
+    client: httpx.AsyncClient, channel: AbstractChannel
+) -> None:
+    order_id = str(uuid.uuid4())
+    responses = [
+        await client.post(f"/orders/{order_id}/items", json=ITEM),
+        await client.post(f"/orders/{order_id}/ship"),
+        await client.post(f"/orders/{order_id}/ship", json={}),
+        await client.delete(f"/orders/{order_id}", params={"reason": "  changed my mind "}),
+    ]
+    accepted = [assert_accepted(response) for response in responses]
+    assert {ids["order_id"] for ids in accepted} == {order_id}
+
+    messages = await take(channel, 4)
+    commands = [COMMAND_ADAPTER.validate_json(message.body) for message in messages]
+    for message, command, ids, response in zip(
+        messages, commands, accepted, responses, strict=True
+    ):
+        assert_wire_format(message, command, response.headers["x-correlation-id"])
+        assert str(command.command_id) == ids["command_id"]
+        assert str(command.order_id) == order_id
+    add, ship, ship_again, cancel = commands
+    assert isinstance(add, AddItem)
+    assert add.item.price == Decimal("0.1")
+    assert isinstance(ship, ShipOrder)
+    assert isinstance(ship_again, ShipOrder)
+    assert isinstance(cancel, CancelOrder)
+    assert cancel.reason == "changed my mind"
+
+    for ids, type_ in zip(
+        accepted, ("AddItem", "ShipOrder", "ShipOrder", "CancelOrder"), strict=True
+    ):
+        status = (await client.get(f"/commands/{ids['command_id']}")).json()
+        assert (status["type"], status["status"]) == (type_, "accepted")
+
+    metrics = (await client.get("/metrics")).text
+    assert 'route="/orders/{order_id}/items"' in metrics
+    assert order_id not in metrics
+
+
+async def test_unknown_command_is_404_and_malformed_id_422(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get(f"/commands/{uuid.uuid4()}"), 404)
+    assert_problem(await client.get("/commands/not-a-uuid"), 422, "command_id")
+    assert_problem(await client.get("/no/such/route"), 404)
+    assert_problem(await client.put("/orders"), 405)
+
+
+async def test_correlation_id_is_made_when_missing_or_not_a_uuid(
+    client: httpx.AsyncClient, channel: AbstractChannel
+) -> None:
+    response = await client.post("/orders", json=ORDER, headers={"X-Correlation-Id": "abc"})
+    assert_accepted(response)
+    made = response.headers["x-correlation-id"]
+    assert made != "abc"
+    [message] = await take(channel, 1)
+    assert message.correlation_id == str(uuid.UUID(made))
+
+
+# --- refused input ----------------------------------------------------------------------------
+
+NESTED = b'{"customer_id": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+ORDER_ID = "3c0d6d1e-8f43-4d5e-9a7b-2f1c7e0e2a11"
+
+INVALID: list[tuple[str, str, str, Any, str]] = [
+    # (case, method, path, JSON body or raw bytes, field named in the 422)
+    ("no items", "POST", "/orders", {**ORDER, "items": []}, "items"),
+    ("quantity 0", "POST", "/orders", with_item(quantity=0), "items.0.quantity"),
+    ("quantity -1", "POST", "/orders", with_item(quantity=-1), "items.0.quantity"),
+    ("quantity 1.5", "POST", "/orders", with_item(quantity=1.5), "items.0.quantity"),
+    ('quantity "2"', "POST", "/orders", with_item(quantity="2"), "items.0.quantity"),
+    ("negative price", "POST", "/orders", with_item(price="-1.00"), "items.0.price"),
+    ("3 decimals", "POST", "/orders", with_item(price="1.005"), "items.0.price"),
+    ("3 decimals number", "POST", "/orders", with_item(price=1.005), "items.0.price"),
+    ("no customer_id", "POST", "/orders", without("customer_id"), "customer_id"),
+    ("unknown field", "POST", "/orders", {**ORDER, "discount": 5}, "discount"),
+    ("unknown item field", "POST", "/orders", with_item(colour="red"), "items.0.colour"),
+    (
+        "bad country",
+        "POST",
+        "/orders",
+        {**ORDER, "shipping_address": {**ORDER["shipping_address"], "country": "gb"}},
+        "shipping_address.country",
+    ),
+    ("invalid JSON", "POST", "/orders", b'{"customer_id": ', "body"),
+    ("JSON array", "POST", "/orders", b"[1, 2]", "body"),
+    ("JSON string", "POST", "/orders", b'"order"', "body"),
+    ("empty body", "POST", "/orders", b"", "body"),
+    ("deep nesting", "POST", "/orders", NESTED, "body"),
+    ("item path id", "POST", "/orders/42/items", ITEM, "order_id"),
+    ("item quantity", "POST", f"/orders/{ORDER_ID}/items", {**ITEM, "quantity": 0}, "quantity"),
+    (
+        "item no price",
+        "POST",
+        f"/orders/{ORDER_ID}/items",
+        {"product_id": "a", "quantity": 1},
+        "price",
+    ),
+    ("item array", "POST", f"/orders/{ORDER_ID}/items", [ITEM], "body"),
+    ("ship path id", "POST", "/orders/nope/ship", None, "order_id"),
+    ("ship with fields", "POST", f"/orders/{ORDER_ID}/ship", {"when": "now"}, "when"),
+    ("cancel path id", "DELETE", "/orders/nope?reason=x", None, "order_id"),
+    ("cancel no reason", "DELETE", f"/orders/{ORDER_ID}", None, "reason"),
+    ("cancel blank reason", "DELETE", f"/orders/{ORDER_ID}?reason=%20%20", None, "reason"),
+]
+
+
+async def test_invalid_input_is_422_naming_the_field_and_queues_nothing(
+    client: httpx.AsyncClient, channel: AbstractChannel
+) -> None:
+    for case, method, path, body, field in INVALID:
+        if isinstance(body, bytes):
+            kwargs: dict[str, Any] = {
+                "content": body,
+                "headers": {"Content-Type": "application/json"},
+            }
+        else:
+            kwargs = {"json": body} if body is not None else {}
+        response = await client.request(method, path, **kwargs)
+        assert response.status_code == 422, (case, response.text)
+        assert_problem(response, 422, field)
+    assert await queue_depth(channel) == 0
+
+
+async def test_oversized_body_is_413_and_wrong_media_type_415(
+    client: httpx.AsyncClient, channel: AbstractChannel, isolated_settings: Settings
+) -> None:
+    big = b'{"customer_id": "' + b"x" * isolated_settings.max_body_bytes + b'"}'
+    json_type = {"Content-Type": "application/json"}
+    assert_problem(await client.post("/orders", content=big, headers=json_type), 413)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(big), 8192):
+            yield big[start : start + 8192]
+
+    streamed = await client.post("/orders", content=chunks(), headers=json_type)
+    assert "content-length" not in streamed.request.headers
+    assert_problem(streamed, 413)
+
+    payload = httpx.Request("POST", "/", json=ORDER).content
+    for content_type in (
+        None,
+        "text/plain",
+        "application/xml",
+        "application/json; charset=latin-1",
+    ):
+        headers = {"Content-Type": content_type} if content_type else {}
+        response = await client.post("/orders", content=payload, headers=headers)
+        assert_problem(response, 415)
+    assert await queue_depth(channel) == 0
+
+    ok = await client.post(
+        "/orders", content=payload, headers={"Content-Type": "application/json; charset=UTF-8"}
+    )
+    assert_accepted(ok)
+
+
+# --- idempotency ------------------------------------------------------------------------------
+
+
+async def test_same_idempotency_key_gives_same_ids_and_republishes(
+    client: httpx.AsyncClient, channel: AbstractChannel
+) -> None:
+    key = {"Idempotency-Key": f"order-{uuid.uuid4()}"}
+    first = assert_accepted(await client.post("/orders", json=ORDER, headers=key))
+    # Same request spelled differently (key order, whitespace) is the same request.
+    reordered = {k: ORDER[k] for k in reversed(list(ORDER))}
+    second = assert_accepted(await client.post("/orders", json=reordered, headers=key))
+    assert first == second
+    messages = await take(channel, 2)
+    assert {m.message_id for m in messages} == {first["command_id"]}
+
+    other = assert_problem(
+        await client.post("/orders", json=with_item(quantity=3), headers=key),
+        422,
+        "Idempotency-Key",
+    )
+    assert "different request" in other["detail"]
+    assert_problem(
+        await client.post(f"/orders/{first['order_id']}/ship", headers=key), 422, "Idempotency-Key"
+    )
+    assert await queue_depth(channel) == 0
+
+    ship_key = {"Idempotency-Key": "ship it"}
+    ship = assert_accepted(await client.post(f"/orders/{first['order_id']}/ship", headers=ship_key))
+    assert ship == assert_accepted(
+        await client.post(f"/orders/{first['order_id']}/ship", json={}, headers=ship_key)
+    )
+    cancel_key = {"Idempotency-Key": "cancel-1"}
+    cancel_path = f"/orders/{first['order_id']}"
+    cancel = assert_accepted(
+        await client.delete(cancel_path, params={"reason": "a"}, headers=cancel_key)
+    )
+    assert cancel["command_id"] != ship["command_id"]
+    assert_problem(
+        await client.delete(cancel_path, params={"reason": "b"}, headers=cancel_key),
+        422,
+        "Idempotency-Key",
+    )
+
+
+async def test_concurrent_duplicates_all_get_the_same_ids(
+    client: httpx.AsyncClient, channel: AbstractChannel
+) -> None:
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    responses = await asyncio.gather(
+        *(client.post("/orders", json=ORDER, headers=key) for _ in range(20))
+    )
+    answers = [assert_accepted(response) for response in responses]
+    assert all(answer == answers[0] for answer in answers)
+    messages = await take(channel, 20)
+    assert {m.message_id for m in messages} == {answers[0]["command_id"]}
+
+
+async def test_malformed_idempotency_keys_are_422(
+    client: httpx.AsyncClient, channel: AbstractChannel
+) -> None:
+    for key in (b"", b"k" * 201, "clé".encode(), b"tab\there"):
+        response = await client.post("/orders", json=ORDER, headers={"Idempotency-Key": key})
+        assert_problem(response, 422, "Idempotency-Key")
+    assert await queue_depth(channel) == 0
+    assert_accepted(
+        await client.post("/orders", json=ORDER, headers={"Idempotency-Key": "k" * 200})
+    )
+
+
+# --- unavailable broker, lost connection ------------------------------------------------------
+
+
+def start_unready(processes: ProcessFactory, amqp_url: str) -> Proc:
+    proc = processes.start(
+        "gateway", "--broker-wait", "0", extra_env={"AMQP_URL": amqp_url}, wait=False
+    )
+    wait_for(lambda: http_status(f"{proc.base_url}/health/live") == 200, 15, "gateway to live")
+    return proc
+
+
+@pytest.mark.parametrize("broken", ["closed port", "missing vhost"])
+async def test_commands_are_503_while_the_broker_is_unavailable(
+    processes: ProcessFactory, isolated_settings: Settings, broken: str
+) -> None:
+    url = (
+        f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+        if broken == "closed port"
+        else isolated_settings.amqp_url.rsplit("/", 1)[0] + "/no-such-vhost"
+    )
+    proc = start_unready(processes, url)
+    async with httpx.AsyncClient(base_url=proc.base_url, timeout=10) as http:
+        ready = await http.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["checks"] == {"rabbitmq": False, "redis": True}
+        for response in (
+            await http.post("/orders", json=ORDER, headers={"Idempotency-Key": "k1"}),
+            await http.post(f"/orders/{ORDER_ID}/items", json=ITEM),
+            await http.delete(f"/orders/{ORDER_ID}", params={"reason": "x"}),
+        ):
+            assert_problem(response, 503)
+            assert int(response.headers["retry-after"]) > 0
+
+
+async def test_without_redis_commands_are_still_queued_but_keyed_ones_are_503(
+    processes: ProcessFactory, isolated_settings: Settings
+) -> None:
+    proc = processes.start(
+        "gateway", extra_env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, wait=False
+    )
+    wait_for(lambda: http_status(f"{proc.base_url}/health/live") == 200, 15, "gateway to live")
+    async with httpx.AsyncClient(base_url=proc.base_url, timeout=10) as http:
+        ready = await http.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["redis"] is False
+
+        # Queued safely, only its status is missing: still a 202.
+        accepted = assert_accepted(await http.post("/orders", json=ORDER))
+        # The key cannot be checked, so the command must not be sent.
+        keyed = await http.post("/orders", json=ORDER, headers={"Idempotency-Key": "k"})
+        assert_problem(keyed, 503)
+        assert "retry-after" in keyed.headers
+        assert_problem(await http.get(f"/commands/{accepted['command_id']}"), 503)
+
+    connection = await aio_pika.connect(isolated_settings.amqp_url)
+    try:
+        [message] = await take(await connection.channel(), 1)
+        assert message.message_id == accepted["command_id"]
+    finally:
+        await connection.close()
+
+
+async def test_writes_survive_redis_dropping_the_gateways_connections(
+    client: httpx.AsyncClient,
+    channel: AbstractChannel,
+    redis_client: aioredis.Redis,
+    isolated_settings: Settings,
+) -> None:
+    assert_accepted(await client.post("/orders", json=ORDER, headers={"Idempotency-Key": "a"}))
+    name = redis_client_name(isolated_settings.redis_key_prefix)
+    clients = await redis_client.client_list()
+    killed = [c["id"] for c in clients if c.get("name") == name]
+    assert killed, clients
+    for client_id in killed:
+        await redis_client.client_kill_filter(_id=client_id)
+
+    keyed = assert_accepted(
+        await client.post("/orders", json=ORDER, headers={"Idempotency-Key": "b"})
+    )
+    status = await client.get(f"/commands/{keyed['command_id']}")
+    assert status.json()["status"] == "accepted"
+    await take(channel, 2)
+
+
+async def test_publishing_resumes_after_the_connection_is_closed(
+    client: httpx.AsyncClient,
+    channel: AbstractChannel,
+    services: Endpoints,
+    gateway: Proc,
+    isolated_settings: Settings,
+) -> None:
+    assert_accepted(await client.post("/orders", json=ORDER))
+    vhost = isolated_settings.amqp_url.rsplit("/", 1)[1]
+
+    def gateway_connections() -> list[str]:
+        found = services.management("GET", f"/vhosts/{vhost}/connections")
+        return [
+            c["name"]
+            for c in found
+            if c.get("client_properties", {}).get("connection_name") == "gateway"
+        ]
+
+    [name] = wait_for(gateway_connections, 15, "the gateway's connection to be listed")
+    services.management("DELETE", f"/connections/{urllib.parse.quote(name, safe='')}")
+
+    async def accepted_again() -> httpx.Response:
+        deadline = time.monotonic() + 15
+        while True:
+            response = await client.post("/orders", json=ORDER)
+            if response.status_code == 202 or time.monotonic() > deadline:
+                return response
+            assert_problem(response, 503)
+            await asyncio.sleep(0.05)
+
+    assert_accepted(await accepted_again())
+    await take(channel, 2)
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+async def test_api_keys_guard_everything_but_health(processes: ProcessFactory) -> None:
+    proc = processes.start("gateway", extra_env={"API_KEYS": "first-key, second-key"})
+    async with httpx.AsyncClient(base_url=proc.base_url, timeout=10) as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "second-key"}):
+            response = await http.post("/orders", json=ORDER, headers=headers)
+            assert_problem(response, 401)
+            assert response.headers["www-authenticate"] == "Bearer"
+        assert_problem(await http.get(f"/commands/{uuid.uuid4()}"), 401)
+        assert_problem(await http.get("/metrics"), 401)
+        assert (await http.get("/health/live")).status_code == 200
+        assert (await http.get("/health/ready")).status_code == 200
+
+        response = await http.post(
+            "/orders", json=ORDER, headers={"Authorization": "Bearer second-key"}
+        )
+        assert_accepted(response)
+        assert "second-key" not in proc.log()
+
+
+async def test_health_endpoints(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/health/live")).json() == {"status": "ok"}
+    ready = await client.get("/health/ready")
+    assert ready.json() == {"status": "ok", "checks": {"rabbitmq": True, "redis": True}}
+    assert "orders_http_request_seconds" in (await client.get("/metrics")).text
