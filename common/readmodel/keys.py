@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
+from common.readmodel.layout import ViewKeys
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
@@ -24,3 +26,41 @@ class Keys:
     def command_outcomes_channel(self) -> str:
         """Pub/sub: a message per command outcome or projected command, for read-your-writes."""
         return f"{self.prefix}notify:commands"
+
+    # --- the order views (see `common/readmodel/layout.py` for the keys inside a generation) --
+
+    @property
+    def generation(self) -> str:
+        """String: the number of the generation queries read. Missing means Redis is empty."""
+        return f"{self.prefix}generation"
+
+    @property
+    def rebuilding(self) -> str:
+        """String with a TTL: the generation a rebuild is filling; projectors write there too."""
+        return f"{self.prefix}rebuilding"
+
+    @property
+    def rebuild_lock(self) -> str:
+        """String with a TTL: the token of the one process allowed to rebuild."""
+        return f"{self.prefix}rebuild:lock"
+
+    @property
+    def generation_counter(self) -> str:
+        """String: the last generation number handed out."""
+        return f"{self.prefix}generation:counter"
+
+    @property
+    def generations(self) -> str:
+        """Set: every generation that may still have keys (the current one, a rebuild's, and
+        abandoned ones awaiting deletion)."""
+        return f"{self.prefix}generations"
+
+    @property
+    def order_versions_channel(self) -> str:
+        """Pub/sub: `{"order_id", "version"}` each time a view reaches a new version, and
+        `{"generation"}` when queries switch to a rebuilt generation."""
+        return f"{self.prefix}notify:orders"
+
+    def views(self, generation: int) -> ViewKeys:
+        """The keys of the order views of one generation."""
+        return ViewKeys(self.prefix, generation)

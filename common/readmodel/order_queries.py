@@ -1,0 +1,155 @@
+"""Reading the order views: one atomic script call per query, O(log N + page size) for every
+query that a single sorted set answers (see `docs/read-path.md` for the costs of the others)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from redis.asyncio import Redis
+
+from common.contracts.base import money_str
+from common.readmodel import read_scripts
+from common.readmodel.keys import Keys
+from common.readmodel.layout import (
+    BY_CREATED,
+    BY_TOTAL,
+    customer_suffix,
+    history_suffix,
+    order_suffix,
+    status_suffix,
+    token_suffix,
+)
+from common.readmodel.order_view import OrderView, ViewStatus, query_terms
+
+SCRATCH = "scratch:search"
+"""Suffix of the search's scratch set; created and deleted inside one script call."""
+
+MAX_TERMS = 8
+"""Search terms used from `q`; every term must match."""
+
+
+class ViewsUnavailable(Exception):
+    """Redis holds no views (it was emptied and the projectors are rebuilding them)."""
+
+
+class SortBy(StrEnum):
+    CREATED_AT = "created_at"
+    TOTAL_AMOUNT = "total_amount"
+
+
+class SortOrder(StrEnum):
+    ASC = "asc"
+    DESC = "desc"
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[dict[str, Any]]
+    total: int
+    page: int
+    page_size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "items": self.items,
+            "total": self.total,
+            "page": self.page,
+            "page_size": self.page_size,
+            "total_pages": math.ceil(self.total / self.page_size),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    q: str = ""
+    status: ViewStatus | None = None
+    customer_id: str | None = None
+    min_total: Decimal | None = None
+    max_total: Decimal | None = None
+    sort_by: SortBy = SortBy.CREATED_AT
+    sort_order: SortOrder = SortOrder.DESC
+    page: int = 1
+    page_size: int = 20
+
+    def filter_sets(self) -> list[str]:
+        """The suffixes of the sorted sets every hit must be in."""
+        sets = [token_suffix(term) for term in query_terms(self.q)[:MAX_TERMS]]
+        if self.customer_id is not None:
+            sets.append(customer_suffix(self.customer_id, self.status))
+        elif self.status is not None:
+            sets.append(status_suffix(self.status))
+        return sets
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _views(raw: Sequence[Sequence[bytes]]) -> list[dict[str, Any]]:
+    return [OrderView.from_hash(_pairs(fields)).to_api() for fields in raw if fields]
+
+
+class OrderQueries:
+    """The queries of the read side, over one Redis client."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._keys = keys
+        self._order = redis.register_script(read_scripts.ORDER)
+        self._version = redis.register_script(read_scripts.ORDER_VERSION)
+        self._history = redis.register_script(read_scripts.HISTORY)
+        self._search = redis.register_script(read_scripts.SEARCH)
+
+    async def _call(self, script: Any, *args: Any) -> list[Any]:
+        reply = await script(keys=[self._keys.generation], args=[self._keys.prefix, *args])
+        if not reply[0]:
+            raise ViewsUnavailable("no views in Redis")
+        return list(reply)
+
+    async def order(self, order_id: str) -> dict[str, Any] | None:
+        """The order view, or None when no such order is projected."""
+        _, fields = await self._call(self._order, order_suffix(order_id))
+        return OrderView.from_hash(_pairs(fields)).to_api() if fields else None
+
+    async def order_version(self, order_id: str) -> int:
+        """The order's projected version; 0 when it is not projected."""
+        _, version = await self._call(self._version, order_suffix(order_id))
+        return int(version)
+
+    async def history(self, order_id: str) -> list[bytes] | None:
+        """The order's events as JSON documents in version order, or None for no such order."""
+        _, exists, entries = await self._call(
+            self._history, order_suffix(order_id), history_suffix(order_id)
+        )
+        return list(entries) if exists else None
+
+    async def customer_orders(
+        self, customer_id: str, status: ViewStatus | None, page: int, page_size: int
+    ) -> Page:
+        """A customer's orders, newest first."""
+        return await self.search(
+            SearchQuery(customer_id=customer_id, status=status, page=page, page_size=page_size)
+        )
+
+    async def search(self, query: SearchQuery) -> Page:
+        sets = query.filter_sets()
+        _, total, raw = await self._call(
+            self._search,
+            order_suffix(""),
+            BY_CREATED,
+            BY_TOTAL,
+            SCRATCH,
+            query.sort_by.value,
+            query.sort_order.value,
+            (query.page - 1) * query.page_size,
+            query.page_size,
+            money_str(query.min_total) if query.min_total is not None else "-inf",
+            money_str(query.max_total) if query.max_total is not None else "+inf",
+            len(sets),
+            *sets,
+        )
+        return Page(_views(raw), int(total), query.page, query.page_size)

@@ -1,0 +1,197 @@
+"""The order view: what the projector stores in an order's hash and what the gateway returns.
+
+Money travels as exact decimal strings with two places; times as ISO 8601 in UTC; absent values
+as empty strings in the hash and `null` in JSON. `from_hash(to_hash(view)) == view`, which lets
+the projector read a view back and continue from it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from common.contracts.base import money_str
+
+
+class ViewStatus(StrEnum):
+    """Status of an order as the views show it."""
+
+    CREATED = "created"
+    SHIPPED = "shipped"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class ViewLine:
+    product_id: str
+    quantity: int
+    price: Decimal
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "product_id": self.product_id,
+            "quantity": self.quantity,
+            "price": money_str(self.price),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class OrderView:
+    """One order as the read side knows it, after `version` events."""
+
+    order_id: str
+    customer_id: str
+    status: ViewStatus
+    lines: tuple[ViewLine, ...]
+    shipping_address: tuple[tuple[str, str], ...]
+    """The address fields in contract order (a tuple keeps the view hashable and ordered)."""
+    created_at: datetime
+    updated_at: datetime
+    shipped_at: datetime | None
+    cancelled_at: datetime | None
+    cancel_reason: str | None
+    version: int
+
+    @property
+    def total_amount(self) -> Decimal:
+        return sum((line.price * line.quantity for line in self.lines), Decimal("0.00"))
+
+    @property
+    def item_count(self) -> int:
+        return sum(line.quantity for line in self.lines)
+
+    @property
+    def created_score(self) -> int:
+        """Sort score by creation: microseconds since the epoch (exact in a double)."""
+        return time_score(self.created_at)
+
+    def to_hash(self) -> dict[str, str]:
+        return {
+            "order_id": self.order_id,
+            "customer_id": self.customer_id,
+            "status": self.status.value,
+            "total_amount": money_str(self.total_amount),
+            "item_count": str(self.item_count),
+            "items": orjson.dumps([line.to_json() for line in self.lines]).decode(),
+            "shipping_address": orjson.dumps(dict(self.shipping_address)).decode(),
+            "created_at": _time_str(self.created_at),
+            "updated_at": _time_str(self.updated_at),
+            "shipped_at": _time_str(self.shipped_at),
+            "cancelled_at": _time_str(self.cancelled_at),
+            "cancel_reason": self.cancel_reason or "",
+            "version": str(self.version),
+        }
+
+    @classmethod
+    def from_hash(cls, raw: Mapping[bytes, bytes] | Mapping[str, str]) -> OrderView:
+        """The view stored by `to_hash`; raises `KeyError`/`ValueError` on anything else."""
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        items = orjson.loads(fields["items"])
+        return cls(
+            order_id=fields["order_id"],
+            customer_id=fields["customer_id"],
+            status=ViewStatus(fields["status"]),
+            lines=tuple(
+                ViewLine(i["product_id"], int(i["quantity"]), Decimal(i["price"])) for i in items
+            ),
+            shipping_address=tuple(orjson.loads(fields["shipping_address"]).items()),
+            created_at=_parse_time(fields["created_at"]),
+            updated_at=_parse_time(fields["updated_at"]),
+            shipped_at=_parse_optional_time(fields["shipped_at"]),
+            cancelled_at=_parse_optional_time(fields["cancelled_at"]),
+            cancel_reason=fields["cancel_reason"] or None,
+            version=int(fields["version"]),
+        )
+
+    def to_api(self) -> dict[str, Any]:
+        """The JSON body of `GET /orders/{order_id}`."""
+        return {
+            "order_id": self.order_id,
+            "customer_id": self.customer_id,
+            "status": self.status.value,
+            "total_amount": money_str(self.total_amount),
+            "item_count": self.item_count,
+            "items": [line.to_json() for line in self.lines],
+            "shipping_address": dict(self.shipping_address),
+            "created_at": _time_str(self.created_at),
+            "updated_at": _time_str(self.updated_at),
+            "shipped_at": _time_str(self.shipped_at) or None,
+            "cancelled_at": _time_str(self.cancelled_at) or None,
+            "cancel_reason": self.cancel_reason,
+            "version": self.version,
+        }
+
+
+def time_score(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000)
+
+
+def utc(moment: datetime) -> datetime:
+    """`moment` in UTC; a naive time is taken to be UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _time_str(moment: datetime | None) -> str:
+    return utc(moment).isoformat() if moment is not None else ""
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _parse_optional_time(text: str) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# --- search tokens -----------------------------------------------------------------------------
+
+MAX_TOKEN_LENGTH = 64
+_EDGE_PUNCTUATION = ".,;:!?\"'()[]{}<>"
+_WORD_PARTS = re.compile(r"[^\w]+")
+
+
+def normalise_term(term: str) -> str:
+    """A search term as it is indexed: case-folded, without punctuation around it."""
+    return term.casefold().strip(_EDGE_PUNCTUATION)[:MAX_TOKEN_LENGTH]
+
+
+def identifier_tokens(identifiers: Iterable[str]) -> set[str]:
+    """Identifiers (order, customer, product ids) are indexed whole, never split."""
+    return {t for t in (normalise_term(i) for i in identifiers) if t}
+
+
+def text_tokens(texts: Iterable[str]) -> set[str]:
+    """Every word of free text, and the parts of words joined by punctuation:
+    `Main-Street` gives `main-street`, `main` and `street`."""
+    tokens: set[str] = set()
+    for text in texts:
+        for word in text.split():
+            whole = normalise_term(word)
+            if not whole:
+                continue
+            tokens.add(whole)
+            tokens.update(part for part in _WORD_PARTS.split(whole) if part)
+    return tokens
+
+
+def query_terms(query: str) -> list[str]:
+    """The distinct terms of a search query, in order; every term must match (AND)."""
+    seen: dict[str, None] = {}
+    for word in query.split():
+        term = normalise_term(word)
+        if term:
+            seen.setdefault(term, None)
+    return list(seen)

@@ -1,0 +1,126 @@
+"""The gateway's read scripts. Each resolves the generation pointer and reads inside one atomic
+call, so a query never mixes two generations and never sees a generation before its switch.
+
+Every script takes KEYS[1] = the generation pointer and ARGV[1] = the key prefix, and answers
+`{0}` when there is no pointer (Redis is empty), else `{1, ...}`. The generation base
+`prefix .. 'g' .. n .. ':'` mirrors `layout.generation_base`; every other key arrives as a
+suffix computed in Python by `layout.py`.
+"""
+
+from __future__ import annotations
+
+_BASE = """
+local generation = redis.call('GET', KEYS[1])
+if not generation then return {0} end
+local base = ARGV[1] .. 'g' .. generation .. ':'
+"""
+
+ORDER = (
+    _BASE
+    + """
+-- ARGV[2] order suffix
+return {1, redis.call('HGETALL', base .. ARGV[2])}
+"""
+)
+
+ORDER_VERSION = (
+    _BASE
+    + """
+-- ARGV[2] order suffix
+return {1, tonumber(redis.call('HGET', base .. ARGV[2], 'version') or '0')}
+"""
+)
+
+HISTORY = (
+    _BASE
+    + """
+-- ARGV[2] order suffix, ARGV[3] history suffix
+if redis.call('EXISTS', base .. ARGV[2]) == 0 then return {1, 0, {}} end
+return {1, 1, redis.call('LRANGE', base .. ARGV[3], 0, -1)}
+"""
+)
+
+SEARCH = (
+    _BASE
+    + """
+-- ARGV[2] order suffix without the id, [3] by-created suffix, [4] by-total suffix,
+-- [5] scratch suffix, [6] 'created_at' | 'total_amount', [7] 'asc' | 'desc',
+-- [8] offset, [9] count, [10] min total or '-inf', [11] max total or '+inf',
+-- [12] number of filter sets, [13..] filter set suffixes (all scored by creation time)
+local by_created = base .. ARGV[3]
+local by_total = base .. ARGV[4]
+local scratch = base .. ARGV[5]
+local by_amount = ARGV[6] == 'total_amount'
+local desc = ARGV[7] == 'desc'
+local offset = tonumber(ARGV[8])
+local count = tonumber(ARGV[9])
+local low, high = ARGV[10], ARGV[11]
+local ranged = low ~= '-inf' or high ~= '+inf'
+
+local sets = {}
+for i = 1, tonumber(ARGV[12]) do
+  local key = base .. ARGV[12 + i]
+  if redis.call('EXISTS', key) == 0 then return {1, 0, {}} end
+  sets[#sets + 1] = key
+end
+
+local source = nil
+local scratch_used = false
+if #sets == 0 and (by_amount or not ranged) then
+  source = by_amount and by_total or by_created
+elseif #sets == 1 and not by_amount and not ranged then
+  source = sets[1]
+else
+  scratch_used = true
+  if #sets == 0 then
+    -- Only a range: the matching slice of the totals, then their creation times.
+    redis.call('ZRANGESTORE', scratch, by_total, low, high, 'BYSCORE')
+  elseif by_amount or ranged then
+    -- Intersect the filters with the totals (Redis walks the smallest set); score = total.
+    local args = {'ZINTERSTORE', scratch, #sets + 1}
+    for _, key in ipairs(sets) do args[#args + 1] = key end
+    args[#args + 1] = by_total
+    args[#args + 1] = 'WEIGHTS'
+    for _ = 1, #sets do args[#args + 1] = 0 end
+    args[#args + 1] = 1
+    redis.call(unpack(args))
+    if low ~= '-inf' then redis.call('ZREMRANGEBYSCORE', scratch, '-inf', '(' .. low) end
+    if high ~= '+inf' then redis.call('ZREMRANGEBYSCORE', scratch, '(' .. high, '+inf') end
+  else
+    local args = {'ZINTERSTORE', scratch, #sets}
+    for _, key in ipairs(sets) do args[#args + 1] = key end
+    args[#args + 1] = 'AGGREGATE'
+    args[#args + 1] = 'MAX'
+    redis.call(unpack(args))
+  end
+  if not by_amount then
+    -- Re-score the survivors by creation time.
+    redis.call('ZINTERSTORE', scratch, 2, scratch, by_created, 'WEIGHTS', 0, 1)
+  end
+  ranged = false
+  source = scratch
+end
+
+local total, ids
+if ranged then
+  -- Only when paging the totals themselves with a range: no scratch needed.
+  total = redis.call('ZCOUNT', source, low, high)
+  if desc then
+    ids = redis.call('ZRANGE', source, high, low, 'BYSCORE', 'REV', 'LIMIT', offset, count)
+  else
+    ids = redis.call('ZRANGE', source, low, high, 'BYSCORE', 'LIMIT', offset, count)
+  end
+else
+  total = redis.call('ZCARD', source)
+  if desc then
+    ids = redis.call('ZRANGE', source, offset, offset + count - 1, 'REV')
+  else
+    ids = redis.call('ZRANGE', source, offset, offset + count - 1)
+  end
+end
+local views = {}
+for i, id in ipairs(ids) do views[i] = redis.call('HGETALL', base .. ARGV[2] .. id) end
+if scratch_used then redis.call('DEL', scratch) end
+return {1, total, views}
+"""
+)

@@ -1,0 +1,1 @@
+"""The projector: consumes committed events and keeps the order views in Redis."""

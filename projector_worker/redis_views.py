@@ -1,0 +1,219 @@
+"""Writing view changes to Redis: one APPLY script call per event, pipelined where it can be."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from common.contracts.envelopes import RecordedEvent
+from common.readmodel.keys import Keys
+from common.readmodel.notifications import order_version_message, projected_command_message
+from common.readmodel.order_view import OrderView
+from projector_worker import scripts
+from projector_worker.batching import ScriptBatcher
+from projector_worker.projection import COMMAND_OF_EVENT, ViewChange
+
+
+@dataclass(frozen=True, slots=True)
+class Generations:
+    """Where views are written: the generation queries read and the one a rebuild fills."""
+
+    live: int | None
+    building: int | None
+
+    @property
+    def empty(self) -> bool:
+        """Neither exists: Redis lost the views."""
+        return self.live is None and self.building is None
+
+    @property
+    def targets(self) -> tuple[int, ...]:
+        return tuple(g for g in (self.live, self.building) if g is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockResult:
+    generation: int
+    code: int
+    version_before: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What one APPLY call did: `empty` or `stale` (nothing written), else one result per
+    generation written to."""
+
+    empty: bool = False
+    stale: bool = False
+    blocks: tuple[BlockResult, ...] = ()
+
+    @property
+    def applied(self) -> bool:
+        return any(b.code == scripts.BLOCK_APPLIED for b in self.blocks)
+
+    @property
+    def gap(self) -> bool:
+        return any(b.code == scripts.BLOCK_GAP for b in self.blocks)
+
+    @property
+    def lowest_version(self) -> int:
+        """The lowest version any written generation had before the call."""
+        return min((b.version_before for b in self.blocks), default=0)
+
+
+def _int(value: bytes | str | None) -> int | None:
+    return int(value) if value else None
+
+
+class ViewWriter:
+    """The projector's access to the views; one per process, shared by every handler."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._apply = redis.register_script(scripts.APPLY)
+        self._apply_batched = ScriptBatcher(redis, scripts.APPLY)
+
+    async def generations(self) -> Generations:
+        live, building = await self.redis.mget(self.keys.generation, self.keys.rebuilding)
+        return Generations(_int(live), _int(building))
+
+    async def read_views(
+        self, order_id: str, generations: Iterable[int]
+    ) -> dict[int, OrderView | None]:
+        """The order's view in each generation (None where it does not exist), one round trip."""
+        targets = list(generations)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for generation in targets:
+                pipe.hgetall(self.keys.views(generation).order(order_id))
+            raws = await pipe.execute()
+        return {
+            g: (OrderView.from_hash(raw) if raw else None)
+            for g, raw in zip(targets, raws, strict=True)
+        }
+
+    def _call(
+        self,
+        event: RecordedEvent,
+        change: ViewChange,
+        targets: Sequence[int],
+        *,
+        expect_live: str,
+        expect_building: str,
+        live_block: int,
+        flags: int,
+    ) -> tuple[list[str], list[Any]]:
+        order_id = change.view.order_id
+        command_id = str(event.metadata.command_id)
+        index_keys = change.index_keys()
+        position_of = {
+            suffix: i for i, suffix in enumerate(index_keys, scripts.BLOCK_FIXED_KEYS + 1)
+        }
+        per_block = scripts.BLOCK_FIXED_KEYS + len(index_keys)
+
+        keys = [self.keys.generation, self.keys.rebuilding, self.keys.command(command_id)]
+        for generation in targets:
+            view_keys = self.keys.views(generation)
+            keys += [
+                view_keys.key(change.order_key),
+                view_keys.checkpoint,
+                view_keys.members,
+                view_keys.key(change.history_key),
+            ]
+            keys += [view_keys.key(suffix) for suffix in index_keys]
+
+        fields: list[str] = []
+        for name, value in change.view.to_hash().items():
+            fields += [name, value]
+        added: list[str | int] = []
+        for suffix, score, member in change.zadd:
+            added += [position_of[suffix], score, member]
+        removed: list[str | int] = []
+        for suffix, member in change.zrem:
+            removed += [position_of[suffix], member]
+        encoded = orjson.dumps([fields, change.history_entry.decode(), added, removed])
+        publish = flags & scripts.FLAG_PUBLISH
+        args: list[Any] = [
+            expect_live,
+            expect_building,
+            event.version,
+            event.position,
+            len(targets),
+            per_block,
+            live_block,
+            flags,
+            command_id,
+            COMMAND_OF_EVENT.get(event.type, event.type),
+            order_id,
+            self.keys.command_outcomes_channel,
+            projected_command_message(command_id, order_id, event.version) if publish else b"",
+            self.keys.order_versions_channel,
+            order_version_message(order_id, event.version) if publish else b"",
+            encoded,
+        ]
+        return keys, args
+
+    async def apply_live(
+        self, event: RecordedEvent, change: ViewChange, generations: Generations
+    ) -> ApplyResult:
+        """Apply to every current target, notify waiters, record the command's projection."""
+        keys, args = self._call(
+            event,
+            change,
+            generations.targets,
+            expect_live=str(generations.live or ""),
+            expect_building=str(generations.building or ""),
+            live_block=1 if generations.live is not None else 0,
+            flags=scripts.FLAG_PUBLISH | scripts.FLAG_RECORD_COMMAND,
+        )
+        raw = await self._apply_batched(keys, args)
+        return self._result(raw, generations.targets)
+
+    async def replay_into(
+        self,
+        pipe: Pipeline,
+        event: RecordedEvent,
+        change: ViewChange,
+        generation: int,
+        *,
+        record_commands: bool,
+    ) -> None:
+        """Queue an apply into the generation a rebuild fills (valid while its marker is set)."""
+        keys, args = self._call(
+            event,
+            change,
+            (generation,),
+            expect_live="*",
+            expect_building=str(generation),
+            live_block=0,
+            flags=scripts.FLAG_RECORD_COMMAND if record_commands else 0,
+        )
+        await self._apply(keys=keys, args=args, client=pipe)
+
+    @staticmethod
+    def _result(raw: Sequence[int], targets: Sequence[int]) -> ApplyResult:
+        if raw[0] == scripts.APPLY_EMPTY:
+            return ApplyResult(empty=True)
+        if raw[0] == scripts.APPLY_STALE:
+            return ApplyResult(stale=True)
+        blocks = tuple(
+            BlockResult(generation, int(raw[2 * i]), int(raw[2 * i + 1]))
+            for i, generation in enumerate(targets)
+        )
+        return ApplyResult(blocks=blocks)
+
+    def result_of(self, raw: Sequence[int], generation: int) -> ApplyResult:
+        """Decode the reply of a call queued by `replay_into`."""
+        return self._result(raw, (generation,))
+
+    async def close(self) -> None:
+        await self._apply_batched.close()
+
+    async def checkpoint(self, generation: int) -> int:
+        value = await self.redis.get(self.keys.views(generation).checkpoint)
+        return int(value) if value else 0

@@ -1,0 +1,219 @@
+"""The projector process: consumes `orders.projector` and keeps the order views in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import aio_pika
+import asyncpg
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from common.contracts.envelopes import RecordedEvent
+from common.eventstore.database import create_pool, prepare_database
+from common.eventstore.store import EventStore
+from common.messaging.connection import SupervisedConnection
+from common.messaging.consuming import QueueConsumer
+from common.messaging.outcomes import RejectMessage
+from common.messaging.topology import PROJECTOR_QUEUE, declare_topology
+from common.observability import metrics
+from common.observability.logging import correlation_id
+from common.observability.server import HealthServer
+from common.readmodel.keys import Keys
+from common.settings import Settings
+from projector_worker.catchup import LiveApplier, Outcome
+from projector_worker.projection import ProjectionError, parse_payload
+from projector_worker.rebuild import ensure_views
+from projector_worker.redis_views import ViewWriter
+
+log = logging.getLogger(__name__)
+
+LAG_EVERY_S = 2.0
+REDIS_CONNECTIONS = 32
+"""Redis connections per projector; handlers beyond that queue for one instead of opening more."""
+
+
+def open_redis(settings: Settings) -> Redis:
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=REDIS_CONNECTIONS,
+        timeout=30,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+    )
+    return Redis(connection_pool=pool)
+
+
+class KeyedLocks:
+    """One asyncio lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class Projector:
+    """One projector process: views first (rebuilt if Redis is empty), then live events."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.redis_key_prefix)
+        self.redis = open_redis(settings)
+        self.writer = ViewWriter(self.redis, self.keys)
+        self.locks = KeyedLocks()
+        self.views_ready = asyncio.Event()
+        self.connection = SupervisedConnection(
+            settings.amqp_url, name="projector", on_connected=self._on_connected
+        )
+        self._consumer: QueueConsumer | None = None
+        self._applier: LiveApplier | None = None
+        self._ensuring: asyncio.Task[None] | None = None
+        self._pool: asyncpg.Pool | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.settings
+        health = None
+        if settings.metrics_port is not None:
+            health = HealthServer(settings.metrics_port, self.readiness)
+            await health.start()
+        await prepare_database(settings.database_url)
+        pool = await create_pool(settings.database_url, settings.db_pool_size)
+        self._pool = pool
+        self._applier = LiveApplier(self.writer, EventStore(pool), self._views_missing)
+        lag = asyncio.create_task(self._track_lag(), name="projection-lag")
+        try:
+            if await self._views_before_consuming(stop):
+                await self.connection.start()
+                await stop.wait()
+                log.info("stopping: draining in-flight events")
+                if self._consumer is not None:
+                    await self._consumer.stop(settings.shutdown_timeout_s)
+        finally:
+            lag.cancel()
+            await self.connection.close()
+            if health is not None:
+                await health.close()
+            await pool.close()
+            await self.writer.close()
+            await self.redis.aclose()
+        log.info("stopped")
+
+    async def _views_before_consuming(self, stop: asyncio.Event) -> bool:
+        """Views first: rebuild (or wait for another projector's rebuild) when Redis is empty,
+        retrying while Redis or PostgreSQL are unreachable. False when stopped meanwhile."""
+        backoff = 0.2
+        while not stop.is_set():
+            ensuring = asyncio.ensure_future(self._views_missing())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({ensuring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not ensuring.done():
+                if self._ensuring is not None:
+                    self._ensuring.cancel()
+                ensuring.cancel()
+                with contextlib.suppress(BaseException):
+                    await ensuring
+                return False
+            if ensuring.exception() is None:
+                return True
+            log.warning("views not ready, retrying: %r", ensuring.exception())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 5.0)
+        return False
+
+    async def readiness(self) -> dict[str, bool]:
+        try:
+            redis_ok = bool(await self.redis.ping())
+        except Exception:
+            redis_ok = False
+        return {
+            "rabbitmq": self.connection.ready.is_set() and self._consumer is not None,
+            "redis": redis_ok,
+            "views": self.views_ready.is_set(),
+        }
+
+    async def _on_connected(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        channel = await connection.channel()
+        try:
+            await declare_topology(channel, self.settings.retry_base_delay_ms)
+        finally:
+            await channel.close()
+        consumer = QueueConsumer(
+            PROJECTOR_QUEUE,
+            self.handle,
+            prefetch=self.settings.projector_prefetch,
+            max_attempts=self.settings.max_delivery_attempts,
+            retry_base_delay_ms=self.settings.retry_base_delay_ms,
+        )
+        await consumer.start(connection, self.settings.publish_timeout_s)
+        self._consumer = consumer
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        """Apply one event; poison goes to the dead-letter queue, anything else is retried."""
+        try:
+            event = RecordedEvent.model_validate_json(message.body)
+        except ValidationError as exc:
+            raise RejectMessage(f"not a recorded event: {exc}") from exc
+        token = correlation_id.set(str(event.metadata.correlation_id))
+        try:
+            payload = parse_payload(event)
+            assert self._applier is not None
+            async with self.locks.hold(event.stream_id):
+                outcome = await self._applier.apply(event, payload)
+        except ProjectionError as exc:
+            raise RejectMessage(str(exc)) from exc
+        finally:
+            correlation_id.reset(token)
+        if outcome is not Outcome.DUPLICATE:
+            metrics.PROJECTION_LAG_SECONDS.set(max(time.time() - event.recorded_at.timestamp(), 0))
+        if outcome is Outcome.CAUGHT_UP:
+            log.info("caught up %s@%d from the event store", event.stream_id, event.version)
+
+    async def _views_missing(self) -> None:
+        """Make sure queries have views; one run at a time, shared by every waiting handler."""
+        if self._ensuring is None or self._ensuring.done():
+            self.views_ready.clear()
+            self._ensuring = asyncio.create_task(self._ensure(), name="ensure-views")
+        await asyncio.shield(self._ensuring)
+
+    async def _ensure(self) -> None:
+        assert self._pool is not None
+        await ensure_views(self.writer, self._pool)
+        self.views_ready.set()
+
+    async def _track_lag(self) -> None:
+        while True:
+            try:
+                live = (await self.writer.generations()).live
+                if live is not None and self._pool is not None:
+                    checkpoint = await self.writer.checkpoint(live)
+                    head = await self._pool.fetchval(
+                        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END"
+                        " FROM events_position_seq"
+                    )
+                    metrics.PROJECTION_LAG_POSITIONS.set(max(int(head) - checkpoint, 0))
+            except Exception as exc:
+                log.debug("could not measure the projection lag: %r", exc)
+            await asyncio.sleep(LAG_EVERY_S)

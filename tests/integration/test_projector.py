@@ -1,0 +1,204 @@
+"""The projector process against real RabbitMQ, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import uuid
+
+import aio_pika
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from common.contracts.orders import ItemAdded, OrderShipped
+from common.messaging.topology import PROJECTOR_QUEUE, dlq_name
+from common.readmodel.keys import Keys
+from common.readmodel.order_view import OrderView
+from common.settings import Settings
+from tests.conftest import settings_env
+from tests.integration.test_projector_support import (
+    Ledger,
+    all_events,
+    dump_generation,
+    keys_with_prefix,
+    line,
+    live_generation,
+    publish,
+    until,
+    views_reached,
+)
+from tests.support.processes import ROOT, ProcessFactory
+
+pytestmark = pytest.mark.integration
+
+
+def run_rebuild(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "projector_worker", "rebuild", *args],
+        cwd=ROOT,
+        env={**os.environ, **settings_env(settings)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def queue_counts(settings: Settings, *queues: str) -> list[int]:
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        channel = await connection.channel()
+        counts = []
+        for name in queues:
+            queue = await channel.declare_queue(name, passive=True)
+            counts.append(int(queue.declaration_result.message_count or 0))
+        return counts
+    finally:
+        await connection.close()
+
+
+async def test_live_events_become_views(
+    processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+) -> None:
+    keys = Keys(isolated_settings.redis_key_prefix)
+    processes.start("projector_worker")
+    ledger = Ledger(pg)
+    order_id = await ledger.create("cust-1", [line("sku-1", 2, "10.10"), line("sku-2", 1, "0.05")])
+    await ledger.append(order_id, ItemAdded(item=line("sku-1", 1, "10.10")))
+    command_id = await ledger.append(order_id, OrderShipped())
+    await publish(isolated_settings, await all_events(pg))
+
+    await until(lambda: views_reached(redis_client, keys, {order_id: 3}), 20, "the view")
+    generation = await live_generation(redis_client, keys)
+    assert generation is not None
+    raw = await redis_client.hgetall(keys.views(generation).order(str(order_id)))
+    view = OrderView.from_hash(raw)
+    assert view.to_api()["total_amount"] == "30.35"
+    assert view.item_count == 4
+    assert view.status == "shipped"
+    command = await redis_client.hgetall(keys.command(command_id))
+    assert command[b"status"] == b"succeeded"
+    assert command[b"projected_version"] == b"3"
+    assert command[b"type"] == b"ShipOrder"
+    checkpoint = await redis_client.get(keys.views(generation).checkpoint)
+    assert int(checkpoint) == (await all_events(pg))[-1].position
+
+
+async def test_duplicates_and_disorder_across_two_projectors_give_the_replayed_views(
+    processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+) -> None:
+    keys = Keys(isolated_settings.redis_key_prefix)
+    ledger = Ledger(pg)
+    orders = await ledger.seed(30)
+    events = await all_events(pg)
+    first = processes.start("projector_worker")
+    second = processes.start("projector_worker")
+
+    rng = random.Random(7)
+    deliveries = events + rng.sample(events, len(events) // 2)
+    rng.shuffle(deliveries)
+    await publish(isolated_settings, deliveries)
+
+    await until(lambda: views_reached(redis_client, keys, ledger.versions), 30, "every order")
+    await until(lambda: _drained(isolated_settings), 30, "the projector queue to drain")
+    generation = await live_generation(redis_client, keys)
+    assert generation is not None
+    live = await dump_generation(redis_client, keys, generation)
+    assert len(orders) == 30
+
+    result = run_rebuild(isolated_settings, "--quiet")
+    assert result.returncode == 0, result.stderr
+    rebuilt = await live_generation(redis_client, keys)
+    assert rebuilt is not None
+    assert rebuilt > generation
+    replayed = await dump_generation(redis_client, keys, rebuilt)
+    assert replayed == live
+    assert await redis_client.exists(keys.views(generation).members) == 0
+    assert any("from the event store" in p.log() for p in (first, second))
+    assert (await queue_counts(isolated_settings, dlq_name(PROJECTOR_QUEUE))) == [0]
+
+
+async def _drained(settings: Settings) -> bool:
+    return (await queue_counts(settings, PROJECTOR_QUEUE)) == [0]
+
+
+async def test_a_projector_on_an_empty_redis_rebuilds_alone_then_consumes(
+    processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+) -> None:
+    keys = Keys(isolated_settings.redis_key_prefix)
+    ledger = Ledger(pg)
+    orders = await ledger.seed(12)
+    added = await ledger.append(orders[0], ItemAdded(item=line("late", 1, "1.00")))
+
+    projectors = [processes.start("projector_worker", wait=False) for _ in range(2)]
+    for proc in projectors:
+        proc.wait_ready()
+    assert await views_reached(redis_client, keys, ledger.versions)
+    rebuilders = [p for p in projectors if "rebuilding them from the event store" in p.log()]
+    assert len(rebuilders) == 1
+    status = await redis_client.hgetall(keys.command(added))
+    assert status[b"status"] == b"succeeded"
+    assert status[b"type"] == b"AddItem"
+
+    # Redis loses everything (a restart without persistence): the next event rebuilds it.
+    for key in await keys_with_prefix(redis_client, isolated_settings.redis_key_prefix):
+        await redis_client.delete(key)
+    new_order = await ledger.create("cust-new", [line("sku-1", 1, "5.00")])
+    await publish(isolated_settings, (await all_events(pg))[-1:])
+    await until(lambda: views_reached(redis_client, keys, ledger.versions), 30, "the rebuild")
+    assert new_order in ledger.versions
+    assert (await redis_client.hgetall(keys.command(added)))[b"status"] == b"succeeded"
+
+
+async def test_poison_events_are_dead_lettered(
+    processes: ProcessFactory, pg: asyncpg.Pool, isolated_settings: Settings
+) -> None:
+    processes.start("projector_worker")
+    ledger = Ledger(pg)
+    await ledger.create("cust-1", [line("sku-1", 1, "1.00")])
+    event = (await all_events(pg))[0]
+    bogus = event.model_copy(
+        update={"event_id": uuid.uuid4(), "stream_id": str(uuid.uuid4()), "version": 2}
+    )
+    await publish(isolated_settings, [bogus])
+    connection = await aio_pika.connect(isolated_settings.amqp_url)
+    try:
+        channel = await connection.channel()
+        message = await until(lambda: _get(channel, dlq_name(PROJECTOR_QUEUE)), 20, "a dead letter")
+        assert b"not in the event store" in str(message.headers).encode()
+    finally:
+        await connection.close()
+
+
+async def _get(
+    channel: aio_pika.abc.AbstractChannel, queue: str
+) -> aio_pika.abc.AbstractIncomingMessage | None:
+    target = await channel.get_queue(queue)
+    return await target.get(fail=False, no_ack=True)
+
+
+async def test_sigterm_drains_and_a_successor_finishes_the_work(
+    processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+) -> None:
+    keys = Keys(isolated_settings.redis_key_prefix)
+    ledger = Ledger(pg)
+    await ledger.seed(200)
+    first = processes.start("projector_worker")
+    await publish(isolated_settings, await all_events(pg))
+    await until(lambda: _some_projected(redis_client, keys), 20, "projection to start")
+    assert first.terminate(timeout=30) == 0
+    assert '"stopped"' in first.log()
+
+    processes.start("projector_worker")
+    await until(lambda: views_reached(redis_client, keys, ledger.versions), 30, "every order")
+    await until(lambda: _drained(isolated_settings), 30, "the projector queue to drain")
+    assert (await queue_counts(isolated_settings, dlq_name(PROJECTOR_QUEUE))) == [0]
+
+
+async def _some_projected(redis: Redis, keys: Keys) -> bool:
+    generation = await live_generation(redis, keys)
+    return generation is not None and bool(await redis.get(keys.views(generation).checkpoint))

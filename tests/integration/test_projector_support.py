@@ -1,0 +1,232 @@
+"""Helpers of the read-path integration tests (no tests here): seeding the event store,
+publishing recorded events the way the relay does, dumping a generation, waiting on conditions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import aio_pika
+import asyncpg
+from redis.asyncio import Redis
+
+from common.contracts.envelopes import EventMetadata, RecordedEvent
+from common.contracts.orders import (
+    ItemAdded,
+    OrderCancelled,
+    OrderCreated,
+    OrderEvent,
+    OrderLine,
+    OrderShipped,
+    ShippingAddress,
+)
+from common.eventstore.store import EventStore, NewEvent
+from common.messaging.messages import event_message
+from common.messaging.publishing import ConfirmedPublisher
+from common.messaging.topology import EVENTS_EXCHANGE, declare_topology
+from common.readmodel.keys import Keys
+from common.settings import Settings
+
+T = TypeVar("T")
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+CITIES = ("London", "Paris", "Berlin")
+COMMAND_OF = {
+    "OrderCreated": "CreateOrder",
+    "ItemAdded": "AddItem",
+    "OrderShipped": "ShipOrder",
+    "OrderCancelled": "CancelOrder",
+}
+
+
+async def until(
+    condition: Callable[[], Awaitable[T]], within: float, what: str, every: float = 0.05
+) -> T:
+    """Await `condition` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+def line(product: str, quantity: int, price: str) -> OrderLine:
+    return OrderLine(product_id=product, quantity=quantity, price=Decimal(price))
+
+
+def address(n: int) -> ShippingAddress:
+    return ShippingAddress(
+        recipient=f"Person {n}",
+        street=f"{n} Main-Street",
+        city=CITIES[n % len(CITIES)],
+        postal_code=f"{10000 + n}",
+        country="GB" if n % 2 else "FR",
+    )
+
+
+class Ledger:
+    """Appends events to the store as the command worker would, one command per event."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.store = EventStore(pool)
+        self.versions: dict[uuid.UUID, int] = {}
+        self.clock = 0
+        self.last_position = 0
+
+    async def append(self, order_id: uuid.UUID, payload: OrderEvent) -> uuid.UUID:
+        """Append one event; returns its command id."""
+        self.clock += 1
+        command_id = uuid.uuid4()
+        version = self.versions.get(order_id, 0)
+        metadata = EventMetadata(
+            command_id=command_id,
+            correlation_id=uuid.uuid4(),
+            causation_id=command_id,
+            occurred_at=T0 + timedelta(seconds=self.clock),
+        )
+        positions = await self.store.append_to_stream(
+            str(order_id),
+            [
+                NewEvent(
+                    event_id=uuid.uuid4(),
+                    type=payload.type,
+                    data=payload.model_dump(mode="json", exclude={"type"}),
+                    metadata=metadata,
+                )
+            ],
+            version,
+            command_id=command_id,
+            command_type=COMMAND_OF[payload.type],
+            fingerprint=None,
+        )
+        self.versions[order_id] = version + 1
+        self.last_position = max(self.last_position, *positions)
+        return command_id
+
+    async def create(
+        self,
+        customer: str,
+        lines: Sequence[OrderLine],
+        n: int = 0,
+        order_id: uuid.UUID | None = None,
+    ) -> uuid.UUID:
+        order_id = order_id or uuid.uuid4()
+        await self.append(
+            order_id,
+            OrderCreated(
+                order_id=order_id,
+                customer_id=customer,
+                items=list(lines),
+                shipping_address=address(n),
+            ),
+        )
+        return order_id
+
+    async def seed(self, orders: int) -> list[uuid.UUID]:
+        """`orders` orders over three customers, with added items, shipments and cancels."""
+        ids = []
+        for n in range(orders):
+            order_id = await self.create(
+                f"cust-{n % 3}", [line(f"sku-{n % 5}", 1 + n % 3, f"{n + 1}.25")], n
+            )
+            ids.append(order_id)
+            if n % 2 == 0:
+                await self.append(order_id, ItemAdded(item=line(f"sku-{n % 5}", 1, f"{n + 1}.25")))
+            if n % 4 == 1:
+                await self.append(order_id, ItemAdded(item=line("sku-extra", 2, "0.10")))
+            if n % 5 == 3:
+                await self.append(order_id, OrderShipped())
+            elif n % 7 == 6:
+                await self.append(order_id, OrderCancelled(reason="customer asked"))
+        return ids
+
+
+async def all_events(pool: asyncpg.Pool, after: int = 0) -> list[RecordedEvent]:
+    async with pool.acquire() as conn:
+        return await EventStore.read_range(conn, after, 2**62, 1_000_000)
+
+
+@contextlib.asynccontextmanager
+async def event_publisher(
+    settings: Settings,
+) -> AsyncIterator[Callable[[Sequence[RecordedEvent]], Awaitable[None]]]:
+    """A function publishing recorded events to `orders.events` as the relay does (confirmed)."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        channel = await connection.channel()
+        await declare_topology(channel, settings.retry_base_delay_ms)
+        publisher = await ConfirmedPublisher.open(connection, 10)
+
+        async def send(events: Sequence[RecordedEvent]) -> None:
+            for start in range(0, len(events), 200):
+                chunk = events[start : start + 200]
+                await publisher.publish_many(
+                    EVENTS_EXCHANGE, [("", event_message(e)) for e in chunk]
+                )
+
+        yield send
+    finally:
+        await connection.close()
+
+
+async def publish(settings: Settings, events: Sequence[RecordedEvent]) -> None:
+    async with event_publisher(settings) as send:
+        await send(events)
+
+
+async def live_generation(redis: Redis, keys: Keys) -> int | None:
+    value = await redis.get(keys.generation)
+    return int(value) if value else None
+
+
+async def views_reached(redis: Redis, keys: Keys, versions: dict[uuid.UUID, int]) -> bool:
+    """Whether queries see every order at (at least) the given version."""
+    generation = await live_generation(redis, keys)
+    if generation is None:
+        return False
+    view_keys = keys.views(generation)
+    async with redis.pipeline(transaction=False) as pipe:
+        for order_id in versions:
+            pipe.hget(view_keys.order(str(order_id)), "version")
+        found = await pipe.execute()
+    return all(
+        v is not None and int(v) >= want for v, want in zip(found, versions.values(), strict=True)
+    )
+
+
+async def dump_generation(redis: Redis, keys: Keys, generation: int) -> dict[str, Any]:
+    """Every key of a generation with its content, keyed by suffix (comparable across
+    generations)."""
+    view_keys = keys.views(generation)
+    members = sorted(await redis.smembers(view_keys.members))
+    base = view_keys.base.encode()
+    dump: dict[str, Any] = {"members": sorted(m.removeprefix(base).decode() for m in members)}
+    for key in members:
+        kind = (await redis.type(key)).decode()
+        if kind == "hash":
+            value: Any = dict(sorted((await redis.hgetall(key)).items()))
+        elif kind == "list":
+            value = await redis.lrange(key, 0, -1)
+        elif kind == "zset":
+            value = await redis.zrange(key, 0, -1, withscores=True)
+        elif kind == "string":
+            value = await redis.get(key)
+        else:
+            value = kind
+        dump[key.removeprefix(base).decode()] = value
+    return dump
+
+
+async def keys_with_prefix(redis: Redis, prefix: str) -> list[bytes]:
+    """Test-only SCAN to prove nothing was left behind."""
+    return [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]

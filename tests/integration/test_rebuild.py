@@ -1,0 +1,165 @@
+"""`python -m projector_worker rebuild` while events keep flowing and queries keep reading."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from common.contracts.envelopes import RecordedEvent
+from common.contracts.orders import ItemAdded
+from common.messaging.topology import PROJECTOR_QUEUE
+from common.readmodel.keys import Keys
+from common.settings import Settings
+from tests.conftest import settings_env
+from tests.integration.test_projector import queue_counts
+from tests.integration.test_projector_support import (
+    Ledger,
+    all_events,
+    dump_generation,
+    event_publisher,
+    keys_with_prefix,
+    line,
+    live_generation,
+    publish,
+    until,
+    views_reached,
+)
+from tests.support.processes import ROOT, ProcessFactory
+
+pytestmark = pytest.mark.integration
+
+
+async def rebuild(settings: Settings, *args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "projector_worker",
+        "rebuild",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, **settings_env(settings)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, stderr.decode()
+
+
+async def test_rebuild_while_events_flow_switches_to_identical_views(
+    processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+) -> None:
+    keys = Keys(isolated_settings.redis_key_prefix)
+    processes.start("projector_worker")
+    gateway = processes.start("gateway")
+    ledger = Ledger(pg)
+    seeded = await ledger.seed(400)
+    await publish(isolated_settings, await all_events(pg))
+    await until(lambda: views_reached(redis_client, keys, ledger.versions), 30, "the views")
+    before = await live_generation(redis_client, keys)
+    assert before is not None
+
+    stop = asyncio.Event()
+    published = 0
+    during_rebuild = 0
+
+    async def keep_writing() -> None:
+        async with event_publisher(isolated_settings) as send:
+            await write_until_stopped(send)
+
+    async def write_until_stopped(
+        send: Callable[[Sequence[RecordedEvent]], Awaitable[None]],
+    ) -> None:
+        nonlocal published, during_rebuild
+        rng = random.Random(3)
+        while not stop.is_set():
+            after = ledger.last_position
+            rebuilding = bool(await redis_client.exists(keys.rebuilding))
+            if rng.random() < 0.5:
+                await ledger.create(f"cust-{rng.randrange(5)}", [line("sku-flow", 1, "2.00")])
+            else:
+                order_id = rng.choice(seeded)
+                await ledger.append(order_id, ItemAdded(item=line("sku-more", 1, "0.50")))
+            await send(await all_events(pg, after))
+            published += 1
+            if rebuilding and await redis_client.exists(keys.rebuilding):
+                during_rebuild += 1
+
+    reads = 0
+
+    async def keep_reading(client: httpx.AsyncClient) -> None:
+        nonlocal reads
+        rng = random.Random(5)
+        while not stop.is_set():
+            order_id = rng.choice(seeded)
+            response = await client.get(f"/orders/{order_id}")
+            assert response.status_code == 200, response.text
+            assert response.json()["version"] >= 1
+            search = await client.get("/orders/search", params={"page_size": 1})
+            assert search.status_code == 200, search.text
+            assert search.json()["total"] >= len(seeded)
+            reads += 1
+
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as client:
+        writer = asyncio.create_task(keep_writing())
+        reader = asyncio.create_task(keep_reading(client))
+        code, stderr = await rebuild(isolated_settings, "--batch-size", "10")
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(writer, reader)
+
+    assert code == 0, stderr
+    assert "events" in stderr
+    assert "/s" in stderr
+    assert "rebuild done" in stderr
+    assert during_rebuild > 0
+    assert reads > 0
+    after = await live_generation(redis_client, keys)
+    assert after is not None
+    assert after > before
+    assert await keys_with_prefix(redis_client, keys.views(before).base) == []
+
+    await until(lambda: views_reached(redis_client, keys, ledger.versions), 30, "the last events")
+    await until(lambda: _drained(isolated_settings), 30, "the projector queue to drain")
+    live = await dump_generation(redis_client, keys, after)
+    code, stderr = await rebuild(isolated_settings, "--quiet")
+    assert code == 0, stderr
+    fresh = await live_generation(redis_client, keys)
+    assert fresh is not None
+    assert await dump_generation(redis_client, keys, fresh) == live
+
+
+async def _drained(settings: Settings) -> bool:
+    return (await queue_counts(settings, PROJECTOR_QUEUE)) == [0]
+
+
+async def test_a_second_rebuild_waits_its_turn_and_an_empty_redis_is_restored(
+    pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+) -> None:
+    keys = Keys(isolated_settings.redis_key_prefix)
+    ledger = Ledger(pg)
+    await ledger.seed(10)
+    # No projector runs: the CLI restores views and command statuses on its own.
+    code, stderr = await rebuild(isolated_settings)
+    assert code == 0, stderr
+    assert "Redis was empty" in stderr
+    assert await views_reached(redis_client, keys, ledger.versions)
+    command_ids = [r["command_id"] for r in await pg.fetch("SELECT command_id FROM commands")]
+    assert command_ids
+    for command_id in command_ids:
+        status = await redis_client.hgetall(keys.command(command_id))
+        assert status[b"status"] == b"succeeded"
+        assert int(status[b"projected_version"]) == int(status[b"version"])
+
+    await redis_client.set(keys.rebuild_lock, "someone-else", px=60_000)
+    code, stderr = await rebuild(isolated_settings)
+    assert code == 1
+    assert "another process is rebuilding" in stderr

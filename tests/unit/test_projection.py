@@ -1,0 +1,246 @@
+"""The orders projection as pure functions: events in, views and index changes out."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+
+from common.contracts.envelopes import EventMetadata, RecordedEvent
+from common.contracts.orders import (
+    ItemAdded,
+    OrderCancelled,
+    OrderCreated,
+    OrderLine,
+    OrderShipped,
+    ShippingAddress,
+)
+from common.readmodel.layout import BY_CREATED, BY_TOTAL
+from common.readmodel.order_view import (
+    OrderView,
+    ViewStatus,
+    query_terms,
+    text_tokens,
+)
+from projector_worker.projection import (
+    ProjectionError,
+    ViewChange,
+    parse_payload,
+    plan,
+    search_tokens,
+)
+
+ORDER = uuid.UUID("0b9a4d0e-9d7e-4a53-9a51-3c1f3c6d7e01")
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+ADDRESS = ShippingAddress(
+    recipient="Ada Lovelace",
+    street="12 Main-Street",
+    city="London",
+    postal_code="NW1 2DB",
+    country="GB",
+)
+
+
+def line(product: str, quantity: int, price: str) -> OrderLine:
+    return OrderLine(product_id=product, quantity=quantity, price=Decimal(price))
+
+
+def recorded(payload: Any, version: int, *, order: uuid.UUID = ORDER) -> RecordedEvent:
+    data = payload.model_dump(mode="json", exclude={"type"})
+    moment = T0 + timedelta(minutes=version)
+    return RecordedEvent(
+        event_id=uuid.uuid4(),
+        position=100 + version,
+        stream_id=str(order),
+        version=version,
+        type=payload.type,
+        data=data,
+        metadata=EventMetadata(
+            command_id=uuid.uuid4(),
+            correlation_id=uuid.uuid4(),
+            causation_id=uuid.uuid4(),
+            occurred_at=moment,
+        ),
+        recorded_at=moment,
+    )
+
+
+def created(*lines: OrderLine, customer: str = "cust-1") -> RecordedEvent:
+    return recorded(
+        OrderCreated(
+            order_id=ORDER, customer_id=customer, items=list(lines), shipping_address=ADDRESS
+        ),
+        1,
+    )
+
+
+def step(before: OrderView | None, event: RecordedEvent) -> ViewChange:
+    return plan(before, event, parse_payload(event))
+
+
+def run(*events: RecordedEvent) -> OrderView:
+    view: OrderView | None = None
+    for event in events:
+        view = step(view, event).view
+    assert view is not None
+    return view
+
+
+def test_created_order_has_exact_totals_and_merged_lines() -> None:
+    view = run(created(line("p-1", 2, "10.10"), line("p-2", 1, "0.05"), line("p-1", 1, "10.10")))
+    assert view.status is ViewStatus.CREATED
+    assert [(x.product_id, x.quantity) for x in view.lines] == [("p-1", 3), ("p-2", 1)]
+    assert view.total_amount == Decimal("30.35")
+    assert view.item_count == 4
+    assert view.version == 1
+    assert view.created_at == view.updated_at == T0 + timedelta(minutes=1)
+
+
+def test_money_is_exact_where_floats_are_not() -> None:
+    view = run(created(*(line(f"p-{i}", 1, "0.10") for i in range(3))))
+    assert view.to_api()["total_amount"] == "0.30"
+
+
+def test_adding_a_product_already_on_the_order_adds_to_its_quantity() -> None:
+    first = created(line("p-1", 1, "2.50"))
+    added = recorded(ItemAdded(item=line("p-1", 4, "2.50")), 2)
+    other = recorded(ItemAdded(item=line("p-9", 1, "1.00")), 3)
+    view = run(first, added, other)
+    assert [(x.product_id, x.quantity) for x in view.lines] == [("p-1", 5), ("p-9", 1)]
+    assert view.to_api()["total_amount"] == "13.50"
+    assert view.item_count == 6
+    assert view.version == 3
+    assert view.updated_at == T0 + timedelta(minutes=3)
+
+
+def test_shipping_and_cancelling_set_status_and_times() -> None:
+    first = created(line("p-1", 1, "1.00"))
+    shipped = run(first, recorded(OrderShipped(), 2))
+    assert shipped.status is ViewStatus.SHIPPED
+    assert shipped.shipped_at == T0 + timedelta(minutes=2)
+    cancelled = run(first, recorded(OrderCancelled(reason="changed my mind"), 2))
+    assert cancelled.status is ViewStatus.CANCELLED
+    assert cancelled.cancel_reason == "changed my mind"
+    assert cancelled.cancelled_at == T0 + timedelta(minutes=2)
+    assert cancelled.shipped_at is None
+
+
+def test_the_hash_round_trips() -> None:
+    view = run(
+        created(line("p-1", 2, "19.99")),
+        recorded(ItemAdded(item=line("p-2", 1, "5.00")), 2),
+        recorded(OrderCancelled(reason="late"), 3),
+    )
+    raw = {k.encode(): v.encode() for k, v in view.to_hash().items()}
+    assert OrderView.from_hash(raw) == view
+
+
+def test_api_shape() -> None:
+    body = run(created(line("p-1", 2, "19.99"))).to_api()
+    assert body == {
+        "order_id": str(ORDER),
+        "customer_id": "cust-1",
+        "status": "created",
+        "total_amount": "39.98",
+        "item_count": 2,
+        "items": [{"product_id": "p-1", "quantity": 2, "price": "19.99"}],
+        "shipping_address": ADDRESS.model_dump(mode="json"),
+        "created_at": "2024-05-01T12:01:00+00:00",
+        "updated_at": "2024-05-01T12:01:00+00:00",
+        "shipped_at": None,
+        "cancelled_at": None,
+        "cancel_reason": None,
+        "version": 1,
+    }
+
+
+def test_creation_indexes_the_order_everywhere() -> None:
+    change = step(None, created(line("SKU-1", 1, "3.00"), customer="Cust-7"))
+    score = str(change.view.created_score)
+    added = {(key, s) for key, s, _member in change.zadd}
+    assert (BY_CREATED, score) in added
+    assert (BY_TOTAL, "3.00") in added
+    assert ("customer:Cust-7", score) in added
+    assert ("customer:Cust-7:created", score) in added
+    assert ("status:created", score) in added
+    for token in (str(ORDER), "cust-7", "sku-1", "main-street", "main", "street", "london", "gb"):
+        assert (f"token:{token}", score) in added
+    assert change.zrem == ()
+    assert all(member == str(ORDER) for _key, _score, member in change.zadd)
+
+
+def test_status_change_moves_the_order_between_status_sets() -> None:
+    first = step(None, created(line("p-1", 1, "1.00")))
+    change = step(first.view, recorded(OrderShipped(), 2))
+    assert set(change.zrem) == {
+        ("customer:cust-1:created", str(ORDER)),
+        ("status:created", str(ORDER)),
+    }
+    keys = {key for key, _score, _member in change.zadd}
+    assert keys == {"customer:cust-1:shipped", "status:shipped"}
+    assert change.index_keys()[:2] == ["customer:cust-1:created", "status:created"]
+
+
+def test_item_added_reindexes_total_and_new_products_only() -> None:
+    first = step(None, created(line("p-1", 1, "1.00")))
+    again = step(first.view, recorded(ItemAdded(item=line("p-1", 1, "1.00")), 2))
+    assert {k for k, _s, _m in again.zadd} == {BY_TOTAL}
+    new = step(first.view, recorded(ItemAdded(item=line("p-2", 1, "1.00")), 2))
+    assert {k for k, _s, _m in new.zadd} == {BY_TOTAL, "token:p-2"}
+
+
+def test_history_entry_carries_what_the_api_returns() -> None:
+    event = created(line("p-1", 1, "1.00"))
+    entry = orjson.loads(step(None, event).history_entry)
+    assert entry == {
+        "position": 101,
+        "version": 1,
+        "type": "OrderCreated",
+        "data": event.data,
+        "time": "2024-05-01T12:01:00+00:00",
+        "command_id": str(event.metadata.command_id),
+    }
+
+
+@pytest.mark.parametrize(
+    ("before_events", "event", "message"),
+    [
+        ([], recorded(OrderShipped(), 1), "before OrderCreated"),
+        ([], recorded(OrderShipped(), 2), "cannot follow version 0"),
+        (["created"], created(line("p", 1, "1.00")), "cannot follow version 1"),
+    ],
+)
+def test_events_out_of_place_are_refused(
+    before_events: list[str], event: RecordedEvent, message: str
+) -> None:
+    before = run(created(line("p", 1, "1.00"))) if before_events else None
+    with pytest.raises(ProjectionError, match=message):
+        step(before, event)
+
+
+def test_invalid_payloads_are_projection_errors() -> None:
+    event = created(line("p", 1, "1.00")).model_copy(update={"data": {"order_id": "nope"}})
+    with pytest.raises(ProjectionError, match="invalid OrderCreated payload"):
+        parse_payload(event)
+    unknown = created(line("p", 1, "1.00")).model_copy(update={"type": "OrderExploded"})
+    with pytest.raises(ProjectionError):
+        parse_payload(unknown)
+
+
+def test_payload_may_carry_its_type() -> None:
+    event = created(line("p", 1, "1.00"))
+    with_type = event.model_copy(update={"data": {**event.data, "type": "OrderCreated"}})
+    assert parse_payload(with_type) == parse_payload(event)
+
+
+def test_tokens_and_query_terms_agree() -> None:
+    view = run(created(line("p-1", 1, "1.00")))
+    tokens = search_tokens(view)
+    for query in ("main-street", "Main", "LONDON", "nw1", "ada lovelace", "P-1", str(ORDER)):
+        assert set(query_terms(query)) <= tokens, query
+    assert text_tokens(["  "]) == set()
+    assert query_terms("a  A, b") == ["a", "b"]
