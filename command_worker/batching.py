@@ -35,6 +35,7 @@ class Batcher(Generic[Item, Result]):
         self._busy: set[Hashable] = set()
         self._running = 0
         self._kick_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
@@ -52,7 +53,9 @@ class Batcher(Generic[Item, Result]):
             if not batch:
                 return
             self._running += 1
-            asyncio.create_task(self._run(batch))
+            task = asyncio.create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _take(self) -> list[tuple[Item, asyncio.Future[Result]]]:
         taken: list[tuple[Item, asyncio.Future[Result]]] = []

@@ -14,6 +14,7 @@ advisory lock that PostgreSQL frees when the leader's connection dies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -71,8 +72,12 @@ class Relay:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except (BrokerUnavailable, OSError, asyncpg.PostgresError,
-                    asyncpg.InterfaceError) as exc:
+            except (
+                BrokerUnavailable,
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+            ) as exc:
                 log.warning("relay paused: %r", exc)
             except Exception:
                 log.exception("relay failed")
@@ -83,7 +88,10 @@ class Relay:
     async def _session(self) -> None:
         conn: asyncpg.Connection = await asyncpg.connect(self._database_url)
         try:
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+            # Polling: the lock's release is only visible by asking for it again.
+            while not await conn.fetchval(  # noqa: ASYNC110
+                "SELECT pg_try_advisory_lock($1)", RELAY_LOCK
+            ):
                 await asyncio.sleep(self._idle_poll_s)
             self.is_leader = True
             log.info("relay leading")
@@ -101,10 +109,8 @@ class Relay:
             horizon = await EventStore.read_horizon(conn)
             metrics.RELAY_LAG.set(max(horizon.last_position - checkpoint, 0))
             if horizon.last_position <= scanned:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._appended.wait(), self._idle_poll_s)
-                except TimeoutError:
-                    pass
                 continue
             await EventStore.wait_until_final(conn, horizon)
             while True:

@@ -78,16 +78,16 @@ class CommandWorker:
         self._pool = await create_pool(settings.database_url, settings.db_pool_size)
         self._redis = Redis.from_url(settings.redis_url)
         self._handler = CommandHandler(
-            EventStore(self._pool), self._redis, Keys(settings.redis_key_prefix),
+            EventStore(self._pool),
+            self._redis,
+            Keys(settings.redis_key_prefix),
             settings.conflict_retries,
         )
         health = None
         if settings.metrics_port is not None:
             health = HealthServer(settings.metrics_port, self._ready)
             await health.start()
-        relay = Relay(
-            settings.database_url, self._publisher, batch_size=settings.relay_batch_size
-        )
+        relay = Relay(settings.database_url, self._publisher, batch_size=settings.relay_batch_size)
         await self._connection.start()
         relay.start()
         log.info("command worker started")

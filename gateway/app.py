@@ -16,6 +16,7 @@ from gateway.problems import install_problem_handlers
 from gateway.requests import AddItemRequest, CreateOrderRequest, ShipOrderRequest
 from gateway.responses import AcceptedCommand, CommandStatusView, ProblemDetails
 from gateway.runtime import Runtime
+from gateway.waiting import Waiter
 
 BROKER_WAIT_S = 3.0
 """How long start-up waits for RabbitMQ before serving anyway (commands get 503 until then)."""
@@ -31,10 +32,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(settings)
         app.state.runtime = runtime
+        waiter = Waiter(runtime.redis, runtime.keys)
+        app.state.waiter = waiter
         try:
             await runtime.start(broker_wait_s)
+            await waiter.start()
             yield
         finally:
+            await waiter.close()
             await runtime.close()
 
     app = FastAPI(

@@ -39,6 +39,10 @@ class ProblemType(StrEnum):
     BODY_TOO_LARGE = "urn:orders:problem:body-too-large"
     UNAVAILABLE = "urn:orders:problem:unavailable"
     """A dependency (RabbitMQ, Redis) is down; retry after `Retry-After` seconds."""
+    COMMAND_REJECTED = "urn:orders:problem:command-rejected"
+    """The command was refused by the order's rules (`Prefer: wait` answers); see `detail`."""
+    COMMAND_FAILED = "urn:orders:problem:command-failed"
+    """The command could not be applied (too many concurrent changes); see `detail`."""
     UNAUTHORIZED = "urn:orders:problem:unauthorized"
     NOT_FOUND = "urn:orders:problem:not-found"
 

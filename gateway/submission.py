@@ -20,13 +20,15 @@ from starlette.responses import Response
 from common.contracts.orders import COMMAND_TYPES, Command
 from common.messaging.connection import BrokerUnavailable
 from common.observability import metrics
-from common.readmodel.commands import mark_accepted
+from common.readmodel.commands import CommandStatus, mark_accepted
+from common.readmodel.notifications import CommandProgress
 from gateway import idempotency
 from gateway.idempotency import CommandIds
 from gateway.middleware import request_correlation_id
-from gateway.problems import unavailable
-from gateway.responses import accepted_response
+from gateway.problems import Problem, ProblemType, unavailable
+from gateway.responses import accepted_response, json_response
 from gateway.runtime import Runtime
+from gateway.waiting import prefer_wait, waiter_of
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +79,13 @@ async def command_fields(
 
 
 async def dispatch(request: Request, runtime: Runtime, command: Command) -> Response:
-    """Queue `command` and answer 202, or 503 if RabbitMQ did not confirm it.
+    """Queue `command` and answer 202, or 503 if RabbitMQ did not confirm it; with
+    `Prefer: wait=N`, answer with the outcome once it is visible in the views (see
+    `outcome_response`), or 202 when N seconds (capped by MAX_WAIT_S) pass first.
 
-    The single exit of every command route: a place to add behaviour for all commands (such
-    as waiting for the outcome on `Prefer: wait`, which must subscribe before publishing).
+    The single exit of every command route.
     """
+    wait_s = prefer_wait(request.headers.get("prefer"))
     command_id = command.command_id
     try:
         await runtime.publisher.publish(command)
@@ -118,4 +122,36 @@ async def dispatch(request: Request, runtime: Runtime, command: Command) -> Resp
                 "order_id": str(command.order_id),
             },
         )
-    return accepted_response(command)
+    if not wait_s:
+        return accepted_response(command)
+    waiter = await waiter_of(request)
+    bound = min(wait_s, runtime.settings.max_wait_s)
+    try:
+        progress = await waiter.wait_for_command(command_id, bound)
+    except REDIS_ERRORS as exc:
+        log.warning("could not wait for %s: %r", command_id, exc)
+        progress = None
+    response = outcome_response(command, progress)
+    response.headers["preference-applied"] = f"wait={bound:g}"
+    return response
+
+
+def outcome_response(command: Command, progress: CommandProgress | None) -> Response:
+    """201 + Location for a visible create, 200 + the status for any other visible success,
+    409 problem+json with the reason for a rejection or failure, else the plain 202."""
+    if progress is None or not progress.settled:
+        return accepted_response(command)
+    if progress.status == CommandStatus.SUCCEEDED:
+        if command.type == "CreateOrder":
+            response = json_response(progress.to_json(), 201)
+            response.headers["location"] = f"/orders/{command.order_id}"
+            return response
+        return json_response(progress.to_json())
+    rejected = progress.status == CommandStatus.REJECTED
+    return Problem(
+        409,
+        progress.reason or progress.status,
+        type_=ProblemType.COMMAND_REJECTED if rejected else ProblemType.COMMAND_FAILED,
+        title="Command rejected" if rejected else "Command failed",
+        headers={"location": f"/commands/{command.command_id}"},
+    ).response()

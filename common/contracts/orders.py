@@ -13,7 +13,7 @@ from uuid import UUID
 
 from pydantic import Field, TypeAdapter
 
-from common.contracts.base import SCHEMA_VERSION, Contract, Money, Quantity, Slug, Text
+from common.contracts.base import Contract, Money, Quantity, Slug, Text
 
 
 class OrderLine(Contract):
@@ -44,7 +44,7 @@ class CommandBase(Contract):
     order_id: UUID
     correlation_id: UUID
     causation_id: UUID | None = None
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     issued_at: datetime
     fingerprint: str | None = None
     """Hash of the request that produced the command, to refuse a reused idempotency key."""

@@ -1,9 +1,9 @@
 """Schema migrations, applied in order under an advisory lock, each exactly once.
 
 `append_to_stream` and `append_batch` are functions so an append is one round trip and one
-transaction, and so their statements run in a known order: the command row is written first, which gives the
-transaction its id (xid8) *before* the events take their positions. The relay's gap-safe
-horizon (see `store.py`) depends on that order.
+transaction, and so their statements run in a known order: the command rows are written
+first, which gives the transaction its id (xid8) *before* the events take their positions.
+The relay's gap-safe horizon (see `store.py`) depends on that order.
 """
 
 from __future__ import annotations

@@ -179,7 +179,9 @@ class EventStore:
         )
         return {r["command_id"]: CommandRecord(**dict(r)) for r in rows}
 
-    async def append_batch(self, conn: asyncpg.Connection, outcomes: Sequence[CommandOutcome]) -> None:
+    async def append_batch(
+        self, conn: asyncpg.Connection, outcomes: Sequence[CommandOutcome]
+    ) -> None:
         """Record every outcome and append every event in one transaction. Events of a command
         take versions `version - len(events) + 1 .. version` of its stream. Any conflict fails
         the whole batch: `WrongExpectedVersion` or `DuplicateCommand`."""

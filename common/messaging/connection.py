@@ -9,8 +9,10 @@ nothing can be restored half way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import aio_pika
 
@@ -62,10 +64,8 @@ class SupervisedConnection:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self._connection is not None and not self._connection.is_closed:
             await self._connection.close()
         self.ready.clear()
@@ -78,9 +78,7 @@ class SupervisedConnection:
                 connection = await aio_pika.connect(
                     self._url, client_properties={"connection_name": self._name}
                 )
-                connection.close_callbacks.add(
-                    lambda _conn, exc: lost.done() or lost.set_result(None)
-                )
+                connection.close_callbacks.add(partial(_resolve, lost))
                 self._connection = connection
                 await self._on_connected(connection)
                 self.sessions += 1
@@ -92,9 +90,7 @@ class SupervisedConnection:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning(
-                    "rabbitmq connect failed: %r", exc, extra={"connection": self._name}
-                )
+                log.warning("rabbitmq connect failed: %r", exc, extra={"connection": self._name})
             finally:
                 self.ready.clear()
             conn = self._connection
@@ -107,3 +103,6 @@ class SupervisedConnection:
             backoff = min(backoff * 2, self._max_backoff_s)
 
 
+def _resolve(future: asyncio.Future[None], *_: object) -> None:
+    if not future.done():
+        future.set_result(None)

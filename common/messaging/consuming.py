@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, FieldValue
 
 from common.messaging.outcomes import FailureKind, RejectMessage, RetryLater
 from common.messaging.publishing import ConfirmedPublisher
@@ -45,13 +45,13 @@ def attempt_of(message: AbstractIncomingMessage) -> int:
     return raw if isinstance(raw, int) and raw > 0 else 1
 
 
-def copy_message(message: AbstractIncomingMessage, **extra_headers: object) -> aio_pika.Message:
+def copy_message(message: AbstractIncomingMessage, **extra_headers: FieldValue) -> aio_pika.Message:
     """A persistent copy of `message` with the same properties and extra headers."""
     headers = dict(message.headers or {})
     headers.update(extra_headers)
     return aio_pika.Message(
         body=message.body,
-        headers=headers,  # type: ignore[arg-type]
+        headers=headers,
         content_type=message.content_type,
         content_encoding=message.content_encoding,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -153,11 +153,15 @@ class QueueConsumer:
         log.warning(
             "retrying %s in %d ms (attempt %d): %s", message.message_id, delay_ms, attempt, reason
         )
+        retry_headers: dict[str, FieldValue] = {
+            ATTEMPT_HEADER: attempt + 1,
+            REASON_HEADER: reason[:1000],
+        }
         await self._forward(
             message,
             RETRY_EXCHANGE,
             retry_queue_name(self.queue_name, delay_ms),
-            copy_message(message, **{ATTEMPT_HEADER: attempt + 1, REASON_HEADER: reason}),
+            copy_message(message, **retry_headers),
         )
 
     async def _dead_letter(
@@ -165,15 +169,13 @@ class QueueConsumer:
     ) -> None:
         metrics.DEAD_LETTERS.labels(self.queue_name, kind.value).inc()
         log.error("dead-lettering %s (%s): %s", message.message_id, kind.value, reason)
-        copy = copy_message(
-            message,
-            **{
-                REASON_HEADER: reason[:1000],
-                KIND_HEADER: kind.value,
-                QUEUE_HEADER: self.queue_name,
-                "x-failed-at": datetime.now(UTC).isoformat(),
-            },
-        )
+        failure: dict[str, FieldValue] = {
+            REASON_HEADER: reason[:1000],
+            KIND_HEADER: kind.value,
+            QUEUE_HEADER: self.queue_name,
+            "x-failed-at": datetime.now(UTC).isoformat(),
+        }
+        copy = copy_message(message, **failure)
         await self._forward(message, DEAD_LETTER_EXCHANGE, dlq_name(self.queue_name), copy)
 
     async def _forward(

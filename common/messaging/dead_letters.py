@@ -45,9 +45,19 @@ def replay_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
     headers = {
         k: v
         for k, v in (message.headers or {}).items()
-        if k not in {REASON_HEADER, KIND_HEADER, QUEUE_HEADER, ATTEMPT_HEADER, "x-failed-at",
-                     "x-death", "x-first-death-exchange", "x-first-death-queue",
-                     "x-first-death-reason", "x-delivery-count"}
+        if k
+        not in {
+            REASON_HEADER,
+            KIND_HEADER,
+            QUEUE_HEADER,
+            ATTEMPT_HEADER,
+            "x-failed-at",
+            "x-death",
+            "x-first-death-exchange",
+            "x-first-death-queue",
+            "x-first-death-reason",
+            "x-delivery-count",
+        }
     }
     return aio_pika.Message(
         body=message.body,

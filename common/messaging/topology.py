@@ -60,15 +60,11 @@ class Exchanges:
 
 async def declare_topology(channel: AbstractChannel, retry_base_delay_ms: int) -> Exchanges:
     """Declare (or confirm) every exchange, queue and binding. Safe to run concurrently."""
-    durable = {"durable": True}
-    commands = await channel.declare_exchange(
-        COMMANDS_EXCHANGE, aio_pika.ExchangeType.DIRECT, **durable
-    )
-    events = await channel.declare_exchange(EVENTS_EXCHANGE, aio_pika.ExchangeType.FANOUT, **durable)
-    dead_letter = await channel.declare_exchange(
-        DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, **durable
-    )
-    retry = await channel.declare_exchange(RETRY_EXCHANGE, aio_pika.ExchangeType.DIRECT, **durable)
+    direct, fanout = aio_pika.ExchangeType.DIRECT, aio_pika.ExchangeType.FANOUT
+    commands = await channel.declare_exchange(COMMANDS_EXCHANGE, direct, durable=True)
+    events = await channel.declare_exchange(EVENTS_EXCHANGE, fanout, durable=True)
+    dead_letter = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, direct, durable=True)
+    retry = await channel.declare_exchange(RETRY_EXCHANGE, direct, durable=True)
 
     for queue_name, source, routing_key in (
         (COMMANDS_QUEUE, commands, COMMANDS_QUEUE),

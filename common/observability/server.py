@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,10 @@ class HealthServer:
                 log.debug("readiness check failed", exc_info=True)
                 checks = {"check": False}
             ok = all(checks.values())
-            body = ('{"status":"%s","checks":{%s}}' % (
-                "ok" if ok else "unavailable",
-                ",".join(f'"{k}":{str(v).lower()}' for k, v in checks.items()),
-            )).encode()
-            return _response("200 OK" if ok else "503 Service Unavailable", body, "application/json")
+            body = orjson.dumps({"status": "ok" if ok else "unavailable", "checks": checks})
+            return _response(
+                "200 OK" if ok else "503 Service Unavailable", body, "application/json"
+            )
         if path == "/metrics":
             return _response("200 OK", generate_latest(), CONTENT_TYPE_LATEST)
         return _response("404 Not Found", b'{"status":"not found"}', "application/json")

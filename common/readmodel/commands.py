@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import orjson
@@ -75,7 +75,7 @@ async def record_outcomes(redis: Redis, keys: Keys, outcomes: Sequence[Outcome])
     """Write terminal statuses and publish them, in one pipelined round trip."""
     async with redis.pipeline(transaction=False) as pipe:
         for outcome in outcomes:
-            fields: dict[str, Any] = {
+            fields: dict[Any, str | int] = {
                 "command_id": str(outcome.command_id),
                 "type": outcome.command_type,
                 "order_id": outcome.order_id,
@@ -89,7 +89,7 @@ async def record_outcomes(redis: Redis, keys: Keys, outcomes: Sequence[Outcome])
 
 
 async def get_status(redis: Redis, keys: Keys, command_id: UUID) -> dict[str, Any] | None:
-    raw = await redis.hgetall(keys.command(command_id))
+    raw = cast(dict[bytes, bytes], await redis.hgetall(keys.command(command_id)))
     if not raw:
         return None
     return {

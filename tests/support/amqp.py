@@ -32,7 +32,9 @@ async def tap_events(ch: AbstractChannel) -> AbstractQueue:
     return queue
 
 
-async def take(queue: AbstractQueue, count: int, timeout: float = 20) -> list[AbstractIncomingMessage]:
+async def take(
+    queue: AbstractQueue, count: int, timeout: float = 20
+) -> list[AbstractIncomingMessage]:
     """Exactly `count` messages (acked), or fail after `timeout` with what arrived."""
     received: list[AbstractIncomingMessage] = []
     deadline = time.monotonic() + timeout

@@ -18,7 +18,10 @@ from common.contracts.orders import (
 )
 
 ADDRESS = ShippingAddress(
-    recipient="Load Tester", street="1 Queue Lane", city="Rabbitburg", postal_code="10115",
+    recipient="Load Tester",
+    street="1 Queue Lane",
+    city="Rabbitburg",
+    postal_code="10115",
     country="DE",
 )
 
@@ -32,9 +35,9 @@ def envelope(order_id: uuid.UUID) -> dict[str, object]:
     }
 
 
-def command_mix(orders: int, additions_per_order: int, seed: int = 7) -> tuple[
-    list[Command], list[Command]
-]:
+def command_mix(
+    orders: int, additions_per_order: int, seed: int = 7
+) -> tuple[list[Command], list[Command]]:
     """Creates first, then the rest shuffled: item additions, and a ship or cancel for some."""
     rng = random.Random(seed)
     order_ids = [uuid.uuid4() for _ in range(orders)]

@@ -27,8 +27,11 @@ from common.contracts.orders import (
 
 ORDER_ID = uuid.uuid4()
 ADDRESS = ShippingAddress(
-    recipient="Ada Lovelace", street="12 St James's Square", city="London",
-    postal_code="SW1Y 4JH", country="GB",
+    recipient="Ada Lovelace",
+    street="12 St James's Square",
+    city="London",
+    postal_code="SW1Y 4JH",
+    country="GB",
 )
 
 
@@ -113,7 +116,7 @@ def test_commands_on_unknown_order_are_rejected(command: Command) -> None:
 )
 def test_nothing_is_allowed_after_ship_or_cancel(final: Command, after: Command) -> None:
     state = run(Order(), create(line("a", 1, "1.00")), final)
-    with pytest.raises(Rejection, match="order is (shipped|cancelled)"):
+    with pytest.raises(Rejection, match=r"order is (shipped|cancelled)"):
         decide(state, after)
 
 
@@ -135,9 +138,15 @@ def test_create_event_carries_the_order() -> None:
 
 
 def test_evolve_counts_versions() -> None:
-    state = evolve(Order(), OrderCreated(
-        order_id=ORDER_ID, customer_id="c", items=[line("a", 1, "1.00")], shipping_address=ADDRESS
-    ))
+    state = evolve(
+        Order(),
+        OrderCreated(
+            order_id=ORDER_ID,
+            customer_id="c",
+            items=[line("a", 1, "1.00")],
+            shipping_address=ADDRESS,
+        ),
+    )
     state = evolve(state, ItemAdded(item=line("b", 1, "1.00")))
     assert state.version == 2
 
