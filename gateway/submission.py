@@ -142,11 +142,12 @@ def outcome_response(command: Command, progress: CommandProgress | None) -> Resp
     if progress is None or not progress.settled:
         return accepted_response(command)
     if progress.status == CommandStatus.SUCCEEDED:
+        status = {**progress.to_json(), "type": command.type}
         if command.type == "CreateOrder":
-            response = json_response(progress.to_json(), 201)
+            response = json_response(status, 201)
             response.headers["location"] = f"/orders/{command.order_id}"
             return response
-        return json_response(progress.to_json())
+        return json_response(status)
     rejected = progress.status == CommandStatus.REJECTED
     return Problem(
         409,

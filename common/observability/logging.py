@@ -14,7 +14,8 @@ correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=No
 """The correlation id of the request or message this task is working for."""
 
 _STANDARD_ATTRS = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
+    | {"message", "asctime", "color_message"}
 )
 
 

@@ -32,6 +32,7 @@ async def test_a_create_answers_201_once_the_view_shows_it(client: httpx.AsyncCl
     assert created.headers["location"] == f"/orders/{order_id}"
     assert created.headers["preference-applied"] == "wait=10"  # capped by MAX_WAIT_S
     assert created.json()["status"] == "succeeded"
+    assert created.json()["type"] == "CreateOrder"
     # No min_version, no waiting: the view is already there.
     view = await client.get(f"/orders/{order_id}")
     assert view.status_code == 200
