@@ -20,7 +20,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from common.readmodel.keys import Keys
-from gateway.batching import AutoPipeline
+from common.readmodel.pipelining import AutoPipeline
 from gateway.problems import Problem, ProblemType, unavailable, validation_problem
 
 log = logging.getLogger(__name__)

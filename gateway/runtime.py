@@ -11,8 +11,8 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 
 from common.readmodel.keys import Keys
+from common.readmodel.pipelining import AutoPipeline
 from common.settings import Settings
-from gateway.batching import AutoPipeline
 from gateway.publishing import CommandPublisher
 
 log = logging.getLogger(__name__)

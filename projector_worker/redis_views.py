@@ -9,13 +9,14 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from common.contracts.envelopes import RecordedEvent
 from common.readmodel.keys import Keys
 from common.readmodel.notifications import order_version_message, projected_command_message
 from common.readmodel.order_view import OrderView
+from common.readmodel.pipelining import AutoPipeline
 from projector_worker import scripts
-from projector_worker.batching import ScriptBatcher
 from projector_worker.projection import COMMAND_OF_EVENT, ViewChange
 
 
@@ -77,7 +78,7 @@ class ViewWriter:
         self.redis = redis
         self.keys = keys
         self._apply = redis.register_script(scripts.APPLY)
-        self._apply_batched = ScriptBatcher(redis, scripts.APPLY)
+        self._pipeline = AutoPipeline(redis)
 
     async def generations(self) -> Generations:
         live, building = await self.redis.mget(self.keys.generation, self.keys.rebuilding)
@@ -171,8 +172,22 @@ class ViewWriter:
             live_block=1 if generations.live is not None else 0,
             flags=scripts.FLAG_PUBLISH | scripts.FLAG_RECORD_COMMAND,
         )
-        raw = await self._apply_batched(keys, args)
+        raw = await self._apply_script(keys, args)
         return self._result(raw, generations.targets)
+
+    async def _apply_script(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One EVALSHA of APPLY, sharing a round trip with the other handlers' calls."""
+
+        async def stage(pipe: Pipeline) -> None:
+            pipe.evalsha(self._apply.sha, len(keys), *keys, *args)
+
+        try:
+            [reply] = await self._pipeline.run(stage)
+        except NoScriptError:
+            # Redis restarted or flushed its script cache: load it once, call again.
+            self._apply.sha = await self.redis.script_load(self._apply.script)
+            [reply] = await self._pipeline.run(stage)
+        return reply
 
     async def replay_into(
         self,
@@ -212,7 +227,7 @@ class ViewWriter:
         return self._result(raw, (generation,))
 
     async def close(self) -> None:
-        await self._apply_batched.close()
+        await self._pipeline.close()
 
     async def checkpoint(self, generation: int) -> int:
         value = await self.redis.get(self.keys.views(generation).checkpoint)

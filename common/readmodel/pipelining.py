@@ -1,11 +1,13 @@
-"""Automatic pipelining of the Redis writes that concurrent requests make.
+"""Automatic pipelining of the Redis calls that concurrent tasks make.
 
 Through redis-py's client API one round trip costs ~100 us of CPU (pool, retry and
-observability layers), more than the publish it follows; one per request would halve the
-gateway's throughput and, under load, run the connection pool dry. Requests hand their commands
-to one flusher task instead, which writes everything queued since its last round trip in one
-packed write on a connection it keeps, and parses the replies with the client's own parser and
-reply callbacks: one connection, batches that grow with the load, no added latency when idle.
+observability layers), often more than the work it carries; one per request or per event would
+halve a process's throughput and, under load, run the connection pool dry. Callers hand their
+commands to one flusher task instead, which writes everything queued since its last round trip
+in one packed write on a connection it keeps, and parses the replies with the client's own
+parser and reply callbacks: one connection, batches that grow with the load, no added latency
+when idle. The gateway sends its status and idempotency writes this way, the projector its
+APPLY script calls.
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ class AutoPipeline:
             if not reused:
                 raise
         # A kept connection may have died while idle (Redis restarted): once more on a new one.
-        # Safe because every staged command is idempotent: `SET NX` and status marks.
+        # Safe because every staged command is idempotent (`SET NX`, status marks, and the
+        # projector's version-checked APPLY).
         return await self._exchange(commands)
 
     async def _exchange(self, commands: Commands) -> list[Any]:
