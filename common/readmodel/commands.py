@@ -72,7 +72,7 @@ class Outcome:
 
 
 async def record_outcomes(redis: Redis, keys: Keys, outcomes: Sequence[Outcome]) -> None:
-    """Write terminal statuses and publish them, in one pipelined round trip."""
+    """Write terminal statuses and announce refusals, in one pipelined round trip."""
     async with redis.pipeline(transaction=False) as pipe:
         for outcome in outcomes:
             fields: dict[Any, str | int] = {
@@ -84,7 +84,10 @@ async def record_outcomes(redis: Redis, keys: Keys, outcomes: Sequence[Outcome])
                 "version": outcome.version,
             }
             pipe.hset(keys.command(outcome.command_id), mapping=fields)
-            pipe.publish(keys.command_outcomes_channel, orjson.dumps(fields))
+            if outcome.status is not CommandStatus.SUCCEEDED:
+                # A success settles a waiter only once it is visible: the projector announces
+                # that. Rejections and failures never reach a projector, so they go out here.
+                pipe.publish(keys.command_outcomes_channel, orjson.dumps(fields))
         await pipe.execute()
 
 

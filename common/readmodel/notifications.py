@@ -9,7 +9,7 @@ publishes, on the same script call,
 - on `Keys.order_versions_channel`: `{"order_id", "version"}`.
 
 A rebuild publishes `{"generation": n}` on the order channel when queries switch to it.
-The command worker publishes its own outcome (without `projected`) on the command channel.
+The command worker publishes rejections and failures (never projected) on the command channel.
 
 A waiter therefore registers its interest, *then* reads the state, then waits for a message:
 whatever happens after the read arrives as a message, whatever happened before is in the read.
