@@ -25,7 +25,7 @@ help:
 	@echo "make test      the test suite (PYTEST_ARGS='-m \"not integration\"' for the fast part)"
 	@echo "make lint      ruff check, ruff format --check, mypy"
 	@echo "make format    ruff fixes and formatting"
-	@echo "make bench     the benchmark, once bench/ exists"
+	@echo "make bench     the benchmark: ratios against floors measured in the same run (QUICK=1)"
 	@echo "make chaos     the failure drills, once scripts/chaos.py exists"
 	@echo "make clean     remove caches and build output ($(VENV) stays; rm -rf it to start over)"
 
@@ -63,13 +63,15 @@ clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
-ifneq ($(wildcard bench/__main__.py),)
-bench: install services
-	$(BIN)/python -m bench $(BENCH_ARGS)
-else
-bench:
-	@echo "make bench: bench/__main__.py does not exist yet" >&2; exit 1
-endif
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev,bench]'
+	touch $@
+
+# QUICK=1: a smoke run of under a minute, written to bench/out/ (not the tracked figures).
+bench: install services $(BENCH_STAMP)
+	$(BIN)/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 ifneq ($(wildcard scripts/chaos.py),)
 chaos: install services

@@ -1,0 +1,181 @@
+"""`python -m bench [--quick] [--duration T] [--clients C] ...`: the benchmark, in one run.
+
+Runs on the local RabbitMQ, PostgreSQL and Redis, in a vhost, database and key prefix of its
+own (removed at the end), with processes of its own. Prints a table, writes `results.json`
+and draws `latency.png` (in `bench/`, or `bench/out/` for `--quick`). Targets are reported as
+PASS or MISS; a miss does not fail the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.phases import Bench, PhaseFailed, Plan, relative
+from bench.services import Isolation, Services
+from bench.system import OUT, ROOT
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="Phases: publish floor, end-to-end closed loop, open-loop latency at half the "
+        "measured rate, queries against an HGETALL floor, 1 vs 2 workers, rebuild against raw "
+        "Redis writes, peak RSS of every process.",
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run of well under a minute")
+    parser.add_argument("--clients", type=int, help="concurrent clients of the closed loops")
+    parser.add_argument("--duration", type=float, help="seconds of each closed command loop")
+    parser.add_argument("--warmup", type=float, help="seconds left out of the steady window")
+    parser.add_argument("--floor-duration", type=float, help="seconds of the publish floor")
+    parser.add_argument("--latency-duration", type=float, help="seconds of the open loop")
+    parser.add_argument("--query-duration", type=float, help="seconds of each query loop")
+    parser.add_argument(
+        "--query-rounds", type=int, help="rounds of floor/query turns; the best counts"
+    )
+    parser.add_argument(
+        "--floor-rounds", type=int, help="rounds of the publish floor; the best counts"
+    )
+    parser.add_argument(
+        "--rebuild-events", type=int, help="events in the store when rebuilding (seeded up to)"
+    )
+    parser.add_argument(
+        "--generator-check",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="repeat the publish floor from two generator processes (default: on, off in quick)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="LOG_LEVEL of the measured processes (%(default)s)"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="directory for results.json and latency.png (default: bench/, bench/out/ quick)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="leave the vhost, database and keys for a look"
+    )
+    parser.add_argument("--redis-db", type=int, default=0, help="Redis index (%(default)s)")
+    return parser.parse_args(argv)
+
+
+def plan_of(args: argparse.Namespace) -> Plan:
+    plan = Plan.smoke() if args.quick else Plan.full()
+    overrides: dict[str, Any] = {
+        "clients": args.clients,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "floor_s": args.floor_duration,
+        "latency_s": args.latency_duration,
+        "query_s": args.query_duration,
+        "query_rounds": args.query_rounds,
+        "floor_rounds": args.floor_rounds,
+        "rebuild_events": args.rebuild_events,
+        "generator_check": args.generator_check,
+        "log_level": args.log_level,
+    }
+    plan = dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v is not None})
+    if plan.warmup_s >= plan.duration_s:
+        raise SystemExit("--warmup must be shorter than --duration")
+    if plan.clients < 1:
+        raise SystemExit("--clients must be at least 1")
+    return plan
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def compact(raw: dict[str, Any]) -> dict[str, Any]:
+    """Raw results without the long lists (order ids, latency samples) meant for the plot."""
+    out: dict[str, Any] = {}
+    for name, phase in raw.items():
+        if isinstance(phase, dict):
+            out[name] = {k: v for k, v in phase.items() if k not in ("orders", "samples")}
+        else:
+            out[name] = phase
+    return out
+
+
+KEEP_LOGS = 5
+"""Log folders of past runs kept under bench/out/."""
+
+
+def prune_logs(out: Path, keep: int = KEEP_LOGS) -> None:
+    """Remove the log folders of all but the `keep` latest runs."""
+    runs = [d for d in out.iterdir() if d.is_dir() and len(d.name) == 10 and d.name.isalnum()]
+    for old in sorted(runs, key=lambda d: d.stat().st_mtime)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = plan_of(args)
+    services = Services(redis_db=args.redis_db)
+    missing = services.missing()
+    if missing:
+        print(
+            f"bench: not answering on {services.host}: {', '.join(missing)}; "
+            "start them with `make services`",
+            file=sys.stderr,
+        )
+        return 2
+    output = args.output or (OUT if plan.quick else ROOT / "bench")
+    isolation = Isolation(services)
+    isolation.create()
+    bench = Bench(plan, isolation, say=say)
+    failed: str | None = None
+    try:
+        raw = bench.run()
+    except (PhaseFailed, RuntimeError) as exc:
+        failed = str(exc)
+        raw = bench.raw
+    finally:
+        if args.keep:
+            say(f"bench: kept vhost {isolation.vhost}, database {isolation.database}")
+        else:
+            for problem in isolation.destroy():
+                say(f"bench: clean-up: {problem}")
+    prune_logs(OUT)
+    processes = bench.procs.summary()
+    figures = report.figures(raw, processes)
+    results: dict[str, Any] = {
+        **figures,
+        "targets": report.judge(figures),
+        "plan": dataclasses.asdict(plan),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "raw": compact(raw),
+        "processes": processes,
+        "notes": bench.notes + report.automatic_notes(raw),
+    }
+    if failed:
+        results["notes"].append(f"the run stopped early: {failed.splitlines()[0]}")
+        if args.output is None:
+            output = OUT  # a broken run must not replace the figures of the last good one
+    print()
+    print(report.render(results))
+    report.write_json(output / "results.json", results)
+    drawn = "latency" in raw and report.plot(output / "latency.png", raw["latency"], raw.get("e2e"))
+    print()
+    written = relative(output / "results.json")
+    if drawn:
+        written += f" and {relative(output / 'latency.png')}"
+    say(f"bench: wrote {written}")
+    if failed:
+        print(f"\nbench: FAILED: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""The benchmark's phases, run in order by `Bench.run`.
+
+Floors are measured by the same generator with the same concurrency as what they are compared
+with, in the same run. Floors and queries are measured in rounds (the floor before and after
+the end-to-end phases, query floor and queries taking turns) and the best round of each
+counts: other work on a shared machine can only slow a round down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import select
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import seed
+from bench.mix import create_requests
+from bench.services import Isolation
+from bench.stats import best_round, merge_results, rate, with_rate
+from bench.system import (
+    OUT,
+    Proc,
+    Processes,
+    cpu_shares,
+    cpu_snapshot,
+)
+from common.process import run as run_on_uvloop
+from common.readmodel.keys import Keys
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how hard each phase runs."""
+
+    quick: bool
+    clients: int
+    duration_s: float
+    warmup_s: float
+    floor_s: float
+    latency_s: float
+    query_s: float
+    query_rounds: int
+    floor_rounds: int
+    rebuild_events: int
+    drain_timeout_s: float
+    open_connections: int = 64
+    customers: int = 500
+    generator_check: bool = True
+    rerun_one_worker: bool = True
+    log_level: str = "INFO"
+
+    @classmethod
+    def full(cls) -> Plan:
+        return cls(
+            quick=False,
+            clients=32,
+            duration_s=20,
+            warmup_s=3,
+            floor_s=12,
+            latency_s=20,
+            query_s=5,
+            query_rounds=3,
+            floor_rounds=2,
+            rebuild_events=50_000,
+            drain_timeout_s=180,
+        )
+
+    @classmethod
+    def smoke(cls) -> Plan:
+        return cls(
+            quick=True,
+            clients=16,
+            duration_s=4,
+            warmup_s=1,
+            floor_s=3,
+            latency_s=3,
+            query_s=1.5,
+            query_rounds=1,
+            floor_rounds=1,
+            rebuild_events=3_000,
+            drain_timeout_s=15,
+            generator_check=False,
+            rerun_one_worker=False,
+        )
+
+
+class PhaseFailed(Exception):
+    """A phase could not run (a process died, a generator hung)."""
+
+
+class Bench:
+    """One benchmark run: isolated services, the processes, the phases, the raw results."""
+
+    def __init__(
+        self, plan: Plan, isolation: Isolation, say: Callable[[str], None] = print
+    ) -> None:
+        self.plan = plan
+        self.iso = isolation
+        self.say = say
+        self.log_dir = OUT / isolation.run_id
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.procs = Processes(isolation.env(plan.log_level), self.log_dir)
+        self.keys = Keys(isolation.prefix)
+        self.raw: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self.floor: Proc | None = None
+        self.gateway: Proc | None = None
+        self._generators = 0
+        self._floor_rounds: dict[str, list[dict[str, Any]]] = {
+            "floor_publish": [],
+            "floor_publish_2gen": [],
+        }
+
+    # --- processes ----------------------------------------------------------------------------
+
+    def start_floor(self) -> Proc:
+        proc = self.procs.start("floor-app", "bench.floor_app", role="bench", http=True)
+        proc.wait_ready()
+        return proc
+
+    def start_workers(self, index: int) -> list[Proc]:
+        return [
+            self.procs.start(f"command-{index}", "command_worker", metrics=True),
+            self.procs.start(f"projector-{index}", "projector_worker", metrics=True),
+        ]
+
+    def start_system(self) -> Proc:
+        gateway = self.procs.start("gateway", "gateway", http=True)
+        workers = self.start_workers(1)
+        for proc in (gateway, *workers):
+            proc.wait_ready()
+        return gateway
+
+    def check_alive(self) -> None:
+        for proc in self.procs.procs:
+            if proc.role == "system" and not proc.running and proc.name != "rebuild":
+                raise PhaseFailed(f"{proc.name} died (exit {proc.exit_code}):\n{proc.tail()}")
+
+    # --- generators ---------------------------------------------------------------------------
+
+    def generate(self, name: str, config: dict[str, Any], processes: int = 1) -> dict[str, Any]:
+        """Run `processes` generators with `config` split between them; merged result, with
+        the CPU share of every process during the load."""
+        gens: list[tuple[Proc, Path]] = []
+        for i in range(processes):
+            self._generators += 1
+            part = dict(config)
+            part["seed"] = self._generators
+            if "connections" in part:
+                part["connections"] = max(config["connections"] // processes, 1)
+            if "rate" in part:
+                part["rate"] = config["rate"] / processes
+            result_path = self.log_dir / f"{name}-{i}.result.json"
+            part["result_path"] = str(result_path)
+            config_path = self.log_dir / f"{name}-{i}.config.json"
+            config_path.write_bytes(orjson.dumps(part))
+            proc = self.procs.start(
+                f"gen-{name}-{i}",
+                "bench.load",
+                str(config_path),
+                role="bench",
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            gens.append((proc, result_path))
+        try:
+            for proc, _ in gens:
+                self._expect(proc, "ready", 30)
+            before = cpu_snapshot(self.procs.procs)
+            for proc, _ in gens:
+                assert proc.popen.stdin is not None
+                proc.popen.stdin.write(b"go\n")
+                proc.popen.stdin.flush()
+            for proc, _ in gens:
+                self._expect(proc, "loaded", config["duration_s"] + 30)
+            after = cpu_snapshot(self.procs.procs)
+            limit = config.get("drain_timeout_s", 0) + 30
+            for proc, _ in gens:
+                if not proc.wait(limit):
+                    raise PhaseFailed(f"{proc.name} did not finish:\n{proc.tail()}")
+                if proc.exit_code != 0:
+                    raise PhaseFailed(f"{proc.name} failed:\n{proc.tail()}")
+        finally:
+            for proc, _ in gens:
+                proc.stop(grace=2)
+        parts = [orjson.loads(path.read_bytes()) for _, path in gens]
+        merged = merge_results(parts)
+        merged["cpu_shares"] = cpu_shares(before, after)
+        self.check_alive()
+        return merged
+
+    @staticmethod
+    def _expect(proc: Proc, word: str, timeout: float) -> None:
+        stream = proc.popen.stdout
+        assert stream is not None
+        ready, _, _ = select.select([stream], [], [], timeout)
+        line = stream.readline().decode().strip() if ready else ""
+        if line != word:
+            raise PhaseFailed(f"{proc.name}: expected {word!r}, got {line!r}:\n{proc.tail()}")
+
+    def closed(self, port: int, source: str, requests: list[str] | None = None) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "mode": "closed",
+            "source": source,
+            "host": "127.0.0.1",
+            "port": port,
+            "connections": self.plan.clients,
+        }
+        if requests is not None:
+            config["requests"] = requests
+        return config
+
+    def command_config(self, port: int, mode: str = "closed") -> dict[str, Any]:
+        config = self.closed(port, "commands")
+        config.update(
+            mode=mode,
+            redis_host=self.iso.services.host,
+            redis_port=self.iso.services.redis_port,
+            channel=self.keys.command_outcomes_channel,
+            customers=self.plan.customers,
+            drain_timeout_s=self.plan.drain_timeout_s,
+            duration_s=self.plan.duration_s,
+            warmup_s=self.plan.warmup_s,
+        )
+        return config
+
+    # --- phases -------------------------------------------------------------------------------
+
+    def phase_floor_publish(self) -> None:
+        """One round of the publish floor (and of the two-generator check); the best round
+        of the run is the floor."""
+        assert self.floor is not None
+        assert self.floor.port is not None
+        creates = [r.decode("latin-1") for r, _ in create_requests(0, self.plan.customers)]
+        config = self.closed(self.floor.port, "cycle", creates)
+        config.update(duration_s=self.plan.floor_s, warmup_s=min(self.plan.warmup_s, 2))
+        round_no = len(self._floor_rounds["floor_publish"]) + 1
+        self.say(f"floor: publish with confirm, {self.plan.clients} clients, round {round_no}")
+        runs = [("floor_publish", 1)]
+        if self.plan.generator_check:
+            runs.append(("floor_publish_2gen", 2))
+        for name, processes in runs:
+            result = self.generate(f"{name}-{round_no}", config, processes=processes)
+            self._floor_rounds[name].append(with_rate(result))
+            self.raw[name] = best_round(self._floor_rounds[name])
+
+    def phase_e2e(self, name: str = "e2e") -> dict[str, Any]:
+        assert self.gateway is not None
+        assert self.gateway.port is not None
+        self.say(f"{name}: closed loop, {self.plan.clients} clients, {self.plan.duration_s:g}s")
+        result = with_rate(self.generate(name, self.command_config(self.gateway.port)))
+        self.raw[name] = result
+        self.settle(name)
+        return result
+
+    def phase_latency(self, max_rate: float) -> None:
+        assert self.gateway is not None
+        assert self.gateway.port is not None
+        half = max(max_rate / 2, 1.0)
+        config = self.command_config(self.gateway.port, mode="open")
+        config.update(
+            rate=half,
+            connections=self.plan.open_connections,
+            duration_s=self.plan.latency_s,
+            warmup_s=0,
+            keep_samples=True,
+        )
+        self.say(f"latency: open loop at {half:.0f} commands/s for {self.plan.latency_s:g}s")
+        self.raw["latency"] = with_rate(self.generate("latency", config))
+        self.settle("latency")
+
+    def phase_queries(self) -> None:
+        assert self.floor is not None
+        assert self.floor.port is not None
+        assert self.gateway is not None
+        assert self.gateway.port is not None
+        orders = self.raw.get("e2e", {}).get("orders", [])[:2000]
+        copied = run_on_uvloop_value(
+            seed.copy_views_to_floor(self.iso.redis_url, self.iso.prefix, orders)
+        )
+        if not copied:
+            self.notes.append("queries skipped: no visible orders to read")
+            return
+        order_paths = [f"GET /orders/{o} HTTP/1.1\r\nHost: bench\r\n\r\n" for o in copied]
+        customer_paths = [
+            f"GET /customers/cust-{c}/orders HTTP/1.1\r\nHost: bench\r\n\r\n"
+            for c in range(self.plan.customers)
+        ]
+        runs = (
+            ("floor_hgetall", self.floor.port, order_paths),
+            ("query_order", self.gateway.port, order_paths),
+            ("query_customer", self.gateway.port, customer_paths),
+        )
+        # Floor and queries take turns, so a neighbour's burst spoils one round, not a side.
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in runs}
+        for round_no in range(1, self.plan.query_rounds + 1):
+            self.say(
+                f"queries: round {round_no}/{self.plan.query_rounds}: floor HGETALL, "
+                f"GET /orders/{{id}}, customer page; {self.plan.clients} clients, "
+                f"{self.plan.query_s:g}s each"
+            )
+            for name, port, paths in runs:
+                config = self.closed(port, "cycle", paths)
+                config.update(
+                    duration_s=self.plan.query_s, warmup_s=min(0.5, self.plan.query_s / 4)
+                )
+                rounds[name].append(with_rate(self.generate(f"{name}-{round_no}", config)))
+        for name, results in rounds.items():
+            self.raw[name] = best_round(results)
+
+    def phase_scaling(self) -> None:
+        if self.plan.rerun_one_worker:
+            self.raw["scale_1"] = self.phase_e2e("scale_1")
+        else:
+            self.raw["scale_1"] = self.raw["e2e"]
+        self.say("scaling: starting a second command worker and projector")
+        for proc in self.start_workers(2):
+            proc.wait_ready()
+        self.raw["scale_2"] = self.phase_e2e("scale_2")
+
+    def phase_rebuild(self) -> None:
+        iso = self.iso
+        have = run_on_uvloop_value(seed.event_count(iso.database_url))
+        missing = self.plan.rebuild_events - have
+        if missing > 0:
+            self.say(f"rebuild: seeding {missing} events (the store has {have})")
+            run_on_uvloop_value(
+                seed.seed_events(iso.database_url, missing, 99, self.plan.customers)
+            )
+        self.settle("seeding", timeout_s=max(60.0, self.plan.rebuild_events / 500))
+        events = run_on_uvloop_value(seed.event_count(iso.database_url))
+        orders = self.raw.get("e2e", {}).get("orders", [])
+        view = (
+            run_on_uvloop_value(seed.sample_view(iso.redis_url, iso.prefix, orders[0]))
+            if orders
+            else None
+        )
+        self.say(f"rebuild: raw pipelined HSET+ZADD, {events} events")
+        raw = run_on_uvloop_value(
+            seed.raw_redis_writes(iso.redis_url, iso.prefix, events, 1000, view)
+        )
+        iso.delete_keys(f"{iso.prefix}raw:*")
+        self.raw["raw_redis"] = raw
+        self.say(f"rebuild: python -m projector_worker rebuild, {events} events")
+        before = cpu_snapshot(self.procs.procs)
+        started = time.monotonic()
+        proc = self.procs.start("rebuild", "projector_worker", "rebuild", "--quiet")
+        if not proc.wait(600):
+            proc.stop()
+            raise PhaseFailed(f"rebuild did not finish in 600s:\n{proc.tail()}")
+        wall = time.monotonic() - started
+        after = cpu_snapshot(self.procs.procs)
+        if proc.exit_code != 0:
+            raise PhaseFailed(f"rebuild failed (exit {proc.exit_code}):\n{proc.tail()}")
+        shares = cpu_shares(before, after)
+        if proc.usage is not None:
+            # It came and went between the snapshots: its own rusage says what it used.
+            shares["rebuild"] = round(proc.usage.cpu_s / wall, 3)
+            shares["outside"] = round(max(shares["outside"] - shares["rebuild"], 0.0), 3)
+        summary = parse_rebuild_summary(proc.tail())
+        seconds = summary["seconds"] if summary else wall
+        replayed = summary["events"] if summary else events
+        if summary is None:
+            self.notes.append("rebuild summary line not found: timed the whole process instead")
+        self.raw["rebuild"] = {
+            "events": replayed,
+            "seconds": seconds,
+            "process_wall_s": wall,
+            "events_per_s": rate(replayed, seconds),
+            "cpu_shares": shares,
+        }
+
+    def settle(self, after: str, timeout_s: float = 60.0) -> None:
+        """Wait until the projectors applied every stored event before the next phase."""
+        iso = self.iso
+        caught_up, lag = run_on_uvloop_value(
+            seed.wait_caught_up(iso.database_url, iso.redis_url, iso.prefix, timeout_s)
+        )
+        if not caught_up:
+            self.notes.append(f"after {after}: the views were still {lag} events behind")
+
+    # --- the run ------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            self.say(f"bench: run {self.iso.run_id}, logs in {relative(self.log_dir)}")
+            self.floor = self.start_floor()
+            self.phase_floor_publish()
+            self.say("system: starting the gateway, a command worker and a projector")
+            self.gateway = self.start_system()
+            e2e = self.phase_e2e()
+            self.phase_latency(e2e["visible_rate"])
+            self.phase_queries()
+            for _ in range(self.plan.floor_rounds - 1):
+                self.phase_floor_publish()
+            self.phase_scaling()
+            self.phase_rebuild()
+        finally:
+            self.say("bench: stopping the processes")
+            self.procs.stop_all()
+        self.raw["wall_s"] = time.monotonic() - started
+        return self.raw
+
+
+def relative(path: Path) -> str:
+    """`path` as the user would type it from the current directory, if it is below it."""
+    if not path.is_absolute():
+        return str(path)
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return path.name
+
+
+def run_on_uvloop_value(coroutine: Any) -> Any:
+    """Run a coroutine to completion on uvloop and return its value."""
+    box: list[Any] = []
+
+    async def wrapper() -> int:
+        box.append(await coroutine)
+        return 0
+
+    run_on_uvloop(wrapper)
+    return box[0]
+
+
+SUMMARY = re.compile(r"rebuild done: .*?(\d+) events read .*? in ([\d.]+)s")
+
+
+def parse_rebuild_summary(log: str) -> dict[str, float] | None:
+    """Events and seconds from `projector_worker rebuild`'s closing line, if present."""
+    found = SUMMARY.findall(log)
+    if not found:
+        return None
+    events, seconds = found[-1]
+    return {"events": int(events), "seconds": float(seconds)}

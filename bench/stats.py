@@ -1,0 +1,124 @@
+"""Arithmetic on results: percentiles, rates, ratios, and merging generators' results."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) of sorted `values`, linearly interpolated between ranks
+    (numpy's default method). `values` must be sorted and non-empty."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is outside 0-100")
+    rank = (len(values) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (rank - low)
+
+
+def summarize(values: Iterable[float]) -> dict[str, float]:
+    """count, mean, p50, p95, p99 and max; only `count` (0) for no values."""
+    ordered = sorted(values)
+    if not ordered:
+        return {"count": 0}
+    return {
+        "count": len(ordered),
+        "mean": round(sum(ordered) / len(ordered), 3),
+        "p50": round(percentile(ordered, 50), 3),
+        "p95": round(percentile(ordered, 95), 3),
+        "p99": round(percentile(ordered, 99), 3),
+        "max": round(ordered[-1], 3),
+    }
+
+
+def ratio(value: float | None, floor: float | None) -> float | None:
+    """value / floor, or None when either is missing or the floor is not positive."""
+    if value is None or floor is None or floor <= 0:
+        return None
+    return round(value / floor, 3)
+
+
+def rate(count: float, seconds: float) -> float:
+    return count / seconds if seconds > 0 else 0.0
+
+
+def best_round(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the highest request rate, and every round's rate beside it.
+
+    Other work on the machine can only slow a round down, so the best round is the closest
+    to the undisturbed rate."""
+    chosen = dict(max(results, key=lambda r: r["request_rate"]))
+    chosen["round_rates"] = [round(r["request_rate"], 1) for r in results]
+    return chosen
+
+
+def with_rate(result: dict[str, Any]) -> dict[str, Any]:
+    """Add steady-window rates: requests, and for commands accepted and visible."""
+    window = max(result["duration_s"] - result["warmup_s"], 1e-9)
+    result["request_rate"] = rate(result["steady_requests"], window)
+    if "steady_accepted" in result:
+        result["accepted_rate"] = rate(result["steady_accepted"], window)
+        result["visible_rate"] = rate(result["steady_visible"], window)
+        total_s = result["load_wall_s"] + result["drain_s"]
+        result["visible_rate_with_drain"] = rate(result["visible"], total_s)
+    return result
+
+
+SUMMED = (
+    "requests",
+    "steady_requests",
+    "connection_errors",
+    "accepted",
+    "steady_accepted",
+    "visible",
+    "steady_visible",
+    "rejected",
+    "unsettled",
+    "subscriber_messages",
+    "orders_closed",
+)
+
+
+def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result out of several generators': counts and per-second series summed, the
+    latency summaries of the first, and each generator's CPU share kept."""
+    merged = dict(parts[0])
+    if len(parts) == 1:
+        merged["generators"] = [{"cpu_fraction": parts[0]["cpu_fraction"]}]
+        return merged
+    for key in SUMMED:
+        if key in merged:
+            merged[key] = sum(p.get(key, 0) for p in parts)
+    for key in ("responses_per_s", "accepted_per_s", "visible_per_s"):
+        if key in merged:
+            length = max(len(p.get(key, [])) for p in parts)
+            merged[key] = [sum(p[key][i] for p in parts if i < len(p[key])) for i in range(length)]
+    statuses: dict[str, int] = {}
+    for part in parts:
+        for status, count in part["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + count
+    merged["statuses"] = statuses
+    merged["connections"] = sum(p["connections"] for p in parts)
+    merged["cpu_s"] = sum(p["cpu_s"] for p in parts)
+    merged["cpu_fraction"] = max(p["cpu_fraction"] for p in parts)
+    merged["drain_s"] = max(p.get("drain_s", 0.0) for p in parts)
+    merged["generators"] = [{"cpu_fraction": p["cpu_fraction"]} for p in parts]
+    merged["orders"] = [o for p in parts for o in p.get("orders", [])]
+    return merged
+
+
+NOT_OURS = ("machine", "outside")
+
+
+def cpu_ms_per_op(shares: dict[str, float], ops_per_s: float | None) -> float | None:
+    """CPU milliseconds the measured processes and the services spent per operation (load
+    generators excluded). Less sensitive to a busy neighbour than a rate, though the services
+    count whatever else used them meanwhile."""
+    if not shares or not ops_per_s:
+        return None
+    cores = sum(v for k, v in shares.items() if k not in NOT_OURS and not k.startswith("gen-"))
+    return round(cores / ops_per_s * 1000, 3)
