@@ -73,10 +73,8 @@ $(BENCH_STAMP): $(STAMP)
 bench: install services $(BENCH_STAMP)
 	$(BIN)/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
-ifneq ($(wildcard scripts/chaos.py),)
+# The fault drills and their table (tests/chaos/last-run.md); CHAOS_ARGS='--quick' for a small
+# load, '--scenario NAME ...' for some. Restarts of RabbitMQ, PostgreSQL and Redis first wait
+# until no other test or benchmark run is going.
 chaos: install services
-	$(BIN)/python scripts/chaos.py $(CHAOS_ARGS)
-else
-chaos:
-	@echo "make chaos: scripts/chaos.py does not exist yet" >&2; exit 1
-endif
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)

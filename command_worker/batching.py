@@ -9,6 +9,7 @@ arrival order and never run in two batches at once (no self-inflicted version co
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -43,7 +44,9 @@ class Batcher(Generic[Item, Result]):
         if not self._kick_scheduled:
             # Let every delivery of this loop iteration join before the batch is cut.
             self._kick_scheduled = True
-            asyncio.get_running_loop().call_soon(self._kick)
+            # A batch works for many commands: it must not log with the first one's
+            # correlation id, so it starts from an empty context.
+            asyncio.get_running_loop().call_soon(self._kick, context=contextvars.Context())
         return await future
 
     def _kick(self) -> None:

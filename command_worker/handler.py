@@ -39,6 +39,9 @@ from common.readmodel.keys import Keys
 
 log = logging.getLogger(__name__)
 
+_BATCH_CONFLICTS = metrics.VERSION_CONFLICTS.labels("batch")
+_COMMAND_CONFLICTS = metrics.VERSION_CONFLICTS.labels("command")
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -135,7 +138,7 @@ class CommandHandler:
         try:
             outcomes = await self._try_batch(commands)
         except (WrongExpectedVersion, DuplicateCommand):
-            metrics.VERSION_CONFLICTS.inc()
+            _BATCH_CONFLICTS.inc()
             outcomes = [await self.execute(command) for command in commands]
         await command_status.record_outcomes(
             self._redis,
@@ -147,8 +150,11 @@ class CommandHandler:
                 for c, o in zip(commands, outcomes, strict=True)
             ],
         )
+        now = datetime.now(UTC)
         for command, outcome in zip(commands, outcomes, strict=True):
             metrics.COMMANDS.labels(command.type, outcome.status.value).inc()
+            latency = (now - command.issued_at).total_seconds()
+            metrics.COMMAND_LATENCY.labels(command.type).observe(max(latency, 0.0))
         return outcomes
 
     async def _try_batch(self, commands: list[Command]) -> list[Outcome]:
@@ -223,7 +229,7 @@ class CommandHandler:
                     fingerprint=command.fingerprint,
                 )
             except WrongExpectedVersion:
-                metrics.VERSION_CONFLICTS.inc()
+                _COMMAND_CONFLICTS.inc()
                 await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
                 continue
             except DuplicateCommand:

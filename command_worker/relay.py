@@ -94,36 +94,55 @@ class Relay:
             ):
                 await asyncio.sleep(self._idle_poll_s)
             self.is_leader = True
+            metrics.RELAY_LEADER.set(1)
             log.info("relay leading")
             await conn.add_listener(APPENDED_CHANNEL, lambda *_: self._appended.set())
             await self._relay(conn)
         finally:
             self.is_leader = False
+            metrics.RELAY_LEADER.set(0)
             await asyncio.shield(conn.close())
 
     async def _relay(self, conn: asyncpg.Connection) -> None:
         checkpoint = await EventStore.get_checkpoint(conn, CHECKPOINT)
+        # Every position up to `scanned` is final and published (rolled-back ones included),
+        # so the lag is measured from it, not from the last event's position.
         scanned = checkpoint
+        broker_down = False
+        backoff = 0.1
         while True:
             self._appended.clear()
             horizon = await EventStore.read_horizon(conn)
-            metrics.RELAY_LAG.set(max(horizon.last_position - checkpoint, 0))
+            metrics.RELAY_LAG.set(max(horizon.last_position - scanned, 0))
             if horizon.last_position <= scanned:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._appended.wait(), self._idle_poll_s)
                 continue
             await EventStore.wait_until_final(conn, horizon)
-            while True:
-                events = await EventStore.read_range(
-                    conn, checkpoint, horizon.last_position, self._batch_size
-                )
-                if not events:
-                    break
-                await self._publisher().publish_many(
-                    EVENTS_EXCHANGE, [("", event_message(event)) for event in events]
-                )
-                checkpoint = events[-1].position
-                await EventStore.set_checkpoint(conn, CHECKPOINT, checkpoint)
-                self.published_up_to = checkpoint
-                metrics.EVENTS_RELAYED.inc(len(events))
+            try:
+                while True:
+                    events = await EventStore.read_range(
+                        conn, checkpoint, horizon.last_position, self._batch_size
+                    )
+                    if not events:
+                        break
+                    await self._publisher().publish_many(
+                        EVENTS_EXCHANGE, [("", event_message(event)) for event in events]
+                    )
+                    checkpoint = events[-1].position
+                    await EventStore.set_checkpoint(conn, CHECKPOINT, checkpoint)
+                    self.published_up_to = checkpoint
+                    metrics.EVENTS_RELAYED.inc(len(events))
+            except BrokerUnavailable as exc:
+                # Keep the lead and the lag gauge current while RabbitMQ is away; a restarted
+                # session would only hand the lock around the command workers.
+                if not broker_down:
+                    log.warning("relay waiting for RabbitMQ: %s", exc)
+                    broker_down = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if broker_down:
+                log.info("relay publishing again")
+                broker_down, backoff = False, 0.1
             scanned = horizon.last_position

@@ -16,6 +16,7 @@ from common.messaging.connection import BrokerUnavailable, SupervisedConnection
 from common.messaging.consuming import QueueConsumer
 from common.messaging.publishing import ConfirmedPublisher
 from common.messaging.topology import COMMANDS_QUEUE, declare_topology
+from common.observability import metrics
 from common.observability.server import HealthServer
 from common.process import install_stop_signals
 from common.readmodel.keys import Keys
@@ -72,6 +73,8 @@ class CommandWorker:
 
     async def run(self) -> int:
         settings = self.settings
+        metrics.register(metrics.COMMAND_WORKER)
+        metrics.init_command_series()
         stop = asyncio.Event()
         install_stop_signals(stop)
         await prepare_database(settings.database_url)

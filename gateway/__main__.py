@@ -12,6 +12,11 @@ from common.observability.logging import configure_logging
 from common.settings import get_settings
 from gateway.app import BROKER_WAIT_S, create_app
 
+KEEP_ALIVE_S = 75
+"""Idle time before the gateway closes a kept-alive connection. Longer than the idle timeout of
+clients and load balancers (httpx 5 s, AWS ALB 60 s): if the server closed first, a request sent
+on the connection just as it closes would fail (uvicorn's default is 5 s, the same as httpx's)."""
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -54,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_config=None,
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
 
 

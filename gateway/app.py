@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from common.observability import metrics
 from common.settings import Settings, get_settings
 from gateway import commands_api, health, queries_api
 from gateway.auth import ApiKeyMiddleware
@@ -14,7 +15,14 @@ from gateway.middleware import CorrelationMiddleware, MetricsMiddleware
 from gateway.openapi import install_openapi
 from gateway.problems import install_problem_handlers
 from gateway.requests import AddItemRequest, CreateOrderRequest, ShipOrderRequest
-from gateway.responses import AcceptedCommand, CommandStatusView, ProblemDetails
+from gateway.responses import (
+    AcceptedCommand,
+    CommandStatusView,
+    Order,
+    OrderHistory,
+    OrderPage,
+    ProblemDetails,
+)
 from gateway.runtime import Runtime
 from gateway.waiting import Waiter
 
@@ -27,6 +35,7 @@ def create_app(
 ) -> FastAPI:
     """The gateway application; resources open in its lifespan and close at shutdown."""
     settings = settings or get_settings()
+    metrics.register(metrics.GATEWAY)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,6 +70,9 @@ def create_app(
             ShipOrderRequest,
             AcceptedCommand,
             CommandStatusView,
+            Order,
+            OrderPage,
+            OrderHistory,
             ProblemDetails,
         ],
     )

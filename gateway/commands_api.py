@@ -70,6 +70,7 @@ _COMMAND_HEADERS = [
         idempotency.HEADER,
         "1-200 printable ASCII characters; repeating a request with the same key returns the"
         " same ids and takes effect once. Remembered for 24 hours.",
+        {"type": "string", "pattern": idempotency.KEY_PATTERN},
     ),
     header_parameter(CORRELATION_HEADER, "A UUID to follow the command through logs; echoed back."),
 ]
@@ -184,7 +185,11 @@ async def ship_order(request: Request) -> Response:
     summary="Cancel an order",
     parameters=[
         _ORDER_ID,
-        query_parameter("reason", "Why the order is cancelled (1-200 characters)."),
+        query_parameter(
+            "reason",
+            "Why the order is cancelled (1-200 characters).",
+            CancelOrderRequest.model_json_schema()["properties"]["reason"],
+        ),
     ],
 )
 async def cancel_order(request: Request) -> Response:

@@ -31,7 +31,9 @@ NAMESPACE = UUID("6f1c1f9e-3c2a-5b7e-9d41-0a8e2f4b7c13")
 TTL_S = 86_400
 """How long a key is remembered; a retry after that is a new command."""
 
-_VALID_KEY = re.compile(r"[\x20-\x7e]{1,200}")
+KEY_PATTERN = r"^[\x20-\x7e]{1,200}$"
+"""1-200 printable ASCII characters."""
+_VALID_KEY = re.compile(KEY_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,13 +34,15 @@ def json_body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any
     }
 
 
-def header_parameter(name: str, description: str) -> dict[str, Any]:
+def header_parameter(
+    name: str, description: str, schema: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "name": name,
         "in": "header",
         "required": False,
         "description": description,
-        "schema": {"type": "string"},
+        "schema": schema or {"type": "string"},
     }
 
 
@@ -55,15 +57,22 @@ def path_parameter(name: str, description: str) -> dict[str, Any]:
     }
 
 
-def query_parameter(name: str, description: str) -> dict[str, Any]:
+def query_parameter(
+    name: str, description: str, schema: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A required string query parameter (for routes that parse their own parameters)."""
     return {
         "name": name,
         "in": "query",
         "required": True,
         "description": description,
-        "schema": {"type": "string"},
+        "schema": schema or {"type": "string"},
     }
+
+
+def json_response_doc(model: type[BaseModel], description: str) -> dict[str, Any]:
+    """A `responses` entry for a JSON answer described by `model` (listed in the components)."""
+    return {"description": description, "content": {"application/json": {"schema": ref(model)}}}
 
 
 def problem_response(description: str) -> dict[str, Any]:

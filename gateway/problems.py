@@ -7,7 +7,9 @@ it, and FastAPI's own 404/405/422/500, into the same shape:
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
 from http import HTTPStatus
@@ -20,6 +22,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import compile_path
 
 log = logging.getLogger(__name__)
 
@@ -144,15 +147,33 @@ def _strip_source(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     return loc
 
 
-async def _http_exception_handler(_request: Request, exc: Exception) -> Response:
+async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     type_ = ProblemType.NOT_FOUND if exc.status_code == 404 else ProblemType.HTTP
-    return Problem(
-        exc.status_code,
-        str(exc.detail),
-        type_=type_,
-        headers=exc.headers,
-    ).response()
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(sorted(_allowed_methods(request)))
+    return Problem(exc.status_code, str(exc.detail), type_=type_, headers=headers).response()
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    """Every method the API documents for this path. Starlette names only the first route whose
+    path matches: `OPTIONS /orders/search` would answer `Allow: DELETE`, the method of
+    `/orders/{order_id}`, instead of GET."""
+    paths: dict[str, dict[str, Any]] = request.app.openapi()["paths"]
+    path = request.scope["path"]
+    # A literal path (`/orders/search`) is that resource, not an instance of a template.
+    matching = [path] if path in paths else [t for t in paths if _path_pattern(t).match(path)]
+    allowed = {method.upper() for template in matching for method in paths[template]}
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return allowed
+
+
+@functools.cache
+def _path_pattern(template: str) -> re.Pattern[str]:
+    pattern, _, _ = compile_path(template)
+    return pattern
 
 
 async def _unhandled_handler(request: Request, exc: Exception) -> Response:

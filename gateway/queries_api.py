@@ -25,9 +25,9 @@ from common.readmodel.order_queries import (
     ViewsUnavailable,
 )
 from common.readmodel.order_view import ViewStatus
-from gateway.openapi import problem_response
+from gateway.openapi import json_response_doc, problem_response
 from gateway.problems import Problem, ProblemType, unavailable, validation_problem
-from gateway.responses import JSON, json_response
+from gateway.responses import JSON, Order, OrderHistory, OrderPage, json_response
 from gateway.runtime import runtime_of
 from gateway.waiting import prefer_wait, waiter_of
 
@@ -81,7 +81,7 @@ def _not_found(order_id: UUID) -> Problem:
     "/orders/search",
     summary="Search orders",
     response_class=Response,
-    responses=_ERRORS,
+    responses={200: json_response_doc(OrderPage, "One page of matching orders."), **_ERRORS},
 )
 async def search_orders(
     request: Request,
@@ -124,6 +124,7 @@ async def search_orders(
     summary="One order's view",
     response_class=Response,
     responses={
+        200: json_response_doc(Order, "The order; `X-Stale: true` if `min_version` not reached."),
         404: problem_response("No such order (yet: see `X-Stale`)."),
         **_ERRORS,
     },
@@ -165,7 +166,11 @@ async def get_order(
     "/orders/{order_id}/history",
     summary="One order's events, in version order",
     response_class=Response,
-    responses={404: problem_response("No such order."), **_ERRORS},
+    responses={
+        200: json_response_doc(OrderHistory, "The order's events."),
+        404: problem_response("No such order."),
+        **_ERRORS,
+    },
 )
 async def order_history(request: Request, order_id: OrderId) -> Response:
     entries = await _read(queries_of(request).history(str(order_id)))
@@ -179,7 +184,7 @@ async def order_history(request: Request, order_id: OrderId) -> Response:
     "/customers/{customer_id}/orders",
     summary="A customer's orders, newest first",
     response_class=Response,
-    responses=_ERRORS,
+    responses={200: json_response_doc(OrderPage, "One page of the customer's orders."), **_ERRORS},
 )
 async def customer_orders(
     request: Request,

@@ -5,17 +5,21 @@ Responses are serialised with orjson directly; the models only describe them.
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from common.contracts.orders import Command
 from common.readmodel.commands import CommandStatus
+from common.readmodel.order_view import ViewStatus
 
 JSON = "application/json"
+MONEY = r"^[0-9]+\.[0-9]{2}$"
+"""Money in answers: a string with exactly two decimals."""
 
 
 class AcceptedCommand(BaseModel):
@@ -35,6 +39,81 @@ class CommandStatusView(BaseModel):
     reason: str | None
     version: int | None
     """The order's version after the command, once it succeeded."""
+
+
+class OrderLineView(BaseModel):
+    """One product on an order, as the views show it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: str
+    quantity: int
+    price: Annotated[str, Field(pattern=MONEY)]
+
+
+class ShippingAddressView(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    recipient: str
+    street: str
+    city: str
+    postal_code: str
+    country: str
+
+
+class Order(BaseModel):
+    """An order as the views show it: `GET /orders/{order_id}`, and each item of a page."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    order_id: UUID
+    customer_id: str
+    status: ViewStatus
+    total_amount: Annotated[str, Field(pattern=MONEY)]
+    item_count: int
+    items: list[OrderLineView]
+    shipping_address: ShippingAddressView
+    created_at: datetime
+    updated_at: datetime
+    shipped_at: datetime | None
+    cancelled_at: datetime | None
+    cancel_reason: str | None
+    version: int
+    """How many events the view has applied."""
+
+
+class OrderPage(BaseModel):
+    """One page of orders (customer orders, search)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[Order]
+    total: int
+    page: int
+    page_size: int
+    total_pages: int
+
+
+class HistoryEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    position: int
+    """Place in the global log."""
+    version: int
+    """Place in the order's stream."""
+    type: str
+    data: dict[str, Any]
+    time: datetime
+    command_id: UUID
+
+
+class OrderHistory(BaseModel):
+    """An order's events in version order: `GET /orders/{order_id}/history`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    order_id: UUID
+    events: list[HistoryEvent]
 
 
 class FieldError(BaseModel):

@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from fastapi.routing import APIRoute
+from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -31,10 +32,14 @@ class RawRoute(APIRoute):
         return endpoint
 
 
+_UUID: TypeAdapter[UUID] = TypeAdapter(UUID)
+
+
 def path_uuid(request: Request, name: str) -> UUID:
-    """The path parameter `name` as a UUID; 422 naming it otherwise."""
+    """The path parameter `name` as a UUID, parsed as the other routes parse theirs (`UUID()`
+    alone also takes full-width digits); 422 naming it otherwise."""
     raw = request.path_params[name]
     try:
-        return UUID(raw)
-    except ValueError:
+        return _UUID.validate_python(raw)
+    except ValidationError:
         raise validation_problem([{"field": name, "message": "must be a UUID"}]) from None

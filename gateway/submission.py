@@ -113,15 +113,14 @@ async def dispatch(request: Request, runtime: Runtime, command: Command) -> Resp
             extra={"command_id": str(command_id)},
         )
     _ACCEPTED[command.type].inc()
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug(
-            "command accepted",
-            extra={
-                "command_id": str(command_id),
-                "type": command.type,
-                "order_id": str(command.order_id),
-            },
-        )
+    log.info(
+        "command accepted",
+        extra={
+            "command_id": str(command_id),
+            "type": command.type,
+            "order_id": str(command.order_id),
+        },
+    )
     if not wait_s:
         return accepted_response(command)
     waiter = await waiter_of(request)

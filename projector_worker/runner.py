@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 
 import aio_pika
@@ -34,6 +33,9 @@ from projector_worker.redis_views import ViewWriter
 log = logging.getLogger(__name__)
 
 LAG_EVERY_S = 2.0
+VIEWS_CHECK_S = 1.0
+"""How often a projector checks that Redis still holds the views: an emptied Redis must get
+them back even when no event comes along to notice it."""
 REDIS_CONNECTIONS = 32
 """Redis connections per projector; handlers beyond that queue for one instead of opening more."""
 
@@ -47,6 +49,13 @@ def open_redis(settings: Settings) -> Redis:
         socket_timeout=30,
     )
     return Redis(connection_pool=pool)
+
+
+_OUTCOME_MESSAGES = {
+    Outcome.APPLIED: "event applied to the views",
+    Outcome.DUPLICATE: "event already in the views",
+    Outcome.CAUGHT_UP: "event applied after catching up from the event store",
+}
 
 
 class KeyedLocks:
@@ -93,6 +102,7 @@ class Projector:
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
+        metrics.register(metrics.PROJECTOR)
         health = None
         if settings.metrics_port is not None:
             health = HealthServer(settings.metrics_port, self.readiness)
@@ -102,6 +112,7 @@ class Projector:
         self._pool = pool
         self._applier = LiveApplier(self.writer, EventStore(pool), self._views_missing)
         lag = asyncio.create_task(self._track_lag(), name="projection-lag")
+        watch = asyncio.create_task(self._watch_views(), name="views-watch")
         try:
             if await self._views_before_consuming(stop):
                 await self.connection.start()
@@ -111,6 +122,7 @@ class Projector:
                     await self._consumer.stop(settings.shutdown_timeout_s)
         finally:
             lag.cancel()
+            watch.cancel()
             await self.connection.close()
             if health is not None:
                 await health.close()
@@ -182,14 +194,20 @@ class Projector:
             assert self._applier is not None
             async with self.locks.hold(event.stream_id):
                 outcome = await self._applier.apply(event, payload)
+            log.info(
+                _OUTCOME_MESSAGES[outcome],
+                extra={
+                    "order_id": event.stream_id,
+                    "version": event.version,
+                    "position": event.position,
+                    "event_type": event.type,
+                    "command_id": str(event.metadata.command_id),
+                },
+            )
         except ProjectionError as exc:
             raise RejectMessage(str(exc)) from exc
         finally:
             correlation_id.reset(token)
-        if outcome is not Outcome.DUPLICATE:
-            metrics.PROJECTION_LAG_SECONDS.set(max(time.time() - event.recorded_at.timestamp(), 0))
-        if outcome is Outcome.CAUGHT_UP:
-            log.info("caught up %s@%d from the event store", event.stream_id, event.version)
 
     async def _views_missing(self) -> None:
         """Make sure queries have views; one run at a time, shared by every waiting handler."""
@@ -203,17 +221,27 @@ class Projector:
         await ensure_views(self.writer, self._pool)
         self.views_ready.set()
 
+    async def _watch_views(self) -> None:
+        while True:
+            await asyncio.sleep(VIEWS_CHECK_S)
+            try:
+                if (await self.writer.generations()).empty:
+                    log.warning("no views in Redis (emptied or restarted): rebuilding them")
+                    await self._views_missing()
+            except Exception as exc:
+                log.debug("could not check the views: %r", exc)
+
     async def _track_lag(self) -> None:
+        """Every LAG_EVERY_S, how far the live views are behind the event store. Sampled, not
+        set per event, so the lag keeps growing when nothing is applied at all."""
         while True:
             try:
                 live = (await self.writer.generations()).live
                 if live is not None and self._pool is not None:
                     checkpoint = await self.writer.checkpoint(live)
-                    head = await self._pool.fetchval(
-                        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END"
-                        " FROM events_position_seq"
-                    )
-                    metrics.PROJECTION_LAG_POSITIONS.set(max(int(head) - checkpoint, 0))
+                    backlog = await EventStore(self._pool).backlog_after(checkpoint)
+                    metrics.PROJECTION_LAG_POSITIONS.set(backlog.positions)
+                    metrics.PROJECTION_LAG_SECONDS.set(backlog.oldest_age_s)
             except Exception as exc:
                 log.debug("could not measure the projection lag: %r", exc)
             await asyncio.sleep(LAG_EVERY_S)

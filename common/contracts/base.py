@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 SCHEMA_VERSION = 1
 
@@ -31,8 +31,22 @@ Slug = Annotated[
 Quantity = Annotated[int, Field(strict=True, gt=0, le=100_000)]
 """A positive whole number of units."""
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-"""A short non-empty human text."""
+
+def _no_nul(text: str) -> str:
+    # PostgreSQL cannot store U+0000 in text or jsonb: such a command would be accepted and then
+    # fail at every attempt to append it.
+    if "\x00" in text:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return text
+
+
+Text = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_no_nul),
+    Field(json_schema_extra={"pattern": "^[^\\u0000]*$"}),
+]
+"""A short non-empty human text, without NUL characters."""
 
 
 def money_str(amount: Decimal) -> str:

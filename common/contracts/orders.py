@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, StringConstraints, TypeAdapter
 
 from common.contracts.base import Contract, Money, Quantity, Slug, Text
 
@@ -46,7 +46,7 @@ class CommandBase(Contract):
     causation_id: UUID | None = None
     schema_version: Literal[1] = 1
     issued_at: datetime
-    fingerprint: str | None = None
+    fingerprint: Annotated[str, StringConstraints(pattern=r"^[!-~]{1,128}$")] | None = None
     """Hash of the request that produced the command, to refuse a reused idempotency key."""
 
 

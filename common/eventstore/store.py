@@ -87,6 +87,16 @@ class Horizon:
     xmax: int
 
 
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What lies after a reader's position in the log."""
+
+    positions: int
+    """The log's head position minus the reader's (0 when it is at the head or beyond)."""
+    oldest_age_s: float
+    """How long the first event after the reader's position has been committed; 0 if none."""
+
+
 def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -103,6 +113,19 @@ def _record(row: asyncpg.Record) -> RecordedEvent:
         recorded_at=row["recorded_at"],
     )
 
+
+_NONE_OF_OURS_IN_PROGRESS = """
+SELECT NOT EXISTS (
+    SELECT 1
+    FROM pg_snapshot_xip(pg_current_snapshot()) AS running(xid)
+    JOIN pg_stat_activity AS backend
+      ON backend.backend_xid = (running.xid::text::bigint % 4294967296)::text::xid
+    WHERE running.xid::text::bigint < $1 AND backend.datname = current_database()
+)
+"""
+"""True when no transaction of this database with an id below $1 (an xmax) is in progress.
+`pg_stat_activity` shows every backend's transaction id to any user; ids there are 32-bit, so
+the 64-bit ids of the snapshot are compared modulo 2^32."""
 
 EVENT_COLUMNS = "position, stream_id, version, event_id, type, data, metadata, recorded_at"
 
@@ -263,18 +286,20 @@ class EventStore:
 
     @staticmethod
     async def wait_until_final(
-        conn: asyncpg.Connection, horizon: Horizon, *, poll_s: float = 0.001
+        conn: asyncpg.Connection, horizon: Horizon, *, poll_s: float = 0.0005
     ) -> None:
-        """Wait until every transaction that could hold a position <= the horizon has ended."""
+        """Wait until every transaction that could hold a position <= the horizon has ended:
+        those of this database still in progress with an id below the horizon's `xmax`.
+
+        Transactions of other databases on the server cannot take our positions, and are left
+        out: one left open there (a report, a forgotten session, another application) would
+        otherwise stop the relay and every rebuild until it ended. Appends last milliseconds,
+        so the poll starts at half a millisecond and never sleeps more than 5 ms: the wait adds
+        at most that to an event's way to the projectors."""
         delay = poll_s
-        while True:
-            xmin = await conn.fetchval(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-            )
-            if xmin >= horizon.xmax:
-                return
+        while not await conn.fetchval(_NONE_OF_OURS_IN_PROGRESS, horizon.xmax):
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, 0.005)
 
     @staticmethod
     async def read_range(
@@ -295,6 +320,17 @@ class EventStore:
             f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 ORDER BY version", stream_id
         )
         return [_record(r) for r in rows]
+
+    async def backlog_after(self, position: int) -> Backlog:
+        """How far a reader at `position` is behind the log, in positions and in seconds."""
+        row = await self.pool.fetchrow(
+            "SELECT (SELECT coalesce(max(position), 0) FROM events) AS head,"
+            " (SELECT extract(epoch FROM clock_timestamp() - recorded_at)::float8 FROM events"
+            "  WHERE position > $1 ORDER BY position LIMIT 1) AS age",
+            position,
+        )
+        assert row is not None
+        return Backlog(max(int(row["head"]) - position, 0), max(float(row["age"] or 0.0), 0.0))
 
     @staticmethod
     async def get_checkpoint(conn: asyncpg.Connection, name: str) -> int:

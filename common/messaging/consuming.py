@@ -28,6 +28,7 @@ from common.messaging.topology import (
     retry_queue_name,
 )
 from common.observability import metrics
+from common.observability.logging import correlation_id
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ class QueueConsumer:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        metrics.init_queue_series(queue_name, [kind.value for kind in FailureKind])
+        self._handling_seconds = metrics.HANDLING_SECONDS.labels(queue_name)
 
     async def start(self, connection: aio_pika.abc.AbstractConnection, timeout_s: float) -> None:
         self._publisher = await ConfirmedPublisher.open(connection, timeout_s)
@@ -118,10 +121,13 @@ class QueueConsumer:
         self._in_flight += 1
         self._idle.clear()
         started = time.perf_counter()
+        # Every line logged for this message, retries and dead letters included, carries it.
+        token = correlation_id.set(message.correlation_id)
         try:
             await self._handle(message)
         finally:
-            metrics.HANDLING_SECONDS.labels(self.queue_name).observe(time.perf_counter() - started)
+            correlation_id.reset(token)
+            self._handling_seconds.observe(time.perf_counter() - started)
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()

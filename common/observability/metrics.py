@@ -1,40 +1,146 @@
-"""Prometheus metrics shared by every process (each process exports only what it touches)."""
+"""Prometheus metrics of every process.
+
+The metrics are created unregistered; each process registers the set it owns at start-up
+(`register(GATEWAY)`, ...), so its `/metrics` shows only series that process can move: a
+gateway exporting `orders_relay_lag_positions 0` would only mislead a dashboard. Updating a
+metric nobody registered is harmless, which is what in-process tests do.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterable
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.registry import Collector
+
+from common.contracts.orders import COMMAND_TYPES
+
+WORKER_OUTCOMES = ("succeeded", "rejected", "failed")
+"""Outcomes a command worker records; the gateway counts `accepted`."""
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 COMMANDS = Counter(
     "orders_commands_total",
     "Commands by type and outcome (accepted at the gateway; succeeded/rejected/failed by workers).",
     ["type", "outcome"],
+    registry=None,
+)
+COMMAND_LATENCY = Histogram(
+    "orders_command_latency_seconds",
+    "From a command's acceptance at the gateway to its outcome committed by a worker, by type.",
+    ["type"],
+    buckets=LATENCY_BUCKETS,
+    registry=None,
 )
 HANDLING_SECONDS = Histogram(
     "orders_message_handling_seconds",
     "Time to handle one message, by queue.",
     ["queue"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=None,
 )
-EVENTS_APPENDED = Counter("orders_events_appended_total", "Events appended to the event store.")
+EVENTS_APPENDED = Counter(
+    "orders_events_appended_total", "Events appended to the event store.", registry=None
+)
 VERSION_CONFLICTS = Counter(
-    "orders_version_conflicts_total", "Appends refused for a stale expected version."
+    "orders_version_conflicts_total",
+    "Appends refused because another writer got there first. scope=batch: a micro-batch's "
+    "transaction (its commands are re-run one at a time); scope=command: one command's append "
+    "(re-run on a fresh load).",
+    ["scope"],
+    registry=None,
 )
-EVENTS_RELAYED = Counter("orders_events_relayed_total", "Events published to orders.events.")
-RELAY_LAG = Gauge("orders_relay_lag_positions", "Committed positions not yet published.")
-EVENTS_PROJECTED = Counter("orders_events_projected_total", "Events applied to the Redis views.")
+EVENTS_RELAYED = Counter(
+    "orders_events_relayed_total", "Events published to orders.events.", registry=None
+)
+RELAY_LEADER = Gauge(
+    "orders_relay_leader",
+    "1 while this command worker's relay holds the leader lock, else 0.",
+    registry=None,
+)
+RELAY_LAG = Gauge(
+    "orders_relay_lag_positions",
+    "Committed positions not yet published to orders.events (reported by the relay leader).",
+    registry=None,
+)
+EVENTS_PROJECTED = Counter(
+    "orders_events_projected_total", "Events applied to the Redis views.", registry=None
+)
 PROJECTION_LAG_POSITIONS = Gauge(
-    "orders_projection_lag_positions", "Positions between the event store head and the views."
+    "orders_projection_lag_positions",
+    "Event store head position minus the highest position applied to the live views.",
+    registry=None,
 )
 PROJECTION_LAG_SECONDS = Gauge(
-    "orders_projection_lag_seconds", "Age of the last event applied when it was applied."
+    "orders_projection_lag_seconds",
+    "How long the oldest event not yet in the live views has been committed (0 when caught up).",
+    registry=None,
 )
-RETRIES = Counter("orders_retries_total", "Messages sent to a delay queue for a retry.", ["queue"])
+RETRIES = Counter(
+    "orders_retries_total",
+    "Messages sent to a delay queue for a retry.",
+    ["queue"],
+    registry=None,
+)
 DEAD_LETTERS = Counter(
-    "orders_dead_letters_total", "Messages sent to a dead-letter queue.", ["queue", "kind"]
+    "orders_dead_letters_total",
+    "Messages sent to a dead-letter queue, by queue and kind (poison or exhausted).",
+    ["queue", "kind"],
+    registry=None,
 )
 HTTP_REQUESTS = Histogram(
     "orders_http_request_seconds",
     "Gateway request latency by route and status.",
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=None,
 )
+
+CONSUMER: tuple[Collector, ...] = (HANDLING_SECONDS, RETRIES, DEAD_LETTERS)
+GATEWAY: tuple[Collector, ...] = (COMMANDS, HTTP_REQUESTS)
+COMMAND_WORKER: tuple[Collector, ...] = (
+    COMMANDS,
+    COMMAND_LATENCY,
+    EVENTS_APPENDED,
+    VERSION_CONFLICTS,
+    EVENTS_RELAYED,
+    RELAY_LEADER,
+    RELAY_LAG,
+    *CONSUMER,
+)
+PROJECTOR: tuple[Collector, ...] = (
+    EVENTS_PROJECTED,
+    PROJECTION_LAG_POSITIONS,
+    PROJECTION_LAG_SECONDS,
+    *CONSUMER,
+)
+
+_registered: set[int] = set()
+
+
+def register(collectors: Iterable[Collector]) -> None:
+    """Export `collectors` from this process's `/metrics` (each once, however often called)."""
+    for collector in collectors:
+        if id(collector) not in _registered:
+            REGISTRY.register(collector)
+            _registered.add(id(collector))
+
+
+def init_command_series() -> None:
+    """Export every command type and worker outcome from the start, at 0, so rates and alerts
+    work before the first failure happens."""
+    for command_type in COMMAND_TYPES:
+        COMMAND_LATENCY.labels(command_type)
+        for outcome in WORKER_OUTCOMES:
+            COMMANDS.labels(command_type, outcome)
+    for scope in ("batch", "command"):
+        VERSION_CONFLICTS.labels(scope)
+
+
+def init_queue_series(queue: str, failure_kinds: Iterable[str]) -> None:
+    """Export a consumer's retry and dead-letter counters at 0 from the start."""
+    HANDLING_SECONDS.labels(queue)
+    RETRIES.labels(queue)
+    for kind in failure_kinds:
+        DEAD_LETTERS.labels(queue, kind)

@@ -1,5 +1,6 @@
 """Helpers of the read-path integration tests (no tests here): seeding the event store,
-publishing recorded events the way the relay does, dumping a generation, waiting on conditions.
+publishing recorded events the way the relay does, waiting on conditions. Reading and comparing
+the views lives in `tests/support/views.py`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aio_pika
 import asyncpg
-from redis.asyncio import Redis
 
 from common.contracts.envelopes import EventMetadata, RecordedEvent
 from common.contracts.orders import (
@@ -31,8 +31,13 @@ from common.eventstore.store import EventStore, NewEvent
 from common.messaging.messages import event_message
 from common.messaging.publishing import ConfirmedPublisher
 from common.messaging.topology import EVENTS_EXCHANGE, declare_topology
-from common.readmodel.keys import Keys
 from common.settings import Settings
+
+# Re-exported for tests that import them from here; they live in tests/support/views.py.
+from tests.support.views import dump_generation as dump_generation
+from tests.support.views import keys_with_prefix as keys_with_prefix
+from tests.support.views import live_generation as live_generation
+from tests.support.views import views_reached as views_reached
 
 T = TypeVar("T")
 
@@ -182,51 +187,3 @@ async def event_publisher(
 async def publish(settings: Settings, events: Sequence[RecordedEvent]) -> None:
     async with event_publisher(settings) as send:
         await send(events)
-
-
-async def live_generation(redis: Redis, keys: Keys) -> int | None:
-    value = await redis.get(keys.generation)
-    return int(value) if value else None
-
-
-async def views_reached(redis: Redis, keys: Keys, versions: dict[uuid.UUID, int]) -> bool:
-    """Whether queries see every order at (at least) the given version."""
-    generation = await live_generation(redis, keys)
-    if generation is None:
-        return False
-    view_keys = keys.views(generation)
-    async with redis.pipeline(transaction=False) as pipe:
-        for order_id in versions:
-            pipe.hget(view_keys.order(str(order_id)), "version")
-        found = await pipe.execute()
-    return all(
-        v is not None and int(v) >= want for v, want in zip(found, versions.values(), strict=True)
-    )
-
-
-async def dump_generation(redis: Redis, keys: Keys, generation: int) -> dict[str, Any]:
-    """Every key of a generation with its content, keyed by suffix (comparable across
-    generations)."""
-    view_keys = keys.views(generation)
-    members = sorted(await redis.smembers(view_keys.members))
-    base = view_keys.base.encode()
-    dump: dict[str, Any] = {"members": sorted(m.removeprefix(base).decode() for m in members)}
-    for key in members:
-        kind = (await redis.type(key)).decode()
-        if kind == "hash":
-            value: Any = dict(sorted((await redis.hgetall(key)).items()))
-        elif kind == "list":
-            value = await redis.lrange(key, 0, -1)
-        elif kind == "zset":
-            value = await redis.zrange(key, 0, -1, withscores=True)
-        elif kind == "string":
-            value = await redis.get(key)
-        else:
-            value = kind
-        dump[key.removeprefix(base).decode()] = value
-    return dump
-
-
-async def keys_with_prefix(redis: Redis, prefix: str) -> list[bytes]:
-    """Test-only SCAN to prove nothing was left behind."""
-    return [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]

@@ -28,9 +28,9 @@ from tests.integration.test_projector_support import (
     line,
     publish,
     until,
-    views_reached,
 )
 from tests.support.processes import Proc, ProcessFactory
+from tests.support.views import views_reached
 
 pytestmark = pytest.mark.integration
 

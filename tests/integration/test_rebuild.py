@@ -23,16 +23,13 @@ from tests.integration.test_projector import queue_counts
 from tests.integration.test_projector_support import (
     Ledger,
     all_events,
-    dump_generation,
     event_publisher,
-    keys_with_prefix,
     line,
-    live_generation,
     publish,
     until,
-    views_reached,
 )
 from tests.support.processes import ROOT, ProcessFactory
+from tests.support.views import dump_generation, keys_with_prefix, live_generation, views_reached
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,277 @@
+"""The faults, one scenario at a time, each injected into a system under load.
+
+A scenario runs like this: start a gateway, two command workers and two projectors on a vhost,
+database and key prefix of their own; start the load; once a third of it is accepted, inject
+the fault; probe until a new order is visible again (the time to recover); let the load finish;
+wait until the system is quiet; then check every invariant (`tests/support/invariants.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import asyncpg
+import httpx
+from redis.asyncio import Redis
+
+from common.settings import Settings
+from tests.chaos import services as shared
+from tests.chaos.load import LoadDriver, LoadShape, time_to_read, time_to_recover
+from tests.chaos.report import Row
+from tests.chaos.system import OrderSystem, new_run_id, wait_for_quiet
+from tests.support.invariants import Verdict, judge
+from tests.support.processes import Proc, ProcessFactory
+from tests.support.services import Endpoints
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Drill:
+    """What an injection works on, and where it notes what it saw go wrong."""
+
+    services: Endpoints
+    settings: Settings
+    system: OrderSystem
+    say: Say
+    notes: list[str] = field(default_factory=list)
+    follow_ups: list[asyncio.Task[None]] = field(default_factory=list)
+    fault_started: float = field(default_factory=time.monotonic)
+    """When the fault began; an injection that has to get ready first moves it."""
+    """What goes on after the fault itself (a successor starting), concurrently with probing."""
+
+    @property
+    def vhost(self) -> str:
+        return urllib.parse.unquote(urllib.parse.urlsplit(self.settings.amqp_url).path[1:])
+
+
+Inject = Callable[[Drill], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    summary: str
+    inject: Inject | None
+    restarts: str | None = None
+    """The shared service it restarts: it then needs the machine to itself."""
+    when_idle: bool = False
+    """Inject once the load is over and the system quiet; recovery is then measured by reads
+    alone (no new command may be what brings the system back)."""
+
+
+# --- the injections -----------------------------------------------------------------------------
+
+
+def _replace(drill: Drill, start: Callable[[], Proc]) -> None:
+    """Start a successor a second later, as a supervisor would, while probing goes on."""
+
+    async def successor() -> None:
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(start)
+
+    drill.follow_ups.append(asyncio.create_task(successor(), name="successor"))
+
+
+async def kill_command_worker(drill: Drill) -> None:
+    victim = drill.system.relay_leader()
+    drill.say(f"    kill -9 command worker {victim.popen.pid} (the relay leader)")
+    victim.kill()
+    _replace(drill, drill.system.start_command_worker)
+
+
+async def kill_projector(drill: Drill) -> None:
+    victim = drill.system.alive(drill.system.projectors)[0]
+    drill.say(f"    kill -9 projector {victim.popen.pid}")
+    victim.kill()
+    _replace(drill, drill.system.start_projector)
+
+
+async def _sigterm(drill: Drill, victim: Proc, goodbye: str, start: Callable[[], Proc]) -> None:
+    drill.say(f"    SIGTERM {victim.module} {victim.popen.pid}")
+    code = await asyncio.to_thread(victim.terminate, 60)
+    if code != 0:
+        drill.notes.append(f"{victim.module} exited with {code} after SIGTERM")
+    elif goodbye not in victim.log_path.read_text(errors="replace"):
+        drill.notes.append(f"{victim.module} did not log {goodbye} after SIGTERM")
+    _replace(drill, start)
+
+
+async def sigterm_command_worker(drill: Drill) -> None:
+    await _sigterm(
+        drill,
+        drill.system.relay_leader(),
+        "command worker stopped",
+        drill.system.start_command_worker,
+    )
+
+
+async def sigterm_projector(drill: Drill) -> None:
+    victim = drill.system.alive(drill.system.projectors)[0]
+    await _sigterm(drill, victim, '"stopped"', drill.system.start_projector)
+
+
+async def close_amqp_connections(drill: Drill) -> None:
+    await asyncio.to_thread(shared.wait_until_listed, drill.services, drill.vhost)
+    drill.fault_started = time.monotonic()
+    closed = await asyncio.to_thread(shared.close_connections, drill.services, drill.vhost)
+    drill.say(f"    closed {closed} AMQP connections from the management API")
+    if closed == 0:
+        drill.notes.append("no AMQP connection to close")
+
+
+async def restart_rabbitmq(drill: Drill) -> None:
+    drill.say("    rabbitmqctl stop_app; rabbitmqctl start_app")
+    await asyncio.to_thread(shared.restart_rabbitmq, drill.services)
+
+
+async def restart_postgres(drill: Drill) -> None:
+    drill.say("    PostgreSQL stopped for 2 s, then started")
+    await asyncio.to_thread(shared.restart_postgres, drill.services)
+
+
+async def restart_redis(drill: Drill) -> None:
+    drill.say("    Redis shut down without saving for 2 s, then started empty")
+    await asyncio.to_thread(shared.restart_redis, drill.services)
+
+
+SCENARIOS = (
+    Scenario("baseline", "no fault: the load alone, for comparison", None),
+    Scenario(
+        "kill-9-command-worker",
+        "SIGKILL the command worker whose relay leads; a successor starts a second later",
+        kill_command_worker,
+    ),
+    Scenario(
+        "kill-9-projector",
+        "SIGKILL a projector; a successor starts a second later",
+        kill_projector,
+    ),
+    Scenario(
+        "sigterm-command-worker",
+        "SIGTERM the relay leader (it must drain and exit 0); a successor starts",
+        sigterm_command_worker,
+    ),
+    Scenario(
+        "sigterm-projector",
+        "SIGTERM a projector (it must drain and exit 0); a successor starts",
+        sigterm_projector,
+    ),
+    Scenario(
+        "amqp-connections-closed",
+        "close every AMQP connection of the system from the management API",
+        close_amqp_connections,
+    ),
+    Scenario(
+        "rabbitmq-restart",
+        "stop and start the RabbitMQ application (every connection drops)",
+        restart_rabbitmq,
+        restarts="RabbitMQ",
+    ),
+    Scenario(
+        "postgres-restart",
+        "stop PostgreSQL for 2 s, then start it (every session ends)",
+        restart_postgres,
+        restarts="PostgreSQL",
+    ),
+    Scenario(
+        "redis-restart",
+        "shut Redis down without saving for 2 s and start it empty: views must come back",
+        restart_redis,
+        restarts="Redis",
+    ),
+    Scenario(
+        "redis-restart-idle",
+        "the same once the load is over: views must come back with no new event to apply",
+        restart_redis,
+        restarts="Redis",
+        when_idle=True,
+    ),
+)
+BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+# --- running one --------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """One scenario's row, with the verdict behind it."""
+
+    row: Row
+    verdict: Verdict | None
+
+
+async def run_scenario(
+    scenario: Scenario,
+    settings: Settings,
+    processes: ProcessFactory,
+    services: Endpoints,
+    shape: LoadShape,
+    *,
+    say: Say = print,
+    command_workers: int = 2,
+    projectors: int = 2,
+    quiet_timeout_s: float = 180.0,
+) -> Outcome:
+    system = await asyncio.to_thread(
+        OrderSystem.start, processes, command_workers=command_workers, projectors=projectors
+    )
+    drill = Drill(services, settings, system, say)
+    run = new_run_id()
+    async with httpx.AsyncClient(base_url=system.gateway.base_url, timeout=30) as client:
+        driver = LoadDriver(client, shape)
+        load = asyncio.create_task(driver.run(run), name="load")
+        try:
+            if scenario.when_idle:
+                await load
+                await wait_for_quiet(settings, list(driver.accepted), quiet_timeout_s)
+            else:
+                await driver.until_accepted(shape.commands // 3)
+            say(f"  {scenario.name}: fault after {len(driver.accepted)} commands accepted")
+            drill.fault_started = time.monotonic()
+            if scenario.inject is not None:
+                await scenario.inject(drill)
+            if scenario.when_idle:
+                recovery_s = await time_to_read(driver, drill.fault_started)
+            else:
+                recovery_s = await time_to_recover(driver, drill.fault_started, run)
+            await asyncio.gather(*drill.follow_ups)
+            await load
+        finally:
+            for task in (load, *drill.follow_ups):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(load, *drill.follow_ups, return_exceptions=True)
+    accepted = list(driver.accepted)
+    say(f"  {scenario.name}: load done ({len(accepted)} accepted); waiting for quiet")
+    quiet_s, still = await wait_for_quiet(settings, accepted, quiet_timeout_s)
+    verdict = await _judge(settings, accepted)
+    row = Row.of(scenario.name, verdict, recovery_s, quiet_s)
+    if still:
+        row.problems.append(f"not quiet after {quiet_s:.0f}s: {still}")
+    row.problems += drill.notes
+    row.problems += system.exited()
+    if driver.refused:
+        request, status, text = driver.refused[0]
+        row.problems.append(
+            f"{len(driver.refused)} commands refused, e.g. {request.kind} {status} {text}"
+        )
+    if driver.given_up:
+        row.problems.append(f"{len(driver.given_up)} commands never accepted")
+    return Outcome(row, verdict)
+
+
+async def _judge(settings: Settings, accepted: list[UUID]) -> Verdict:
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        return await judge(settings, pool, redis, accepted)
+    finally:
+        await redis.aclose()
+        await pool.close()

@@ -1,0 +1,215 @@
+"""The system under test: a gateway, command workers and projectors as real processes, on a
+vhost, database and Redis key prefix of their own; and waiting until it has gone quiet."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from uuid import UUID
+
+import aio_pika
+import asyncpg
+import orjson
+import redis
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from command_worker.relay import CHECKPOINT
+from common.messaging.topology import WORK_QUEUES, retry_delays_ms, retry_queue_name
+from common.readmodel.keys import Keys
+from common.settings import Settings
+from tests.support.amqp import depth
+from tests.support.invariants import not_terminal_in_redis, relay_caught_up
+from tests.support.processes import Proc, ProcessFactory
+from tests.support.services import Endpoints, create_vhost, delete_vhost
+from tests.support.views import views_match_streams
+
+
+@contextlib.contextmanager
+def isolated_settings(services: Endpoints, run: str) -> Iterator[Settings]:
+    """Production defaults on a fresh vhost, database and key prefix, removed afterwards."""
+    vhost = f"chaos-{run}"
+    database = f"orders_chaos_{run}"
+    create_vhost(services, vhost)
+    settings = Settings(
+        amqp_url=services.amqp_url(vhost),
+        database_url=services.database_url(database),
+        redis_url=services.redis_url(0),
+        redis_key_prefix=f"chaos-{run}:",
+    )
+    try:
+        yield settings
+    finally:
+        delete_vhost(services, vhost)
+        asyncio.run(_drop_database(services, database))
+        _delete_prefix(settings)
+
+
+async def _drop_database(services: Endpoints, database: str) -> None:
+    conn = await asyncpg.connect(services.database_url("postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _delete_prefix(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        found = list(client.scan_iter(match=f"{settings.redis_key_prefix}*", count=1000))
+        for start in range(0, len(found), 500):
+            client.delete(*found[start : start + 500])
+    finally:
+        client.close()
+
+
+@dataclass
+class OrderSystem:
+    """The running processes; replacements are started the way a supervisor would."""
+
+    processes: ProcessFactory
+    gateway: Proc
+    command_workers: list[Proc]
+    projectors: list[Proc]
+
+    @classmethod
+    def start(
+        cls, processes: ProcessFactory, *, command_workers: int = 2, projectors: int = 2
+    ) -> OrderSystem:
+        system = cls(processes, processes.start("gateway"), [], [])
+        for _ in range(command_workers):
+            system.start_command_worker()
+        for _ in range(projectors):
+            system.start_projector()
+        return system
+
+    def start_command_worker(self) -> Proc:
+        proc = self.processes.start("command_worker")
+        self.command_workers.append(proc)
+        return proc
+
+    def start_projector(self) -> Proc:
+        proc = self.processes.start("projector_worker")
+        self.projectors.append(proc)
+        return proc
+
+    def alive(self, procs: Iterable[Proc]) -> list[Proc]:
+        return [p for p in procs if p.popen.poll() is None]
+
+    def relay_leader(self) -> Proc:
+        """The command worker whose relay took the leader lock last (from the logs)."""
+        latest: tuple[str, Proc] | None = None
+        for proc in self.alive(self.command_workers):
+            for line in proc.log_path.read_text(errors="replace").splitlines():
+                if '"relay leading"' not in line:
+                    continue
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    at = str(orjson.loads(line).get("time", ""))
+                    if latest is None or at > latest[0]:
+                        latest = (at, proc)
+        return latest[1] if latest else self.alive(self.command_workers)[0]
+
+    def exited(self) -> list[str]:
+        """Processes that died without being asked to, with the end of their logs."""
+        return [
+            f"{p.module} exited with {p.popen.returncode}: {p.log()[-500:]}"
+            for p in [self.gateway, *self.command_workers, *self.projectors]
+            if p.popen.returncode not in (None, 0, -9)
+        ]
+
+
+async def queue_backlog(amqp_url: str, retry_base_delay_ms: int) -> int:
+    """Ready messages in the work queues and their delay queues."""
+    names = [
+        *WORK_QUEUES,
+        *(
+            retry_queue_name(q, delay)
+            for q in WORK_QUEUES
+            for delay in retry_delays_ms(retry_base_delay_ms)
+        ),
+    ]
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        ch = await connection.channel()
+        return sum([await depth(ch, name) for name in names])
+    finally:
+        await connection.close()
+
+
+async def quiet(settings: Settings, pool: asyncpg.Pool, redis: Redis, accepted: list[UUID]) -> str:
+    """What is still moving ('' when nothing is): every accepted command recorded and terminal
+    in Redis, the relay at the last position, every view at its stream's version, and no
+    message waiting in a work or delay queue."""
+    recorded = await pool.fetchval(
+        "SELECT count(*) FROM commands WHERE command_id = ANY($1::uuid[])", accepted
+    )
+    if recorded < len(accepted):
+        return f"{len(accepted) - recorded} accepted commands not recorded yet"
+    keys = Keys(settings.redis_key_prefix)
+    pending = await not_terminal_in_redis(redis, keys, accepted)
+    if pending:
+        return f"{len(pending)} commands not terminal in Redis yet"
+    if not await relay_caught_up(pool):
+        return "the relay is behind: " + await relay_lag(pool)
+    if not await views_match_streams(redis, keys, pool):
+        return "views are behind the event store"
+    backlog = await queue_backlog(settings.amqp_url, settings.retry_base_delay_ms)
+    if backlog:
+        return f"{backlog} messages still queued"
+    return ""
+
+
+async def relay_lag(pool: asyncpg.Pool) -> str:
+    """Where the relay is, and the oldest transaction on the server it may be waiting for (its
+    horizon waits for every transaction that could still commit a lower position)."""
+    row = await pool.fetchrow(
+        "SELECT (SELECT coalesce(max(position), 0) FROM events) AS head,"
+        " (SELECT coalesce(max(position), 0) FROM checkpoints WHERE name = $1) AS checkpoint",
+        CHECKPOINT,
+    )
+    oldest = await pool.fetchrow(
+        "SELECT datname, state, backend_xid::text AS xid, now() - xact_start AS age,"
+        " left(query, 80) AS query FROM pg_stat_activity WHERE backend_xid IS NOT NULL"
+        " ORDER BY xact_start LIMIT 1"
+    )
+    assert row is not None
+    where = f"at {row['checkpoint']} of {row['head']}"
+    if oldest is None:
+        return where
+    return f"{where}; oldest transaction with an id: {dict(oldest)}"
+
+
+async def wait_for_quiet(
+    settings: Settings, accepted: list[UUID], timeout_s: float
+) -> tuple[float, str]:
+    """Seconds until the system went quiet, and '' or what was still moving at `timeout_s`.
+    Transient errors (a service coming back) count as not quiet yet."""
+    started = time.monotonic()
+    waiting = "nothing checked yet"
+    while time.monotonic() - started < timeout_s:
+        try:
+            waiting = await _check_quiet(settings, accepted)
+        except (OSError, RedisError, asyncpg.PostgresError, aio_pika.exceptions.AMQPError) as exc:
+            waiting = f"checking failed: {exc!r}"
+        if not waiting:
+            return time.monotonic() - started, ""
+        await asyncio.sleep(0.5)
+    return time.monotonic() - started, waiting
+
+
+async def _check_quiet(settings: Settings, accepted: list[UUID]) -> str:
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    client = Redis.from_url(settings.redis_url)
+    try:
+        return await quiet(settings, pool, client, accepted)
+    finally:
+        await client.aclose()
+        await pool.close()
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:10]
