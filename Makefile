@@ -26,7 +26,7 @@ help:
 	@echo "make lint      ruff check, ruff format --check, mypy"
 	@echo "make format    ruff fixes and formatting"
 	@echo "make bench     the benchmark: ratios against floors measured in the same run (QUICK=1)"
-	@echo "make chaos     the failure drills, once scripts/chaos.py exists"
+	@echo "make chaos     the fault drills: kills, broker/database/Redis restarts, invariants"
 	@echo "make clean     remove caches and build output ($(VENV) stays; rm -rf it to start over)"
 
 install: $(STAMP)

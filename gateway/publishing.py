@@ -74,7 +74,9 @@ class CommandPublisher:
                 publisher = await asyncio.wait_for(
                     ConfirmedPublisher.open(connection, self._timeout_s), self._timeout_s
                 )
-            except PUBLISH_ERRORS as exc:
+            # aio-pika raises RuntimeError("Connection was not opened") for a connection that
+            # is going away before the supervisor noticed: a 503 like the rest, not a 500.
+            except (*PUBLISH_ERRORS, RuntimeError) as exc:
                 raise BrokerUnavailable(f"cannot open a publisher channel: {exc!r}") from exc
             log.warning("publisher channel reopened")
             self._publisher = publisher

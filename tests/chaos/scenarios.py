@@ -4,6 +4,7 @@ A scenario runs like this: start a gateway, two command workers and two projecto
 database and key prefix of their own; start the load; once a third of it is accepted, inject
 the fault; probe until a new order is visible again (the time to recover); let the load finish;
 wait until the system is quiet; then check every invariant (`tests/support/invariants.py`).
+A scenario `when_idle` injects after the load instead, and measures recovery by reads alone.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ class Drill:
     say: Say
     notes: list[str] = field(default_factory=list)
     follow_ups: list[asyncio.Task[None]] = field(default_factory=list)
+    """What goes on after the fault itself (a successor starting), concurrently with probing."""
     fault_started: float = field(default_factory=time.monotonic)
     """When the fault began; an injection that has to get ready first moves it."""
-    """What goes on after the fault itself (a successor starting), concurrently with probing."""
 
     @property
     def vhost(self) -> str:
@@ -204,7 +205,7 @@ class Outcome:
     """One scenario's row, with the verdict behind it."""
 
     row: Row
-    verdict: Verdict | None
+    verdict: Verdict
 
 
 async def run_scenario(
