@@ -19,17 +19,9 @@ from common.eventstore.store import EventStore, NewEvent, StoredEvent
 from common.readmodel.commands import CommandStatus
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from tests.support.load import envelope
 
 pytestmark = pytest.mark.integration
-
-
-def envelope(order_id: uuid.UUID) -> dict[str, object]:
-    return {
-        "command_id": uuid.uuid4(),
-        "order_id": order_id,
-        "correlation_id": uuid.uuid4(),
-        "issued_at": datetime.now(UTC),
-    }
 
 
 def add(order_id: uuid.UUID, product: str = "p") -> AddItem:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 import aio_pika
 import asyncpg
@@ -22,33 +20,16 @@ from common.contracts.orders import (
     CreateOrder,
     OrderLine,
     ShipOrder,
-    ShippingAddress,
 )
 from common.messaging.messages import command_message
 from common.messaging.topology import COMMANDS_EXCHANGE, COMMANDS_QUEUE, dlq_name
 from common.readmodel.keys import Keys
 from common.settings import Settings
 from tests.support.amqp import channel, depth, eventually, take, tap_events
+from tests.support.load import ADDRESS, envelope
 from tests.support.processes import ProcessFactory
 
 pytestmark = pytest.mark.integration
-
-ADDRESS = ShippingAddress(
-    recipient="Grace Hopper",
-    street="1 Navy Way",
-    city="Arlington",
-    postal_code="22201",
-    country="US",
-)
-
-
-def envelope(order_id: uuid.UUID) -> dict[str, Any]:
-    return {
-        "command_id": uuid.uuid4(),
-        "order_id": order_id,
-        "correlation_id": uuid.uuid4(),
-        "issued_at": datetime.now(UTC),
-    }
 
 
 def create(order_id: uuid.UUID, *lines: tuple[str, int, str]) -> CreateOrder:

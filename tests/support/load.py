@@ -6,6 +6,7 @@ import random
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from common.contracts.orders import (
     AddItem,
@@ -26,7 +27,8 @@ ADDRESS = ShippingAddress(
 )
 
 
-def envelope(order_id: uuid.UUID) -> dict[str, object]:
+def envelope(order_id: uuid.UUID) -> dict[str, Any]:
+    """What every command carries besides its own fields, fresh ids each call."""
     return {
         "command_id": uuid.uuid4(),
         "order_id": order_id,
