@@ -13,7 +13,8 @@ from typing import Annotated, Any, TypeVar, cast
 from uuid import UUID
 
 import orjson
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import Field, TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 from starlette.responses import Response
 
@@ -25,9 +26,16 @@ from common.readmodel.order_queries import (
     ViewsUnavailable,
 )
 from common.readmodel.order_view import ViewStatus
-from gateway.openapi import json_response_doc, problem_response
+from gateway.openapi import (
+    header_parameter,
+    json_response_doc,
+    path_parameter,
+    problem_response,
+    query_parameter,
+)
 from gateway.problems import Problem, ProblemType, unavailable, validation_problem
 from gateway.responses import JSON, Order, OrderHistory, OrderPage, json_response
+from gateway.routing import RawRoute, path_uuid
 from gateway.runtime import runtime_of
 from gateway.waiting import prefer_wait, waiter_of
 
@@ -119,34 +127,25 @@ async def search_orders(
     return json_response(result.to_json())
 
 
-@router.get(
-    "/orders/{order_id}",
-    summary="One order's view",
-    response_class=Response,
-    responses={
-        200: json_response_doc(Order, "The order; `X-Stale: true` if `min_version` not reached."),
-        404: problem_response("No such order (yet: see `X-Stale`)."),
-        **_ERRORS,
-    },
-)
-async def get_order(
-    request: Request,
-    order_id: OrderId,
-    min_version: Annotated[
-        int | None,
-        Query(
-            ge=1,
-            description="Wait (up to the server's limit, or `Prefer: wait=<seconds>` if lower) "
-            "until the view reaches this version; if it does not, the answer carries "
-            "`X-Stale: true`.",
-        ),
-    ] = None,
-    prefer: Annotated[str | None, Header()] = None,
-) -> Response:
+_MIN_VERSION: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=1)])
+
+
+async def get_order(request: Request) -> Response:
+    """The hottest read: a lean route (no dependency solving), parsing its own parameters."""
+    order_id = path_uuid(request, "order_id")
+    raw_min = request.query_params.get("min_version")
+    min_version: int | None = None
+    if raw_min is not None:
+        try:
+            min_version = _MIN_VERSION.validate_python(raw_min)
+        except ValidationError:
+            raise validation_problem(
+                [{"field": "min_version", "message": "must be a whole number of at least 1"}]
+            ) from None
     headers: dict[str, str] = {}
     if min_version is not None:
         limit = runtime_of(request).settings.max_wait_s
-        asked = prefer_wait(prefer)
+        asked = prefer_wait(request.headers.get("prefer"))
         timeout = min(limit, asked) if asked is not None else limit
         waiter = await waiter_of(request)
         reached = await _read(waiter.wait_for_order_version(order_id, min_version, timeout))
@@ -160,6 +159,37 @@ async def get_order(
     if min_version is not None and view["version"] < min_version:
         headers[STALE_HEADER] = "true"
     return Response(orjson.dumps(view), headers=headers, media_type=JSON)
+
+
+router.add_api_route(
+    "/orders/{order_id}",
+    get_order,
+    methods=["GET"],
+    summary="One order's view",
+    response_class=Response,
+    responses={
+        200: json_response_doc(Order, "The order; `X-Stale: true` if `min_version` not reached."),
+        404: problem_response("No such order (yet: see `X-Stale`)."),
+        **_ERRORS,
+    },
+    route_class_override=RawRoute,
+    openapi_extra={
+        "parameters": [
+            path_parameter("order_id", "The order's id."),
+            {
+                **query_parameter(
+                    "min_version",
+                    "Wait (up to the server's limit, or `Prefer: wait=<seconds>` if lower) "
+                    "until the view reaches this version; if it does not, the answer carries "
+                    "`X-Stale: true`.",
+                    {"type": "integer", "minimum": 1},
+                ),
+                "required": False,
+            },
+            header_parameter("Prefer", "`wait=<seconds>` bounds a `min_version` wait."),
+        ]
+    },
+)
 
 
 @router.get(
