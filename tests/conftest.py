@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from common.settings import Settings
 from tests.support.processes import ProcessFactory, process_factory
-from tests.support.services import Endpoints, create_vhost, delete_vhost, endpoints
+from tests.support.services import Endpoints, endpoints, isolated_slice
 
 
 @pytest.fixture(scope="session")
@@ -24,24 +24,10 @@ def services() -> Iterator[Endpoints]:
 @pytest.fixture
 def isolated_settings(services: Endpoints) -> Iterator[Settings]:
     """Settings naming a fresh vhost, database and Redis key prefix, removed after the test."""
-    run = uuid.uuid4().hex[:12]
-    vhost = f"test-{run}"
-    database = f"orders_test_{run}"
-    create_vhost(services, vhost)
-    settings = Settings(
-        amqp_url=services.amqp_url(vhost),
-        database_url=services.database_url(database),
-        redis_url=services.redis_url(0),
-        redis_key_prefix=f"test-{run}:",
-        retry_base_delay_ms=50,
-        shutdown_timeout_s=10,
-    )
-    try:
+    with isolated_slice(
+        services, f"test-{uuid.uuid4().hex[:12]}", retry_base_delay_ms=50, shutdown_timeout_s=10
+    ) as settings:
         yield settings
-    finally:
-        delete_vhost(services, vhost)
-        _drop_database(services, database)
-        _delete_prefix(settings)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -84,28 +70,3 @@ async def pg(isolated_settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
-
-
-def _drop_database(ep: Endpoints, database: str) -> None:
-    import asyncio
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(ep.database_url("postgres"))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
-
-
-def _delete_prefix(settings: Settings) -> None:
-    import redis
-
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        batch = list(client.scan_iter(match=f"{settings.redis_key_prefix}*", count=1000))
-        for start in range(0, len(batch), 500):
-            client.delete(*batch[start : start + 500])
-    finally:
-        client.close()

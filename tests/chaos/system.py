@@ -7,14 +7,13 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from uuid import UUID
 
 import aio_pika
 import asyncpg
 import orjson
-import redis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -25,46 +24,13 @@ from common.settings import Settings
 from tests.support.amqp import depth
 from tests.support.invariants import not_terminal_in_redis, relay_caught_up
 from tests.support.processes import Proc, ProcessFactory
-from tests.support.services import Endpoints, create_vhost, delete_vhost
+from tests.support.services import Endpoints, isolated_slice
 from tests.support.views import views_match_streams
 
 
-@contextlib.contextmanager
-def isolated_settings(services: Endpoints, run: str) -> Iterator[Settings]:
+def isolated_settings(services: Endpoints, run: str) -> contextlib.AbstractContextManager[Settings]:
     """Production defaults on a fresh vhost, database and key prefix, removed afterwards."""
-    vhost = f"chaos-{run}"
-    database = f"orders_chaos_{run}"
-    create_vhost(services, vhost)
-    settings = Settings(
-        amqp_url=services.amqp_url(vhost),
-        database_url=services.database_url(database),
-        redis_url=services.redis_url(0),
-        redis_key_prefix=f"chaos-{run}:",
-    )
-    try:
-        yield settings
-    finally:
-        delete_vhost(services, vhost)
-        asyncio.run(_drop_database(services, database))
-        _delete_prefix(settings)
-
-
-async def _drop_database(services: Endpoints, database: str) -> None:
-    conn = await asyncpg.connect(services.database_url("postgres"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-def _delete_prefix(settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        found = list(client.scan_iter(match=f"{settings.redis_key_prefix}*", count=1000))
-        for start in range(0, len(found), 500):
-            client.delete(*found[start : start + 500])
-    finally:
-        client.close()
+    return isolated_slice(services, f"chaos-{run}")
 
 
 @dataclass

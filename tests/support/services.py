@@ -7,6 +7,7 @@ and Redis key prefix, so two runs side by side never see each other's messages o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -17,6 +18,11 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import asyncpg
+import redis
+
+from common.settings import Settings
 
 
 @dataclass
@@ -136,3 +142,43 @@ def delete_vhost(ep: Endpoints, vhost: str) -> None:
         ep.management("DELETE", f"/vhosts/{vhost}")
     except (urllib.error.URLError, OSError):
         subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
+
+
+@contextlib.contextmanager
+def isolated_slice(ep: Endpoints, name: str, **overrides: Any) -> Iterator[Settings]:
+    """Settings naming a fresh vhost `name`, database `orders_<name>` and Redis key prefix
+    `name:`, with `overrides`; all three are removed afterwards."""
+    vhost = name
+    database = "orders_" + name.replace("-", "_")
+    create_vhost(ep, vhost)
+    settings = Settings(
+        amqp_url=ep.amqp_url(vhost),
+        database_url=ep.database_url(database),
+        redis_url=ep.redis_url(0),
+        redis_key_prefix=f"{name}:",
+        **overrides,
+    )
+    try:
+        yield settings
+    finally:
+        delete_vhost(ep, vhost)
+        asyncio.run(_drop_database(ep, database))
+        _delete_prefix(settings)
+
+
+async def _drop_database(ep: Endpoints, database: str) -> None:
+    conn = await asyncpg.connect(ep.database_url("postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def _delete_prefix(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        found = list(client.scan_iter(match=f"{settings.redis_key_prefix}*", count=1000))
+        for start in range(0, len(found), 500):
+            client.delete(*found[start : start + 500])
+    finally:
+        client.close()
