@@ -9,6 +9,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Written after a successful install; older than pyproject.toml means "install again".
 STAMP := $(VENV)/.installed
+# The same with the benchmark's extras (matplotlib), which `make lint` type-checks too.
+BENCH_STAMP := $(VENV)/.bench-installed
 
 COMMAND_WORKERS ?= 1
 PROJECTOR_WORKERS ?= 1
@@ -50,7 +52,7 @@ test: install services
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
-lint: install
+lint: install $(BENCH_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -62,8 +64,6 @@ format: install
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
-
-BENCH_STAMP := $(VENV)/.bench-installed
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev,bench]'

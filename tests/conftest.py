@@ -44,10 +44,29 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 @pytest.fixture
-def processes(isolated_settings: Settings, tmp_path: Path) -> Iterator[ProcessFactory]:
-    """Start `python -m <module>` processes on the isolated services; all stopped at teardown."""
+def processes(
+    isolated_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[ProcessFactory]:
+    """Start `python -m <module>` processes on the isolated services; all stopped at teardown.
+    When the test fails, the report carries what each process logged (see below)."""
     with process_factory(settings_env(isolated_settings), tmp_path) as factory:
+        request.node.stash[_FACTORY] = factory
         yield factory
+
+
+_FACTORY = pytest.StashKey[ProcessFactory]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report gets each process's warnings and errors and its last lines: a
+    failure in CI, on a machine nobody can look at afterwards, then explains itself."""
+    report = yield
+    factory = item.stash.get(_FACTORY, None)
+    if factory is not None and report.failed and call.when == "call":
+        for proc in factory.procs:
+            report.sections.append((f"log of {proc.log_path.name}", proc.digest()))
+    return report
 
 
 @pytest.fixture

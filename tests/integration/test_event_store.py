@@ -205,3 +205,17 @@ async def test_one_relay_leads_and_another_takes_over(
         await append(store, "s", 1)
         [after] = await take(tap, 1)
     assert orjson.loads(after.body)["version"] == 2
+
+
+async def test_a_connection_released_inside_a_transaction_comes_back_without_it(
+    pg: asyncpg.Pool,
+) -> None:
+    """An open transaction holds its id, and the relay waits for every running id below its
+    horizon: the pool must never hand such a connection out again, let alone keep it idle."""
+    async with pg.acquire() as conn:
+        await conn.execute("BEGIN")
+        await conn.execute("INSERT INTO checkpoints (name, position) VALUES ('stray', 1)")
+        assert conn.is_in_transaction()
+    async with pg.acquire() as conn:
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SELECT count(*) FROM checkpoints WHERE name = 'stray'") == 0

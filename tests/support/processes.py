@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+_LOUD = re.compile(r'"level": ?"(warning|error|critical)"')
 
 
 def free_port() -> int:
@@ -73,6 +75,13 @@ class Proc:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-20000:]
+
+    def digest(self, warnings: int = 40, last: int = 15) -> str:
+        """The process's last `warnings` warning-or-worse lines and its last `last` lines."""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        bad = [line for line in lines if not line.startswith('{"') or _LOUD.search(line)]
+        head = [f"exit code: {self.popen.poll()}", "-- warnings and errors:"]
+        return "\n".join([*head, *bad[-warnings:], "-- last lines:", *lines[-last:]])
 
     def kill(self) -> None:
         """SIGKILL: no goodbye, nothing flushed."""
