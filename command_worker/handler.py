@@ -30,6 +30,7 @@ from common.eventstore.store import (
     NewEvent,
     WrongExpectedVersion,
 )
+from common.messaging.consuming import attempt_of
 from common.messaging.outcomes import RejectMessage
 from common.observability import metrics
 from common.observability.logging import correlation_id
@@ -105,6 +106,9 @@ class CommandHandler:
         self._redis = redis
         self._keys = keys
         self._conflict_retries = conflict_retries
+        self._seen_before: set[uuid.UUID] = set()
+        """Commands whose message was delivered before (a redelivery or a retry): the only
+        ones a batch looks up in the command ledger before deciding."""
         self._batcher: Batcher[Command, Outcome] = Batcher(
             self.execute_batch,
             key=lambda command: command.order_id,
@@ -115,6 +119,9 @@ class CommandHandler:
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         command = parse_command(message)
         token = correlation_id.set(str(command.correlation_id))
+        seen_before = message.redelivered or attempt_of(message) > 1
+        if seen_before:
+            self._seen_before.add(command.command_id)
         try:
             outcome = await self._batcher.submit(command)
             log.info(
@@ -129,12 +136,18 @@ class CommandHandler:
                 },
             )
         finally:
+            if seen_before:
+                self._seen_before.discard(command.command_id)
             correlation_id.reset(token)
 
     async def execute_batch(self, commands: list[Command]) -> list[Outcome]:
         """Decide every command on one load of their streams and commit all outcomes in one
         transaction. If another writer got in between, fall back to one command at a time,
-        each with its own bounded conflict retries."""
+        each with its own bounded conflict retries.
+
+        Only commands delivered before are looked up in the ledger first; any other command
+        the ledger already holds (published twice) fails the transaction on the ledger's key,
+        and the fallback then settles each command by itself, duplicates included."""
         try:
             outcomes = await self._try_batch(commands)
         except (WrongExpectedVersion, DuplicateCommand):
@@ -159,7 +172,8 @@ class CommandHandler:
 
     async def _try_batch(self, commands: list[Command]) -> list[Outcome]:
         async with self._store.pool.acquire() as conn:
-            known = await self._store.get_commands(conn, [c.command_id for c in commands])
+            suspects = [c.command_id for c in commands if c.command_id in self._seen_before]
+            known = await self._store.get_commands(conn, suspects) if suspects else {}
             streams = await self._store.load_streams(
                 conn, list(dict.fromkeys(str(c.order_id) for c in commands))
             )

@@ -5,6 +5,12 @@ A handler returns normally (ack), raises `RejectMessage` (dead-letter now) or `R
 (backoff through a delay queue). Any other exception counts as transient: a bug or an outage
 must not be mistaken for a poison message, but it still ends in the dead-letter queue once the
 attempts run out, so nothing loops for ever.
+
+Acks are coalesced: the messages that finish within one turn of the event loop (a batch of
+commands, the events of one Redis round trip) are acknowledged by one `basic.ack` with
+`multiple` set, up to the highest delivery tag below which every message is finished. A
+message finished behind one still in flight is acked on its own, so a slow message never holds
+the prefetch window hostage. Acks still go out only after the work is durable.
 """
 
 from __future__ import annotations
@@ -65,6 +71,77 @@ def copy_message(message: AbstractIncomingMessage, **extra_headers: FieldValue) 
     )
 
 
+class AckCoalescer:
+    """Acknowledges the finished messages of one channel, many per frame where it can.
+
+    Delivery tags on a channel run 1, 2, 3...; `multiple=True` acks every outstanding tag up to
+    the one given. So a multiple ack only goes up to the highest tag H such that every tag up
+    to H is accounted for here (finished now, or settled before); a message still in flight, or
+    one never seen, stops it. A finished message past such a gap is acked alone. Negative acks
+    are sent at once, before any later multiple ack could cover their tag (a channel's frames
+    are processed in order)."""
+
+    def __init__(self, queue_name: str) -> None:
+        self._frames = metrics.ACK_FRAMES.labels(queue_name)
+        self._floor = 0
+        """Every tag up to here is settled."""
+        self._settled_above: set[int] = set()
+        self._finished: dict[int, AbstractIncomingMessage] = {}
+        self._flush_scheduled = False
+        self._flushing: asyncio.Task[None] | None = None
+
+    def settled(self, message: AbstractIncomingMessage) -> None:
+        """`message` was settled elsewhere (a nack): nothing to ack for it."""
+        if message.delivery_tag is not None:
+            self._settled_above.add(message.delivery_tag)
+
+    def finished(self, message: AbstractIncomingMessage) -> None:
+        """Ack `message` at the end of this turn of the loop, with whatever else finished."""
+        if message.delivery_tag is None:
+            return
+        self._finished[message.delivery_tag] = message
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._schedule_flush)
+
+    def _schedule_flush(self) -> None:
+        self._flush_scheduled = False
+        self._flushing = asyncio.create_task(self._flush(self._flushing), name="ack-flush")
+
+    async def _flush(self, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)  # acks leave in order
+        finished, self._finished = self._finished, {}
+        if not finished:
+            return
+        top = self._floor
+        while top + 1 in finished or top + 1 in self._settled_above:
+            top += 1
+        covered = [tag for tag in finished if tag <= top]
+        alone = sorted(tag for tag in finished if tag > top)
+        self._settled_above = {tag for tag in self._settled_above if tag > top}
+        self._settled_above.update(alone)
+        self._floor = top
+        try:
+            if covered:
+                await finished[max(covered)].ack(multiple=len(covered) > 1)
+                self._frames.inc()
+            for tag in alone:
+                await finished[tag].ack()
+                self._frames.inc()
+        except Exception as exc:
+            # The channel is gone: the broker requeues whatever was not acked, and handlers
+            # are idempotent.
+            log.warning("could not ack %d messages: %r", len(finished), exc)
+
+    async def drain(self) -> None:
+        """Send every pending ack now (before the channel closes)."""
+        if self._flush_scheduled:
+            self._schedule_flush()
+        if self._flushing is not None:
+            await asyncio.gather(self._flushing, return_exceptions=True)
+
+
 class QueueConsumer:
     """Consumes one work queue with one handler; one instance per connection session."""
 
@@ -87,6 +164,7 @@ class QueueConsumer:
         self._consumer_tag: str | None = None
         self._publisher: ConfirmedPublisher | None = None
         self._in_flight = 0
+        self._acks = AckCoalescer(queue_name)
         self._idle = asyncio.Event()
         self._idle.set()
         metrics.init_queue_series(queue_name, [kind.value for kind in FailureKind])
@@ -110,6 +188,7 @@ class QueueConsumer:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:
             log.warning("shutdown timeout with %d messages in flight", self._in_flight)
+        await self._acks.drain()
         for closable in (self._publisher, self._channel):
             if closable is not None:
                 try:
@@ -145,7 +224,7 @@ class QueueConsumer:
             log.exception("handler failed on %s", message.message_id)
             await self._retry(message, f"{type(exc).__name__}: {exc}")
         else:
-            await message.ack()
+            self._acks.finished(message)
 
     async def _retry(self, message: AbstractIncomingMessage, reason: str) -> None:
         attempt = attempt_of(message)
@@ -198,6 +277,7 @@ class QueueConsumer:
             await self._publisher.publish(exchange, routing_key, copy)
         except Exception:
             log.exception("could not forward %s to %s", message.message_id, routing_key)
+            self._acks.settled(message)
             await message.nack(requeue=True)
             return
-        await message.ack()
+        self._acks.finished(message)

@@ -83,6 +83,13 @@ RETRIES = Counter(
     ["queue"],
     registry=None,
 )
+ACK_FRAMES = Counter(
+    "orders_ack_frames_total",
+    "basic.ack frames sent; one acknowledges every message finished in the same turn of the "
+    "event loop, so fewer frames than handled messages means acks are being coalesced.",
+    ["queue"],
+    registry=None,
+)
 DEAD_LETTERS = Counter(
     "orders_dead_letters_total",
     "Messages sent to a dead-letter queue, by queue and kind (poison or exhausted).",
@@ -97,7 +104,7 @@ HTTP_REQUESTS = Histogram(
     registry=None,
 )
 
-CONSUMER: tuple[Collector, ...] = (HANDLING_SECONDS, RETRIES, DEAD_LETTERS)
+CONSUMER: tuple[Collector, ...] = (HANDLING_SECONDS, RETRIES, DEAD_LETTERS, ACK_FRAMES)
 GATEWAY: tuple[Collector, ...] = (COMMANDS, HTTP_REQUESTS)
 COMMAND_WORKER: tuple[Collector, ...] = (
     COMMANDS,
@@ -142,5 +149,6 @@ def init_queue_series(queue: str, failure_kinds: Iterable[str]) -> None:
     """Export a consumer's retry and dead-letter counters at 0 from the start."""
     HANDLING_SECONDS.labels(queue)
     RETRIES.labels(queue)
+    ACK_FRAMES.labels(queue)
     for kind in failure_kinds:
         DEAD_LETTERS.labels(queue, kind)
