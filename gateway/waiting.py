@@ -1,10 +1,13 @@
 """Read-your-writes: wait until a command's outcome is visible or an order reaches a version.
 
-One pub/sub connection per gateway, subscribed once at start-up to the two channels of
-`common/readmodel/notifications.py`. A wait registers a future *before* it reads the current
-state: a change after the read arrives as a message, a change before it is in the read, so
-nothing slips between the two. After a reconnect every pending wait reads the state again
-(messages published while disconnected are lost). No polling.
+One pub/sub connection per gateway, subscribed to the two channels of
+`common/readmodel/notifications.py` while anyone waits: from start-up, and again from the first
+wait after `linger_s` without one. Every projected event publishes on both channels, so a
+gateway nobody asks to wait would otherwise spend a good part of its CPU reading and dropping
+them. A wait registers a future *before* it reads the current state: a change after the read
+arrives as a message, a change before it is in the read, so nothing slips between the two.
+Each (re)subscription makes every pending wait read the state again (messages published while
+unsubscribed are lost), so a wait that starts the subscription is as safe as any. No polling.
 """
 
 from __future__ import annotations
@@ -30,37 +33,45 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 3.0
 MAX_BACKOFF_S = 2.0
+LINGER_S = 30.0
+"""How long the subscription outlives the last wait."""
+IDLE_CHECK_S = 1.0
 
 
 class Waiter:
     """Futures keyed by command id and by (order id, version), resolved from pub/sub."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, linger_s: float = LINGER_S) -> None:
         self._redis = redis
+        self._linger_s = linger_s
+        self._last_wait = 0.0
         self._keys = keys
         self._queries = OrderQueries(redis, keys)
         self._commands: dict[str, set[asyncio.Future[CommandProgress]]] = {}
         self._versions: dict[str, set[tuple[int, asyncio.Future[int]]]] = {}
         self._channels = (keys.command_outcomes_channel, keys.order_versions_channel)
-        self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
         """Set while both channels are subscribed; waits still work (by reading) when not."""
 
     async def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Subscribe in the background; wait up to `timeout_s` for the subscription."""
-        self._reader = asyncio.create_task(self._read_forever(), name="waiter")
+        self._wanted()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.subscribed.wait(), timeout_s)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await reader
+
+    def _wanted(self) -> None:
+        """Someone waits: keep the subscription, or start it."""
+        self._last_wait = asyncio.get_running_loop().time()
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read_while_wanted(), name="waiter")
 
     # --- waits ----------------------------------------------------------------------------
 
@@ -72,6 +83,7 @@ class Waiter:
         key = str(command_id)
         future: asyncio.Future[CommandProgress] = asyncio.get_running_loop().create_future()
         with _registered(self._commands, key, future):
+            self._wanted()
             progress = await self._read_command(key)
             if (progress is not None and progress.settled) or timeout_s <= 0:
                 return progress
@@ -84,6 +96,7 @@ class Waiter:
         key = str(order_id)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         with _registered(self._versions, key, (version, future)):
+            self._wanted()
             if await self._order_version(key) >= version:
                 return True
             if timeout_s <= 0:
@@ -111,27 +124,41 @@ class Waiter:
 
     # --- the subscription -----------------------------------------------------------------
 
-    async def _read_forever(self) -> None:
+    async def _read_while_wanted(self) -> None:
+        """Read notifications until nobody has waited for `linger_s`, reconnecting as needed."""
+        me = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        pubsub: PubSub | None = None
         backoff = 0.05
-        while True:
-            try:
-                if self._pubsub is None:
-                    self._pubsub = self._redis.pubsub()
-                    await self._pubsub.subscribe(*self._channels)
-                async for message in self._pubsub.listen():
-                    backoff = 0.05
-                    await self._on_message(message)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("read-your-writes subscription lost: %r", exc)
+        try:
+            while True:
+                try:
+                    if pubsub is None:
+                        pubsub = self._redis.pubsub()
+                        await pubsub.subscribe(*self._channels)
+                    message = await pubsub.get_message(timeout=IDLE_CHECK_S)
+                    if message is not None:
+                        backoff = 0.05
+                        await self._on_message(message)
+                    elif not self.pending and loop.time() - self._last_wait > self._linger_s:
+                        # Decided with no await in between: a wait from here on starts anew.
+                        self._reader = None
+                        return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("read-your-writes subscription lost: %r", exc)
+                    self.subscribed.clear()
+                    if pubsub is not None:
+                        await _close(pubsub)
+                        pubsub = None
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+        finally:
+            if self._reader is None or self._reader is me:
                 self.subscribed.clear()
-                if self._pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-                    self._pubsub = None
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+            if pubsub is not None:
+                await _close(pubsub)
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -178,6 +205,11 @@ class Waiter:
                         future.set_result(progress)
         for order_id in list(self._versions):
             self._on_version(order_id, await self._order_version(order_id))
+
+
+async def _close(pubsub: PubSub) -> None:
+    with contextlib.suppress(Exception):
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 @contextlib.contextmanager

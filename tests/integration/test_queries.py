@@ -29,6 +29,7 @@ from tests.integration.test_projector_support import (
     publish,
     until,
 )
+from tests.support.amqp import eventually
 from tests.support.processes import Proc, ProcessFactory
 from tests.support.views import views_reached
 
@@ -311,3 +312,48 @@ async def test_waiter_settles_commands_when_visible_or_refused(
         assert waiter.pending == 0
     finally:
         await waiter.close()
+
+
+async def test_waiter_reads_notifications_only_while_someone_waits(
+    redis_client: Redis, isolated_settings: Settings
+) -> None:
+    keys = Keys(isolated_settings.redis_key_prefix)
+    channel = keys.command_outcomes_channel
+
+    async def subscribers() -> int:
+        [(_, count)] = await redis_client.pubsub_numsub(channel)
+        return int(count)
+
+    waiter = Waiter(redis_client, keys, linger_s=0.2)
+    await waiter.start()
+    try:
+        assert waiter.subscribed.is_set()
+        assert await subscribers() == 1
+
+        async def unsubscribed() -> bool:
+            return await subscribers() == 0
+
+        await eventually(unsubscribed, timeout=10, what="the idle unsubscribe")
+        assert not waiter.subscribed.is_set()
+
+        # The next wait subscribes again, and a notification (not a re-read) settles it.
+        refused = uuid.uuid4()
+        waiting = asyncio.create_task(waiter.wait_for_command(refused, 15))
+        await asyncio.wait_for(waiter.subscribed.wait(), 10)
+        assert not waiting.done()
+        await record_outcome(
+            redis_client,
+            keys,
+            command_id=refused,
+            command_type="ShipOrder",
+            order_id=str(uuid.uuid4()),
+            status=CommandStatus.REJECTED,
+            reason="order not found",
+            version=0,
+        )
+        progress = await asyncio.wait_for(waiting, 15)
+        assert progress is not None
+        assert progress.status == "rejected"
+    finally:
+        await waiter.close()
+    assert await subscribers() == 0
