@@ -96,6 +96,9 @@ class Relay:
             self.is_leader = True
             metrics.RELAY_LEADER.set(1)
             log.info("relay leading")
+            # The checkpoint is a hint: one lost in a crash of PostgreSQL only republishes
+            # events, which projectors drop as duplicates. Its writes need not wait for a flush.
+            await conn.execute("SET synchronous_commit = off")
             await conn.add_listener(APPENDED_CHANNEL, lambda *_: self._appended.set())
             await self._relay(conn)
         finally:

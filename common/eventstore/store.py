@@ -85,6 +85,8 @@ class Horizon:
 
     last_position: int
     xmax: int
+    final: bool = False
+    """Known final already: no transaction of ours was running when `xmax` was read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,19 @@ SELECT NOT EXISTS (
 """True when no transaction of this database with an id below $1 (an xmax) is in progress.
 `pg_stat_activity` shows every backend's transaction id to any user; ids there are 32-bit, so
 the 64-bit ids of the snapshot are compared modulo 2^32."""
+
+_XMAX_AND_WHETHER_FINAL = """
+SELECT pg_snapshot_xmax(snapshot)::text::bigint AS xmax, NOT EXISTS (
+    SELECT 1
+    FROM pg_snapshot_xip(snapshot) AS running(xid)
+    JOIN pg_stat_activity AS backend
+      ON backend.backend_xid = (running.xid::text::bigint % 4294967296)::text::xid
+    WHERE backend.datname = current_database()
+) AS final
+FROM pg_current_snapshot() AS snapshot
+"""
+"""A snapshot's xmax, and whether none of this database's transactions was running in it (all
+its running ids are below its xmax): most reads of the horizon need no second look."""
 
 EVENT_COLUMNS = "position, stream_id, version, event_id, type, data, metadata, recorded_at"
 
@@ -277,12 +292,14 @@ class EventStore:
 
     @staticmethod
     async def read_horizon(conn: asyncpg.Connection) -> Horizon:
-        """Two statements, in this order, each with a fresh snapshot (autocommit)."""
+        """Two statements, in this order, each with a fresh snapshot (autocommit). The second
+        also tells whether the horizon is final already, sparing `wait_until_final` a query."""
         last = await conn.fetchval(
             "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM events_position_seq"
         )
-        xmax = await conn.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
-        return Horizon(last_position=last, xmax=xmax)
+        row = await conn.fetchrow(_XMAX_AND_WHETHER_FINAL)
+        assert row is not None
+        return Horizon(last_position=last, xmax=row["xmax"], final=row["final"])
 
     @staticmethod
     async def wait_until_final(
@@ -296,6 +313,8 @@ class EventStore:
         otherwise stop the relay and every rebuild until it ended. Appends last milliseconds,
         so the poll starts at half a millisecond and never sleeps more than 5 ms: the wait adds
         at most that to an event's way to the projectors."""
+        if horizon.final:
+            return
         delay = poll_s
         while not await conn.fetchval(_NONE_OF_OURS_IN_PROGRESS, horizon.xmax):
             await asyncio.sleep(delay)
