@@ -11,7 +11,7 @@ from common.observability import metrics
 from common.settings import Settings, get_settings
 from gateway import commands_api, health, queries_api
 from gateway.auth import ApiKeyMiddleware
-from gateway.middleware import CorrelationMiddleware, MetricsMiddleware
+from gateway.middleware import RequestMiddleware
 from gateway.openapi import install_openapi
 from gateway.problems import install_problem_handlers
 from gateway.requests import AddItemRequest, CreateOrderRequest, ShipOrderRequest
@@ -79,6 +79,5 @@ def create_app(
     # Added last = outermost: metrics see every answer, including 401s.
     if settings.api_key_set:
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_set)
-    app.add_middleware(CorrelationMiddleware)
-    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(RequestMiddleware)
     return app

@@ -10,6 +10,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from common.contracts.base import money_str
@@ -24,7 +25,7 @@ from common.readmodel.layout import (
     status_suffix,
     token_suffix,
 )
-from common.readmodel.order_view import OrderView, ViewStatus, query_terms
+from common.readmodel.order_view import ViewStatus, api_json, query_terms
 
 SCRATCH = "scratch:search"
 """Suffix of the search's scratch set; created and deleted inside one script call."""
@@ -48,8 +49,17 @@ class SortOrder(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class OrderJson:
+    """One order's view, as the JSON the API answers with (see `order_view.api_json`)."""
+
+    version: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
-    items: list[dict[str, Any]]
+    items: list[orjson.Fragment]
+    """Each order as JSON; serialise the page with orjson."""
     total: int
     page: int
     page_size: int
@@ -90,8 +100,8 @@ def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def _views(raw: Sequence[Sequence[bytes]]) -> list[dict[str, Any]]:
-    return [OrderView.from_hash(_pairs(fields)).to_api() for fields in raw if fields]
+def _views(raw: Sequence[Sequence[bytes]]) -> list[orjson.Fragment]:
+    return [orjson.Fragment(api_json(_pairs(fields))) for fields in raw if fields]
 
 
 class OrderQueries:
@@ -110,10 +120,13 @@ class OrderQueries:
             raise ViewsUnavailable("no views in Redis")
         return list(reply)
 
-    async def order(self, order_id: str) -> dict[str, Any] | None:
-        """The order view, or None when no such order is projected."""
+    async def order(self, order_id: str) -> OrderJson | None:
+        """The order view as the API shows it, or None when no such order is projected."""
         _, fields = await self._call(self._order, order_suffix(order_id))
-        return OrderView.from_hash(_pairs(fields)).to_api() if fields else None
+        if not fields:
+            return None
+        pairs = _pairs(fields)
+        return OrderJson(int(pairs[b"version"]), api_json(pairs))
 
     async def order_version(self, order_id: str) -> int:
         """The order's projected version; 0 when it is not projected."""

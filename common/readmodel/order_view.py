@@ -129,6 +129,30 @@ class OrderView:
         }
 
 
+_TEXT_FIELDS = (b"order_id", b"customer_id", b"status", b"total_amount")
+_TIME_FIELDS = (b"created_at", b"updated_at")
+_OPTIONAL_FIELDS = (b"shipped_at", b"cancelled_at", b"cancel_reason")
+
+
+def api_json(raw: Mapping[bytes, bytes]) -> bytes:
+    """`OrderView.from_hash(raw).to_api()` as JSON, the same bytes, without building the view:
+    the hash already holds each value as the API shows it (`items` and `shipping_address` as
+    JSON text, money and times as strings). Queries answer with it; raises `KeyError` on a
+    hash that is not a view."""
+    body: dict[str, Any] = {}
+    for name in _TEXT_FIELDS:
+        body[name.decode()] = raw[name].decode()
+    body["item_count"] = int(raw[b"item_count"])
+    body["items"] = orjson.Fragment(raw[b"items"])
+    body["shipping_address"] = orjson.Fragment(raw[b"shipping_address"])
+    for name in _TIME_FIELDS:
+        body[name.decode()] = raw[name].decode()
+    for name in _OPTIONAL_FIELDS:
+        body[name.decode()] = raw[name].decode() or None
+    body["version"] = int(raw[b"version"])
+    return orjson.dumps(body)
+
+
 def time_score(moment: datetime) -> int:
     return int(moment.timestamp() * 1_000_000)
 

@@ -23,6 +23,7 @@ from common.readmodel.layout import BY_CREATED, BY_TOTAL
 from common.readmodel.order_view import (
     OrderView,
     ViewStatus,
+    api_json,
     query_terms,
     text_tokens,
 )
@@ -156,6 +157,30 @@ def test_api_shape() -> None:
         "cancel_reason": None,
         "version": 1,
     }
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [created(line("p-1", 2, "19.99"))],
+        [
+            created(line("p-1", 2, "19.99"), customer="cust.x_1"),
+            recorded(ItemAdded(item=line("p-2", 3, "0.05")), 2),
+            recorded(OrderShipped(), 3),
+        ],
+        [
+            created(line("p-1", 1, "1.00")),
+            recorded(OrderCancelled(reason='said "no" \u00e9\u4e2d\n'), 2),
+        ],
+    ],
+    ids=["created", "shipped", "cancelled"],
+)
+def test_queries_answer_the_api_shape_straight_from_the_hash(events: list[RecordedEvent]) -> None:
+    view = run(*events)
+    raw = {k.encode(): v.encode() for k, v in view.to_hash().items()}
+    fast = api_json(raw)
+    assert fast == orjson.dumps(OrderView.from_hash(raw).to_api())
+    assert orjson.loads(fast) == view.to_api()
 
 
 def test_creation_indexes_the_order_everywhere() -> None:
