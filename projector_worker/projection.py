@@ -4,7 +4,7 @@ index change, as data. No I/O here; `redis_views.py` turns a `ViewChange` into o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import orjson
@@ -87,6 +87,34 @@ class ViewChange:
         for suffix, _score, _member in self.zadd:
             seen.setdefault(suffix, None)
         return list(seen)
+
+
+@dataclass(frozen=True, slots=True)
+class RunChange:
+    """The changes of consecutive events of one order as one: the last view, every history
+    entry in order, and the net effect on the sorted sets."""
+
+    change: ViewChange
+    """The last view, with the net `zadd` and `zrem` of the run."""
+    history: tuple[bytes, ...]
+    first_version: int
+
+
+def fold(first_version: int, changes: Sequence[ViewChange]) -> RunChange:
+    """One change for `changes` (events `first_version`, `first_version + 1`, ... of one order):
+    applying it equals applying them in order. Each change removes before it adds, and every
+    member of an order's sorted sets is the order itself, so the last operation on a (set,
+    member) pair decides: a score to add, or a removal."""
+    last: dict[tuple[str, str], str | None] = {}
+    for change in changes:
+        for suffix, member in change.zrem:
+            last[(suffix, member)] = None
+        for suffix, score, member in change.zadd:
+            last[(suffix, member)] = score
+    adds = tuple((suffix, score, member) for (suffix, member), score in last.items() if score)
+    removes = tuple((suffix, member) for (suffix, member), score in last.items() if score is None)
+    folded = ViewChange(changes[-1].view, changes[-1].history_entry, adds, removes)
+    return RunChange(folded, tuple(c.history_entry for c in changes), first_version)
 
 
 def _merge(lines: tuple[ViewLine, ...], added: Iterable[OrderLine]) -> tuple[ViewLine, ...]:

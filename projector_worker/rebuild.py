@@ -38,7 +38,7 @@ from common.readmodel.keys import Keys
 from common.readmodel.notifications import generation_message
 from common.readmodel.order_view import OrderView
 from projector_worker import scripts
-from projector_worker.projection import ProjectionError, ViewChange, parse_payload, plan
+from projector_worker.projection import ProjectionError, ViewChange, fold, parse_payload, plan
 from projector_worker.redis_views import ViewWriter
 
 log = logging.getLogger(__name__)
@@ -328,41 +328,56 @@ class Rebuild:
         await self._load_views(parsed, generation)
 
         record = self._restore_commands or summary.previous is None
-        queued: list[tuple[RecordedEvent, ViewChange]] = []
+        runs: dict[str, list[tuple[RecordedEvent, ViewChange]]] = {}
         gaps: dict[str, int] = {}
+        for event, payload in parsed:
+            if event.stream_id in gaps:
+                gaps[event.stream_id] = event.version
+                continue
+            before = self._views.get(event.stream_id)
+            known = before.version if before is not None else 0
+            if known >= event.version:
+                continue
+            if known != event.version - 1:
+                gaps[event.stream_id] = event.version
+                continue
+            try:
+                change = plan(before, event, payload)
+            except ProjectionError as exc:
+                summary.skipped += 1
+                log.error("skipping event %s at %d: %s", event.event_id, event.position, exc)
+                continue
+            runs.setdefault(event.stream_id, []).append((event, change))
+            self._remember(change.view)
+        # One call per order and batch: its events here have consecutive versions (each was
+        # planned on the one before), so they apply as one run. Command statuses are recorded
+        # per event, so a rebuild that restores them applies event by event.
+        queued: list[tuple[RecordedEvent, int]] = []
         async with self._redis.pipeline(transaction=False) as pipe:
-            for event, payload in parsed:
-                if event.stream_id in gaps:
-                    gaps[event.stream_id] = event.version
-                    continue
-                before = self._views.get(event.stream_id)
-                known = before.version if before is not None else 0
-                if known >= event.version:
-                    continue
-                if known != event.version - 1:
-                    gaps[event.stream_id] = event.version
-                    continue
-                try:
-                    change = plan(before, event, payload)
-                except ProjectionError as exc:
-                    summary.skipped += 1
-                    log.error("skipping event %s at %d: %s", event.event_id, event.position, exc)
-                    continue
-                await self._writer.replay_into(
-                    pipe, event, change, generation, record_commands=record
-                )
-                queued.append((event, change))
-                self._remember(change.view)
+            for run in runs.values():
+                first, last = run[0][0], run[-1][0]
+                if record or len(run) == 1:
+                    for event, change in run:
+                        await self._writer.replay_into(
+                            pipe, event, change, generation, record_commands=record
+                        )
+                        queued.append((event, 1))
+                else:
+                    folded = fold(first.version, [change for _event, change in run])
+                    await self._writer.replay_run_into(pipe, last, folded, generation)
+                    queued.append((last, len(run)))
             replies = await pipe.execute() if queued else []
-        for (event, _change), reply in zip(queued, replies, strict=True):
+        for (event, count), reply in zip(queued, replies, strict=True):
             result = self._writer.result_of(reply, generation)
             if result.empty or result.stale:
                 raise RebuildAborted("the views were emptied or the rebuild was replaced")
             if result.gap:
+                # Also a run that live projectors entered midway: the catch-up below applies
+                # what is missing, event by event.
                 gaps[event.stream_id] = max(gaps.get(event.stream_id, 0), event.version)
                 self._views.pop(event.stream_id, None)
             elif result.applied:
-                summary.applied += 1
+                summary.applied += count
         for stream_id, version in gaps.items():
             summary.applied += await self._catch_up_stream(stream_id, version, generation, record)
 

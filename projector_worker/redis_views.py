@@ -17,7 +17,7 @@ from common.readmodel.notifications import order_version_message, projected_comm
 from common.readmodel.order_view import OrderView
 from common.readmodel.pipelining import AutoPipeline
 from projector_worker import scripts
-from projector_worker.projection import COMMAND_OF_EVENT, ViewChange
+from projector_worker.projection import COMMAND_OF_EVENT, RunChange, ViewChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +108,7 @@ class ViewWriter:
         expect_building: str,
         live_block: int,
         flags: int,
+        run: RunChange | None = None,
     ) -> tuple[list[str], list[Any]]:
         order_id = change.view.order_id
         command_id = str(event.metadata.command_id)
@@ -137,7 +138,8 @@ class ViewWriter:
         removed: list[str | int] = []
         for suffix, member in change.zrem:
             removed += [position_of[suffix], member]
-        encoded = orjson.dumps([fields, change.history_entry.decode(), added, removed])
+        history = run.history if run is not None else (change.history_entry,)
+        encoded = orjson.dumps([fields, [entry.decode() for entry in history], added, removed])
         publish = flags & scripts.FLAG_PUBLISH
         args: list[Any] = [
             expect_live,
@@ -157,6 +159,8 @@ class ViewWriter:
             order_version_message(order_id, event.version) if publish else b"",
             encoded,
         ]
+        if run is not None:
+            args.append(run.first_version)
         return keys, args
 
     async def apply_live(
@@ -207,6 +211,23 @@ class ViewWriter:
             expect_building=str(generation),
             live_block=0,
             flags=scripts.FLAG_RECORD_COMMAND if record_commands else 0,
+        )
+        await self._apply(keys=keys, args=args, client=pipe)
+
+    async def replay_run_into(
+        self, pipe: Pipeline, last: RecordedEvent, run: RunChange, generation: int
+    ) -> None:
+        """Queue a run of consecutive events of one order (`last` the run's last event) as one
+        apply into the generation a rebuild fills. Command statuses are not recorded."""
+        keys, args = self._call(
+            last,
+            run.change,
+            (generation,),
+            expect_live="*",
+            expect_building=str(generation),
+            live_block=0,
+            flags=0,
+            run=run,
         )
         await self._apply(keys=keys, args=args, client=pipe)
 

@@ -10,7 +10,10 @@ APPLY is the only script on the hot path: one call per event, covering one or tw
 
 ARGV carries the expectations, the event's version and position, the command's fields, the
 notifications, and the change itself as one JSON array (one argument instead of a hundred:
-encoding arguments is the client's main cost).
+encoding arguments is the client's main cost). A rebuild may apply a run of consecutive
+events of one order in one call: ARGV[3] is then the run's last version, ARGV[17] its first,
+the history entries are all of the run's, and the sorted-set changes are the run's net effect.
+A block whose version is inside the run (neither before it nor past it) answers gap.
 
 It returns `{-2}` when neither a pointer nor a marker exists (Redis was emptied), `{-1}` when
 they are not what the caller expected (a rebuild started or switched: read them again),
@@ -41,6 +44,7 @@ if (ARGV[1] ~= '*' and (pointer or '') ~= ARGV[1]) or (marker or '') ~= ARGV[2] 
   return {-1}
 end
 local version = tonumber(ARGV[3])
+local first = tonumber(ARGV[17] or ARGV[3])
 local position = tonumber(ARGV[4])
 local nblocks = tonumber(ARGV[5])
 local per_block = tonumber(ARGV[6])
@@ -56,13 +60,13 @@ for b = 0, nblocks - 1 do
   local code = 1
   if current >= version then
     code = 0
-  elseif current < version - 1 then
+  elseif current ~= first - 1 then
     code = 2
   else
-    -- {hash fields and values, history entry, {index, score, member...}, {index, member...}}
+    -- {hash fields and values, {history entries}, {index, score, member...}, {index, member...}}
     change = change or cjson.decode(ARGV[16])
     redis.call('HSET', KEYS[base + 1], unpack(change[1]))
-    redis.call('RPUSH', KEYS[base + 4], change[2])
+    redis.call('RPUSH', KEYS[base + 4], unpack(change[2]))
     local removed = change[4]
     for i = 1, #removed, 2 do
       redis.call('ZREM', KEYS[base + removed[i]], removed[i + 1])

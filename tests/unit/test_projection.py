@@ -30,6 +30,7 @@ from common.readmodel.order_view import (
 from projector_worker.projection import (
     ProjectionError,
     ViewChange,
+    fold,
     parse_payload,
     plan,
     search_tokens,
@@ -181,6 +182,41 @@ def test_queries_answer_the_api_shape_straight_from_the_hash(events: list[Record
     fast = api_json(raw)
     assert fast == orjson.dumps(OrderView.from_hash(raw).to_api())
     assert orjson.loads(fast) == view.to_api()
+
+
+def apply_sets(sets: dict[str, dict[str, str]], change: ViewChange) -> None:
+    """What APPLY does to the sorted sets: removals first, then additions."""
+    for suffix, member in change.zrem:
+        sets.setdefault(suffix, {}).pop(member, None)
+    for suffix, score, member in change.zadd:
+        sets.setdefault(suffix, {})[member] = score
+
+
+@pytest.mark.parametrize("start", [0, 1, 2])
+def test_a_folded_run_changes_what_its_events_change_one_by_one(start: int) -> None:
+    events = [
+        created(line("p-1", 2, "19.99")),
+        recorded(ItemAdded(item=line("p-2", 3, "0.05")), 2),
+        recorded(ItemAdded(item=line("p-1", 1, "19.99")), 3),
+        recorded(OrderCancelled(reason="too slow"), 4),
+    ]
+    changes: list[ViewChange] = []
+    view: OrderView | None = None
+    for event in events:
+        changes.append(step(view, event))
+        view = changes[-1].view
+    one_by_one: dict[str, dict[str, str]] = {}
+    for change in changes:
+        apply_sets(one_by_one, change)
+    folded_sets: dict[str, dict[str, str]] = {}
+    for change in changes[:start]:
+        apply_sets(folded_sets, change)
+    run = fold(start + 1, changes[start:])
+    apply_sets(folded_sets, run.change)
+    assert {k: v for k, v in folded_sets.items() if v} == {k: v for k, v in one_by_one.items() if v}
+    assert run.change.view == changes[-1].view
+    assert run.history == tuple(c.history_entry for c in changes[start:])
+    assert run.first_version == start + 1
 
 
 def test_creation_indexes_the_order_everywhere() -> None:
