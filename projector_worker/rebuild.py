@@ -302,18 +302,34 @@ class Rebuild:
         horizon = await EventStore.read_horizon(conn)
         await EventStore.wait_until_final(conn, horizon)
         self._progress.total += max(horizon.last_position - after, 0)
-        while after < horizon.last_position:
-            events = await EventStore.read_range(
-                conn, after, horizon.last_position, self._batch_size
+
+        def read_after(position: int) -> asyncio.Future[list[RecordedEvent]] | None:
+            if position >= horizon.last_position:
+                return None
+            return asyncio.ensure_future(
+                EventStore.read_range(conn, position, horizon.last_position, self._batch_size)
             )
-            if not events:
-                break
-            await self._apply_batch(events, summary)
-            after = events[-1].position
-            summary.events += len(events)
-            self._progress.advance(len(events))
-            if lock.lost:
-                raise RebuildAborted("lost the rebuild lock")
+
+        # The next batch is read from PostgreSQL while this one is written to Redis.
+        reading = read_after(after)
+        try:
+            while reading is not None:
+                events = await reading
+                reading = None
+                if not events:
+                    break
+                after = events[-1].position
+                reading = read_after(after)
+                await self._apply_batch(events, summary)
+                summary.events += len(events)
+                self._progress.advance(len(events))
+                if lock.lost:
+                    raise RebuildAborted("lost the rebuild lock")
+        finally:
+            if reading is not None:
+                reading.cancel()
+                with contextlib.suppress(BaseException):
+                    await reading
         return max(after, horizon.last_position)
 
     async def _apply_batch(self, events: list[RecordedEvent], summary: RebuildSummary) -> None:
