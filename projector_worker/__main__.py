@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
+import orjson
+
 from common.eventstore.database import create_pool, prepare_database
+from common.eventstore.store import Partition
 from common.messaging.dead_letters import add_dlq_parser, run_dlq_command
 from common.messaging.topology import PROJECTOR_QUEUE
 from common.observability.logging import configure_logging
@@ -16,6 +20,8 @@ from common.settings import get_settings
 from projector_worker.rebuild import Progress, Rebuild, RebuildAborted, RebuildBusy
 from projector_worker.redis_views import ViewWriter
 from projector_worker.runner import Projector, open_redis
+
+DEFAULT_PARTITIONS = min(os.cpu_count() or 1, 4)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,7 +45,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also rewrite every command status hash from the commands table",
     )
+    rebuild.add_argument(
+        "--partitions",
+        type=int,
+        default=DEFAULT_PARTITIONS,
+        help="processes replaying side by side, each the orders of one partition "
+        "(default: the CPU count, at most 4: %(default)s)",
+    )
     rebuild.add_argument("--quiet", action="store_true", help="no progress lines")
+    # Started by `rebuild --partitions N` for partitions 1..N-1; not for people.
+    part = commands.add_parser("replay-partition")
+    part.add_argument("--generation", type=int, required=True)
+    part.add_argument("--up-to", type=int, required=True)
+    part.add_argument("--partition", type=Partition.parse, required=True)
+    part.add_argument("--batch-size", type=int, default=1000)
+    part.add_argument("--record-commands", action="store_true")
     commands.add_parser("status", help="print the generations and the checkpoint, then exit")
     add_dlq_parser(commands, PROJECTOR_QUEUE)
     return parser.parse_args(argv)
@@ -67,6 +87,7 @@ async def _rebuild(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=progress,
             restore_commands=args.restore_commands,
+            partitions=args.partitions,
         )
         summary = await rebuild.run()
     except (RebuildBusy, RebuildAborted) as exc:
@@ -76,6 +97,32 @@ async def _rebuild(args: argparse.Namespace) -> int:
         await pool.close()
         await redis.aclose()
     print(summary.describe(), file=sys.stderr)
+    return 0
+
+
+async def _replay_partition(args: argparse.Namespace) -> int:
+    """One partition of a rebuild's replay; a JSON line of counts on stdout per batch."""
+    settings = get_settings()
+    pool = await create_pool(settings.database_url, 2)
+    redis = open_redis(settings)
+
+    def report(counts: dict[str, int]) -> None:
+        sys.stdout.write(orjson.dumps(counts).decode() + "\n")
+        sys.stdout.flush()
+
+    try:
+        rebuild = Rebuild(
+            ViewWriter(redis, Keys(settings.redis_key_prefix)), pool, batch_size=args.batch_size
+        )
+        await rebuild.replay_partition(
+            args.generation, args.up_to, args.partition, args.record_commands, report
+        )
+    except RebuildAborted as exc:
+        print(f"replay of partition {args.partition} failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await pool.close()
+        await redis.aclose()
     return 0
 
 
@@ -102,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("projector", settings.log_level)
     if args.command == "rebuild":
         return run(lambda: _rebuild(args))
+    if args.command == "replay-partition":
+        return run(lambda: _replay_partition(args))
     if args.command == "status":
         return run(_status)
     return run(_serve)

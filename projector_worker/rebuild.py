@@ -25,15 +25,17 @@ import secrets
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
 import asyncpg
+import orjson
 from redis.asyncio import Redis
 
 from common.contracts.envelopes import RecordedEvent
 from common.contracts.orders import OrderEvent
-from common.eventstore.store import EventStore
+from common.eventstore.store import EventStore, Partition
 from common.readmodel.keys import Keys
 from common.readmodel.notifications import generation_message
 from common.readmodel.order_view import OrderView
@@ -197,6 +199,7 @@ class Rebuild:
         progress: Progress | None = None,
         restore_commands: bool = False,
         cache_size: int = 100_000,
+        partitions: int = 1,
     ) -> None:
         self._writer = writer
         self._redis = writer.redis
@@ -206,6 +209,7 @@ class Rebuild:
         self._batch_size = batch_size
         self._progress = progress or Progress(stream=None)
         self._restore_commands = restore_commands
+        self._partitions = max(partitions, 1)
         self._views: OrderedDict[str, OrderView] = OrderedDict()
         self._cache_size = cache_size
         self._begin = self._redis.register_script(scripts.BEGIN_REBUILD)
@@ -285,29 +289,131 @@ class Rebuild:
 
     async def _fill(self, lock: RebuildLock, summary: RebuildSummary) -> None:
         generation = summary.generation
-        if self._restore_commands or summary.previous is None:
+        record = self._restore_commands or summary.previous is None
+        if record:
             summary.commands_restored = await self._restore_command_statuses()
         async with self._pool.acquire() as conn:
-            after = await self._replay_to_horizon(conn, 0, lock, summary)
+            horizon = await EventStore.read_horizon(conn)
+            await EventStore.wait_until_final(conn, horizon)
+            up_to = horizon.last_position
+            self._progress.total += up_to
+            if self._partitions > 1:
+                await self._replay_partitioned(conn, up_to, lock, summary, record)
+                after = up_to
+            else:
+                after = await self._replay_range(conn, 0, up_to, summary, record, lock=lock)
             if summary.previous is not None:
                 current = await self._writer.checkpoint(summary.previous)
                 if current > after:
-                    after = await self._replay_to_horizon(conn, after, lock, summary)
+                    horizon = await EventStore.read_horizon(conn)
+                    await EventStore.wait_until_final(conn, horizon)
+                    self._progress.total += max(horizon.last_position - after, 0)
+                    after = await self._replay_range(
+                        conn, after, horizon.last_position, summary, record, lock=lock
+                    )
         summary.horizon = after
         log.info("g%d caught up to position %d", generation, after)
 
-    async def _replay_to_horizon(
-        self, conn: asyncpg.Connection, after: int, lock: RebuildLock, summary: RebuildSummary
+    async def _replay_partitioned(
+        self,
+        conn: asyncpg.Connection,
+        up_to: int,
+        lock: RebuildLock,
+        summary: RebuildSummary,
+        record: bool,
+    ) -> None:
+        """Replay up to `up_to` in `partitions` processes side by side (this one and helpers
+        started for the others), each applying the streams of its partition in order."""
+        count = self._partitions
+        helpers: list[asyncio.subprocess.Process] = []
+        try:
+            for index in range(1, count):
+                helpers.append(
+                    await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-m",
+                        "projector_worker",
+                        "replay-partition",
+                        "--generation",
+                        str(summary.generation),
+                        "--up-to",
+                        str(up_to),
+                        "--partition",
+                        str(Partition(index, count)),
+                        "--batch-size",
+                        str(self._batch_size),
+                        *(["--record-commands"] if record else []),
+                        stdout=asyncio.subprocess.PIPE,
+                    )
+                )
+            async with asyncio.TaskGroup() as group:
+                group.create_task(
+                    self._replay_range(
+                        conn, 0, up_to, summary, record, lock=lock, partition=Partition(0, count)
+                    )
+                )
+                for helper in helpers:
+                    group.create_task(self._follow(helper, summary, lock))
+        except BaseExceptionGroup as group_error:
+            raise group_error.exceptions[0] from group_error
+        finally:
+            for helper in helpers:
+                if helper.returncode is None:
+                    helper.kill()
+                    await helper.wait()
+
+    async def _follow(
+        self, helper: asyncio.subprocess.Process, summary: RebuildSummary, lock: RebuildLock
+    ) -> None:
+        """Count a helper's progress into `summary`; fail if it fails."""
+        assert helper.stdout is not None
+        async for line in helper.stdout:
+            report = orjson.loads(line)
+            summary.events += report.get("events", 0)
+            summary.applied += report.get("applied", 0)
+            summary.skipped += report.get("skipped", 0)
+            self._progress.advance(report.get("events", 0))
+            if lock.lost:
+                raise RebuildAborted("lost the rebuild lock")
+        code = await helper.wait()
+        if code != 0:
+            raise RebuildAborted(f"a partition's replay failed (exit code {code})")
+
+    async def replay_partition(
+        self,
+        generation: int,
+        up_to: int,
+        partition: Partition,
+        record: bool,
+        report: Callable[[dict[str, int]], None],
+    ) -> RebuildSummary:
+        """A helper's part of `_replay_partitioned`: `report` gets the counts of every batch."""
+        summary = RebuildSummary(generation=generation, previous=None)
+        async with self._pool.acquire() as conn:
+            await self._replay_range(
+                conn, 0, up_to, summary, record, partition=partition, report=report
+            )
+        return summary
+
+    async def _replay_range(
+        self,
+        conn: asyncpg.Connection,
+        after: int,
+        up_to: int,
+        summary: RebuildSummary,
+        record: bool,
+        *,
+        lock: RebuildLock | None = None,
+        partition: Partition | None = None,
+        report: Callable[[dict[str, int]], None] | None = None,
     ) -> int:
-        horizon = await EventStore.read_horizon(conn)
-        await EventStore.wait_until_final(conn, horizon)
-        self._progress.total += max(horizon.last_position - after, 0)
+        """Replay the positions in (after, up_to] of `partition` (default: all)."""
 
         def read_after(position: int) -> asyncio.Future[list[RecordedEvent]] | None:
-            if position >= horizon.last_position:
+            if position >= up_to:
                 return None
             return asyncio.ensure_future(
-                EventStore.read_range(conn, position, horizon.last_position, self._batch_size)
+                EventStore.read_range(conn, position, up_to, self._batch_size, partition)
             )
 
         # The next batch is read from PostgreSQL while this one is written to Redis.
@@ -320,19 +426,31 @@ class Rebuild:
                     break
                 after = events[-1].position
                 reading = read_after(after)
-                await self._apply_batch(events, summary)
+                applied, skipped = summary.applied, summary.skipped
+                await self._apply_batch(events, summary, record)
                 summary.events += len(events)
-                self._progress.advance(len(events))
-                if lock.lost:
+                if report is not None:
+                    report(
+                        {
+                            "events": len(events),
+                            "applied": summary.applied - applied,
+                            "skipped": summary.skipped - skipped,
+                        }
+                    )
+                else:
+                    self._progress.advance(len(events))
+                if lock is not None and lock.lost:
                     raise RebuildAborted("lost the rebuild lock")
         finally:
             if reading is not None:
                 reading.cancel()
                 with contextlib.suppress(BaseException):
                     await reading
-        return max(after, horizon.last_position)
+        return max(after, up_to)
 
-    async def _apply_batch(self, events: list[RecordedEvent], summary: RebuildSummary) -> None:
+    async def _apply_batch(
+        self, events: list[RecordedEvent], summary: RebuildSummary, record: bool
+    ) -> None:
         generation = summary.generation
         parsed: list[tuple[RecordedEvent, OrderEvent]] = []
         for event in events:
@@ -343,7 +461,6 @@ class Rebuild:
                 log.error("skipping event %s at %d: %s", event.event_id, event.position, exc)
         await self._load_views(parsed, generation)
 
-        record = self._restore_commands or summary.previous is None
         runs: dict[str, list[tuple[RecordedEvent, ViewChange]]] = {}
         gaps: dict[str, int] = {}
         for event, payload in parsed:

@@ -90,6 +90,27 @@ class Horizon:
 
 
 @dataclass(frozen=True, slots=True)
+class Partition:
+    """Every stream belongs to exactly one of `count` partitions (by a hash of its id), so
+    partitions can be replayed side by side, each stream in order."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Partition:
+        """`"i/n"`, 0 <= i < n."""
+        index, _, count = text.partition("/")
+        partition = cls(int(index), int(count))
+        if not 0 <= partition.index < partition.count:
+            raise ValueError(f"not a partition: {text!r}")
+        return partition
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass(frozen=True, slots=True)
 class Backlog:
     """What lies after a reader's position in the log."""
 
@@ -322,16 +343,32 @@ class EventStore:
 
     @staticmethod
     async def read_range(
-        conn: asyncpg.Connection, after: int, up_to: int, limit: int
+        conn: asyncpg.Connection,
+        after: int,
+        up_to: int,
+        limit: int,
+        partition: Partition | None = None,
     ) -> list[RecordedEvent]:
-        """Committed events with after < position <= up_to, in position order."""
-        rows = await conn.fetch(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 AND position <= $2"
-            " ORDER BY position LIMIT $3",
-            after,
-            up_to,
-            limit,
-        )
+        """Committed events with after < position <= up_to, in position order; with a
+        `partition`, only the events of its streams."""
+        if partition is None or partition.count == 1:
+            rows = await conn.fetch(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 AND position <= $2"
+                " ORDER BY position LIMIT $3",
+                after,
+                up_to,
+                limit,
+            )
+        else:
+            rows = await conn.fetch(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 AND position <= $2"
+                " AND (hashtext(stream_id) & 2147483647) % $4 = $5 ORDER BY position LIMIT $3",
+                after,
+                up_to,
+                limit,
+                partition.count,
+                partition.index,
+            )
         return [_record(r) for r in rows]
 
     async def read_stream(self, stream_id: str) -> list[RecordedEvent]:

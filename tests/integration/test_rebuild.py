@@ -108,7 +108,8 @@ async def test_rebuild_while_events_flow_switches_to_identical_views(
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as client:
         writer = asyncio.create_task(keep_writing())
         reader = asyncio.create_task(keep_reading(client))
-        code, stderr = await rebuild(isolated_settings, "--batch-size", "10")
+        # Three processes replay side by side, while live projectors write to both generations.
+        code, stderr = await rebuild(isolated_settings, "--batch-size", "10", "--partitions", "3")
         await asyncio.sleep(0.3)
         stop.set()
         await asyncio.gather(writer, reader)
@@ -127,7 +128,7 @@ async def test_rebuild_while_events_flow_switches_to_identical_views(
     await until(lambda: views_reached(redis_client, keys, ledger.versions), 30, "the last events")
     await until(lambda: _drained(isolated_settings), 30, "the projector queue to drain")
     live = await dump_generation(redis_client, keys, after)
-    code, stderr = await rebuild(isolated_settings, "--quiet")
+    code, stderr = await rebuild(isolated_settings, "--quiet", "--partitions", "1")
     assert code == 0, stderr
     fresh = await live_generation(redis_client, keys)
     assert fresh is not None
@@ -145,7 +146,7 @@ async def test_a_second_rebuild_waits_its_turn_and_an_empty_redis_is_restored(
     ledger = Ledger(pg)
     await ledger.seed(10)
     # No projector runs: the CLI restores views and command statuses on its own.
-    code, stderr = await rebuild(isolated_settings)
+    code, stderr = await rebuild(isolated_settings, "--partitions", "2")
     assert code == 0, stderr
     assert "Redis was empty" in stderr
     assert await views_reached(redis_client, keys, ledger.versions)
