@@ -18,7 +18,7 @@ from common.messaging.publishing import ConfirmedPublisher
 from common.messaging.topology import COMMANDS_QUEUE, declare_topology
 from common.observability import metrics
 from common.observability.server import HealthServer
-from common.process import install_stop_signals
+from common.process import install_stop_signals, settle_heap
 from common.readmodel.keys import Keys
 from common.settings import Settings
 
@@ -93,6 +93,7 @@ class CommandWorker:
         relay = Relay(settings.database_url, self._publisher, batch_size=settings.relay_batch_size)
         await self._connection.start()
         relay.start()
+        settle_heap()
         log.info("command worker started")
         await stop.wait()
         log.info("command worker stopping")

@@ -1,8 +1,9 @@
-"""Process plumbing shared by the workers: event loop choice and stop signals."""
+"""Process plumbing shared by the processes: event loop choice, stop signals, the heap."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -27,3 +28,15 @@ def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency, but optional at run time
         return asyncio.run(main())
     return uvloop.run(main())
+
+
+def settle_heap() -> None:
+    """Call once start-up is done: move everything allocated so far (modules, classes, schemas,
+    connections) out of the garbage collector's sight.
+
+    A full collection walks every tracked object, and a started process holds hundreds of
+    thousands that live as long as it does: each full collection then stood the process still
+    for 60-120 ms, the whole tail of the accepted -> visible latency. Frozen objects are never
+    collected, which is what they would be anyway. (No collection first: it would cost the
+    same pause once, for the little garbage start-up leaves.)"""
+    gc.freeze()

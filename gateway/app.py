@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from common.observability import metrics
+from common.process import settle_heap
 from common.settings import Settings, get_settings
 from gateway import commands_api, health, queries_api
 from gateway.auth import ApiKeyMiddleware
@@ -46,6 +47,7 @@ def create_app(
         try:
             await runtime.start(broker_wait_s)
             await waiter.start()
+            settle_heap()
             yield
         finally:
             await waiter.close()

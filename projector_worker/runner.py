@@ -23,6 +23,7 @@ from common.messaging.topology import PROJECTOR_QUEUE, declare_topology
 from common.observability import metrics
 from common.observability.logging import correlation_id
 from common.observability.server import HealthServer
+from common.process import settle_heap
 from common.readmodel.keys import Keys
 from common.settings import Settings
 from projector_worker.catchup import LiveApplier, Outcome
@@ -36,6 +37,9 @@ LAG_EVERY_S = 2.0
 VIEWS_CHECK_S = 1.0
 """How often a projector checks that Redis still holds the views: an emptied Redis must get
 them back even when no event comes along to notice it."""
+VIEW_CACHE_SIZE = 20_000
+"""Views kept to continue from without reading Redis: enough for the orders that are active,
+small enough that a full garbage collection stays short."""
 REDIS_CONNECTIONS = 32
 """Redis connections per projector; handlers beyond that queue for one instead of opening more."""
 
@@ -110,12 +114,15 @@ class Projector:
         await prepare_database(settings.database_url)
         pool = await create_pool(settings.database_url, settings.db_pool_size)
         self._pool = pool
-        self._applier = LiveApplier(self.writer, EventStore(pool), self._views_missing)
+        self._applier = LiveApplier(
+            self.writer, EventStore(pool), self._views_missing, cache_size=VIEW_CACHE_SIZE
+        )
         lag = asyncio.create_task(self._track_lag(), name="projection-lag")
         watch = asyncio.create_task(self._watch_views(), name="views-watch")
         try:
             if await self._views_before_consuming(stop):
                 await self.connection.start()
+                settle_heap()
                 await stop.wait()
                 log.info("stopping: draining in-flight events")
                 if self._consumer is not None:

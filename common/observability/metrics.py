@@ -8,12 +8,17 @@ metric nobody registered is harmless, which is what in-process tests do.
 
 from __future__ import annotations
 
+import gc
+import logging
+import time
 from collections.abc import Iterable
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
 
 from common.contracts.orders import COMMAND_TYPES
+
+log = logging.getLogger(__name__)
 
 WORKER_OUTCOMES = ("succeeded", "rejected", "failed")
 """Outcomes a command worker records; the gateway counts `accepted`."""
@@ -104,8 +109,49 @@ HTTP_REQUESTS = Histogram(
     registry=None,
 )
 
+GC_PAUSES = Histogram(
+    "orders_gc_pause_seconds",
+    "Time the process stood still in Python's cyclic garbage collector, by generation.",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+    registry=None,
+)
+LONG_GC_PAUSE_S = 0.05
+"""A collection this long is logged: every message in flight waits for it."""
+
+
+class _GcWatch:
+    """Times each collection between gc's "start" and "stop" callbacks."""
+
+    installed = False
+
+    def __init__(self) -> None:
+        self._children = [GC_PAUSES.labels(str(generation)) for generation in range(3)]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        paused = time.perf_counter() - self._started
+        self._children[info["generation"]].observe(paused)
+        if paused >= LONG_GC_PAUSE_S:
+            log.warning(
+                "garbage collection paused the process for %.0f ms (generation %d)",
+                paused * 1000,
+                info["generation"],
+            )
+
+
+def watch_gc_pauses() -> None:
+    """Time every collection into `orders_gc_pause_seconds` (once per process)."""
+    if not _GcWatch.installed:
+        _GcWatch.installed = True
+        gc.callbacks.append(_GcWatch())
+
+
 CONSUMER: tuple[Collector, ...] = (HANDLING_SECONDS, RETRIES, DEAD_LETTERS, ACK_FRAMES)
-GATEWAY: tuple[Collector, ...] = (COMMANDS, HTTP_REQUESTS)
+GATEWAY: tuple[Collector, ...] = (COMMANDS, HTTP_REQUESTS, GC_PAUSES)
 COMMAND_WORKER: tuple[Collector, ...] = (
     COMMANDS,
     COMMAND_LATENCY,
@@ -114,12 +160,14 @@ COMMAND_WORKER: tuple[Collector, ...] = (
     EVENTS_RELAYED,
     RELAY_LEADER,
     RELAY_LAG,
+    GC_PAUSES,
     *CONSUMER,
 )
 PROJECTOR: tuple[Collector, ...] = (
     EVENTS_PROJECTED,
     PROJECTION_LAG_POSITIONS,
     PROJECTION_LAG_SECONDS,
+    GC_PAUSES,
     *CONSUMER,
 )
 
@@ -132,6 +180,7 @@ def register(collectors: Iterable[Collector]) -> None:
         if id(collector) not in _registered:
             REGISTRY.register(collector)
             _registered.add(id(collector))
+    watch_gc_pauses()
 
 
 def init_command_series() -> None:
