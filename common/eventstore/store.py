@@ -8,10 +8,16 @@ ever silently dropped.
 Reads in global order: positions come from a sequence when a row is inserted, but transactions
 commit in another order, so "everything below the highest position I can see" is not final: a
 transaction that took position 7 may still commit after 8 was read. `read_horizon` finds a
-position below which the log is final: it reads the sequence's last value P, *then* the current
-snapshot's xmax X. Every position <= P was taken by a transaction whose id is < X (appends take
-their transaction id before their positions), so once the oldest running transaction id (xmin)
-reaches X, every position <= P is either committed and visible or rolled back for good.
+position below which the log is final: it reads the sequence's last value P, *then* the
+transaction ids of this database's transactions running at that moment, R. Appends take their
+transaction id before their positions, so every transaction that took a position <= P had its id
+before P was read: it has ended or it is in R. Once every transaction in R has ended, every
+position <= P is committed and visible or rolled back for good.
+
+Not a snapshot's xmax: PostgreSQL sets it to the latest *completed* id + 1, so a running
+transaction with a newer id than the last one to finish is in no snapshot's list of running ids.
+A relay trusting it skipped the events of such a transaction (seen under load: two batches
+committing out of order).
 """
 
 from __future__ import annotations
@@ -81,12 +87,16 @@ class CommandOutcome:
 
 @dataclass(frozen=True, slots=True)
 class Horizon:
-    """Positions up to `last_position` are final once the xmin reaches `xmax`."""
+    """Positions up to `last_position` are final once the transactions `running` have ended."""
 
     last_position: int
-    xmax: int
-    final: bool = False
-    """Known final already: no transaction of ours was running when `xmax` was read."""
+    running: tuple[int, ...] = ()
+    """Ids (32-bit, as `pg_stat_activity` shows them) of this database's transactions that were
+    running right after `last_position` was read."""
+
+    @property
+    def final(self) -> bool:
+        return not self.running
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,31 +147,22 @@ def _record(row: asyncpg.Record) -> RecordedEvent:
     )
 
 
-_NONE_OF_OURS_IN_PROGRESS = """
-SELECT NOT EXISTS (
-    SELECT 1
-    FROM pg_snapshot_xip(pg_current_snapshot()) AS running(xid)
-    JOIN pg_stat_activity AS backend
-      ON backend.backend_xid = (running.xid::text::bigint % 4294967296)::text::xid
-    WHERE running.xid::text::bigint < $1 AND backend.datname = current_database()
+_RUNNING_HERE = """
+SELECT coalesce(array_agg(backend_xid::text::bigint), '{}')
+FROM pg_stat_activity
+WHERE datname = current_database() AND backend_xid IS NOT NULL
+"""
+"""The ids of this database's running transactions. `pg_stat_activity` shows every backend's
+transaction id to any user, from the id the backend holds, not from a snapshot. Transactions of
+other databases on the server cannot take our positions, and are left out: one left open there
+(a report, a forgotten session, another application) would otherwise stop the relay."""
+
+_ANY_STILL_RUNNING = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_stat_activity
+    WHERE datname = current_database() AND backend_xid::text::bigint = ANY($1::bigint[])
 )
 """
-"""True when no transaction of this database with an id below $1 (an xmax) is in progress.
-`pg_stat_activity` shows every backend's transaction id to any user; ids there are 32-bit, so
-the 64-bit ids of the snapshot are compared modulo 2^32."""
-
-_XMAX_AND_WHETHER_FINAL = """
-SELECT pg_snapshot_xmax(snapshot)::text::bigint AS xmax, NOT EXISTS (
-    SELECT 1
-    FROM pg_snapshot_xip(snapshot) AS running(xid)
-    JOIN pg_stat_activity AS backend
-      ON backend.backend_xid = (running.xid::text::bigint % 4294967296)::text::xid
-    WHERE backend.datname = current_database()
-) AS final
-FROM pg_current_snapshot() AS snapshot
-"""
-"""A snapshot's xmax, and whether none of this database's transactions was running in it (all
-its running ids are below its xmax): most reads of the horizon need no second look."""
 
 EVENT_COLUMNS = "position, stream_id, version, event_id, type, data, metadata, recorded_at"
 
@@ -313,31 +314,27 @@ class EventStore:
 
     @staticmethod
     async def read_horizon(conn: asyncpg.Connection) -> Horizon:
-        """Two statements, in this order, each with a fresh snapshot (autocommit). The second
-        also tells whether the horizon is final already, sparing `wait_until_final` a query."""
+        """Two statements, in this order, each in its own transaction (autocommit)."""
         last = await conn.fetchval(
             "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM events_position_seq"
         )
-        row = await conn.fetchrow(_XMAX_AND_WHETHER_FINAL)
-        assert row is not None
-        return Horizon(last_position=last, xmax=row["xmax"], final=row["final"])
+        running = await conn.fetchval(_RUNNING_HERE)
+        return Horizon(last_position=last, running=tuple(running))
 
     @staticmethod
     async def wait_until_final(
         conn: asyncpg.Connection, horizon: Horizon, *, poll_s: float = 0.0005
     ) -> None:
-        """Wait until every transaction that could hold a position <= the horizon has ended:
-        those of this database still in progress with an id below the horizon's `xmax`.
+        """Wait until every transaction in `horizon.running` has ended.
 
-        Transactions of other databases on the server cannot take our positions, and are left
-        out: one left open there (a report, a forgotten session, another application) would
-        otherwise stop the relay and every rebuild until it ended. Appends last milliseconds,
-        so the poll starts at half a millisecond and never sleeps more than 5 ms: the wait adds
-        at most that to an event's way to the projectors."""
+        Appends last milliseconds, so the poll starts at half a millisecond and never sleeps
+        more than 5 ms: the wait adds at most that to an event's way to the projectors. (An id
+        is only reused after 2^32 others, so a new transaction is never mistaken for one of
+        these.)"""
         if horizon.final:
             return
         delay = poll_s
-        while not await conn.fetchval(_NONE_OF_OURS_IN_PROGRESS, horizon.xmax):
+        while await conn.fetchval(_ANY_STILL_RUNNING, list(horizon.running)):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.005)
 

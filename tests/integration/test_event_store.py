@@ -170,6 +170,59 @@ async def test_relay_does_not_skip_an_event_committed_after_a_higher_position(
     assert [orjson.loads(m.body)["position"] for m in messages] == [slow_position, fast_position]
 
 
+async def _open_append(conn: asyncpg.Connection, stream: str) -> int:
+    """Append one event on `conn` (inside its open transaction); its position."""
+    command_id = uuid.uuid4()
+    event = new_event(command_id)
+    [position] = await conn.fetchval(
+        "SELECT append_to_stream($1, 'AddItem', $2, 0, NULL, $3, $4, $5::jsonb[], $6::jsonb[])",
+        command_id,
+        stream,
+        [event.event_id],
+        [event.type],
+        [orjson.dumps(event.data).decode()],
+        [event.metadata.model_dump_json()],
+    )
+    return int(position)
+
+
+async def test_the_horizon_waits_for_a_newer_transaction_holding_a_lower_position(
+    isolated_settings: Settings, pg: asyncpg.Pool
+) -> None:
+    """B takes its transaction id, then A takes a newer one and position p; B takes p + 1 and
+    commits while A is still open. A snapshot's xmax is the latest *completed* id + 1, which
+    can be A's own id: A is then in no snapshot's list of running transactions, and a horizon
+    built on snapshots called p + 1 final and skipped p for ever (seen under load)."""
+    older = await asyncpg.connect(isolated_settings.database_url)
+    newer = await asyncpg.connect(isolated_settings.database_url)
+    relay_conn = await asyncpg.connect(isolated_settings.database_url)
+    try:
+        older_tx, newer_tx = older.transaction(), newer.transaction()
+        await older_tx.start()
+        older_id = int(await older.fetchval("SELECT pg_current_xact_id()::text::bigint"))
+        await newer_tx.start()
+        newer_id = int(await newer.fetchval("SELECT pg_current_xact_id()::text::bigint"))
+        assert older_id < newer_id
+        low = await _open_append(newer, "newer")
+        high = await _open_append(older, "older")
+        assert low < high
+        await older_tx.commit()
+
+        horizon = await EventStore.read_horizon(relay_conn)
+        assert horizon.last_position >= high
+        assert not horizon.final
+        waiting = asyncio.create_task(EventStore.wait_until_final(relay_conn, horizon))
+        done, _ = await asyncio.wait({waiting}, timeout=0.5)
+        assert not done, "the horizon must not be final while the newer transaction is open"
+        await newer_tx.commit()
+        await asyncio.wait_for(waiting, 10)
+        events = await EventStore.read_range(relay_conn, 0, horizon.last_position, 100)
+        assert [e.position for e in events] == [low, high]
+    finally:
+        for conn in (older, newer, relay_conn):
+            await conn.close()
+
+
 async def test_rolled_back_positions_leave_a_gap_the_relay_passes(
     isolated_settings: Settings, pg: asyncpg.Pool
 ) -> None:
