@@ -158,8 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "processes": processes,
         "notes": bench.notes + report.automatic_notes(raw),
     }
+    lost = report.lost_commands(raw)
+    if lost and not failed:
+        failed = f"{lost} accepted commands never became visible in the views (see the notes)"
     if failed:
-        results["notes"].append(f"the run stopped early: {failed.splitlines()[0]}")
+        results["notes"].append(f"the run failed: {failed.splitlines()[0]}")
         if args.output is None:
             output = OUT  # a broken run must not replace the figures of the last good one
     print()

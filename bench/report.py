@@ -304,6 +304,13 @@ CPU_COSTS = (
 """Per-operation CPU cost of a phase: what a rate would be on an otherwise idle machine."""
 
 
+def lost_commands(raw: dict[str, Any]) -> int:
+    """Accepted commands that never became visible, over every phase: each one is a bug."""
+    return sum(
+        int(phase.get("unsettled") or 0) for phase in raw.values() if isinstance(phase, dict)
+    )
+
+
 def automatic_notes(raw: Mapping[str, Any]) -> list[str]:
     """Warnings about the run itself: a saturated generator, errors, leftovers."""
     notes = []

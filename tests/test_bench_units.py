@@ -16,6 +16,7 @@ from bench.report import (
     automatic_notes,
     figures,
     judge,
+    lost_commands,
     rolling_percentile,
     table,
 )
@@ -169,6 +170,12 @@ def test_notes_flag_a_busy_generator_errors_and_the_generator_check() -> None:
         "e2e: the machine was saturated (1.95 of 2 cores busy, 0.60 of them by processes" in notes
     )
     assert "2 processes gave 1.03x the rate of 1; one generator is not the bottleneck" in notes
+
+
+def test_commands_that_never_became_visible_are_counted_over_every_phase() -> None:
+    raw = {"e2e": {"unsettled": 2}, "latency": {"unsettled": 0}, "scale_2": {"unsettled": 1}}
+    assert lost_commands(raw) == 3
+    assert lost_commands({"e2e": {"statuses": {}}, "wall_s": 12.0}) == 0
 
 
 def test_a_generator_check_spoilt_by_neighbours_is_called_so() -> None:
