@@ -8,6 +8,8 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from common.observability import metrics
+
 
 def install_stop_signals(stop: asyncio.Event) -> None:
     """SIGTERM and SIGINT set `stop`; a second signal is left to the default handler."""
@@ -40,3 +42,4 @@ def settle_heap() -> None:
     collected, which is what they would be anyway. (No collection first: it would cost the
     same pause once, for the little garbage start-up leaves.)"""
     gc.freeze()
+    metrics.watch_gc_pauses()

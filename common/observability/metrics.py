@@ -180,7 +180,6 @@ def register(collectors: Iterable[Collector]) -> None:
         if id(collector) not in _registered:
             REGISTRY.register(collector)
             _registered.add(id(collector))
-    watch_gc_pauses()
 
 
 def init_command_series() -> None:
