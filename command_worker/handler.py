@@ -100,7 +100,7 @@ class CommandHandler:
         conflict_retries: int,
         *,
         max_batch: int = 200,
-        max_parallel_batches: int = 2,
+        max_parallel_batches: int = 1,
     ) -> None:
         self._store = store
         self._redis = redis
@@ -109,6 +109,9 @@ class CommandHandler:
         self._seen_before: set[uuid.UUID] = set()
         """Commands whose message was delivered before (a redelivery or a retry): the only
         ones a batch looks up in the command ledger before deciding."""
+        # One batch at a time: the commands that arrive while it runs form the next one, so a
+        # steady stream commits several per transaction instead of one each. (Two at a time
+        # measured slower end to end, with more PostgreSQL CPU and a longer latency tail.)
         self._batcher: Batcher[Command, Outcome] = Batcher(
             self.execute_batch,
             key=lambda command: command.order_id,
