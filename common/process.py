@@ -38,8 +38,8 @@ def settle_heap() -> None:
     collections (`orders_gc_pause_seconds`).
 
     Each full collection walked all of them again, about 12 ms of CPU during which the process
-    stands still; frozen objects are never collected, which is what they would be anyway. (No
-    collection first: it would cost the same pause once, for the little garbage start-up
-    leaves.)"""
+    stands still; frozen objects are never collected, which is what they would be anyway. One
+    collection first, so that garbage of the start-up (a rebuild's, say) is not kept for ever."""
+    gc.collect()
     gc.freeze()
     metrics.watch_gc_pauses()

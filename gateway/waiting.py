@@ -45,6 +45,7 @@ class Waiter:
         self._redis = redis
         self._linger_s = linger_s
         self._last_wait = 0.0
+        self._closed = False
         self._keys = keys
         self._queries = OrderQueries(redis, keys)
         self._commands: dict[str, set[asyncio.Future[CommandProgress]]] = {}
@@ -61,6 +62,7 @@ class Waiter:
             await asyncio.wait_for(self.subscribed.wait(), timeout_s)
 
     async def close(self) -> None:
+        self._closed = True
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.cancel()
@@ -70,7 +72,7 @@ class Waiter:
     def _wanted(self) -> None:
         """Someone waits: keep the subscription, or start it."""
         self._last_wait = asyncio.get_running_loop().time()
-        if self._reader is None:
+        if self._reader is None and not self._closed:
             self._reader = asyncio.create_task(self._read_while_wanted(), name="waiter")
 
     # --- waits ----------------------------------------------------------------------------
@@ -140,7 +142,8 @@ class Waiter:
                     if message is not None:
                         backoff = 0.05
                         await self._on_message(message)
-                    elif not self.pending and loop.time() - self._last_wait > self._linger_s:
+                    # Checked after every message too: with events flowing, a read never idles.
+                    if not self.pending and loop.time() - self._last_wait > self._linger_s:
                         # Decided with no await in between: a wait from here on starts anew.
                         self._reader = None
                         return

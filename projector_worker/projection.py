@@ -111,8 +111,8 @@ def fold(first_version: int, changes: Sequence[ViewChange]) -> RunChange:
             last[(suffix, member)] = None
         for suffix, score, member in change.zadd:
             last[(suffix, member)] = score
-    adds = tuple((suffix, score, member) for (suffix, member), score in last.items() if score)
-    removes = tuple((suffix, member) for (suffix, member), score in last.items() if score is None)
+    adds = tuple((s, score, m) for (s, m), score in last.items() if score is not None)
+    removes = tuple((s, m) for (s, m), score in last.items() if score is None)
     folded = ViewChange(changes[-1].view, changes[-1].history_entry, adds, removes)
     return RunChange(folded, tuple(c.history_entry for c in changes), first_version)
 

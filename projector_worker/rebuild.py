@@ -359,7 +359,8 @@ class Rebuild:
         finally:
             for helper in helpers:
                 if helper.returncode is None:
-                    helper.kill()
+                    with contextlib.suppress(ProcessLookupError):
+                        helper.kill()
                     await helper.wait()
 
     async def _follow(

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, FieldValue
@@ -164,6 +165,8 @@ class QueueConsumer:
         self._consumer_tag: str | None = None
         self._publisher: ConfirmedPublisher | None = None
         self._in_flight = 0
+        self._stopping = False
+        self._reconnecting: asyncio.Future[None] | None = None
         self._acks = AckCoalescer(queue_name)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -173,12 +176,25 @@ class QueueConsumer:
     async def start(self, connection: aio_pika.abc.AbstractConnection, timeout_s: float) -> None:
         self._publisher = await ConfirmedPublisher.open(connection, timeout_s)
         self._channel = await connection.channel()
+        self._channel.close_callbacks.add(partial(self._on_channel_closed, connection))
         await self._channel.set_qos(prefetch_count=self._prefetch)
         self._queue = await self._channel.get_queue(self.queue_name, ensure=True)
         self._consumer_tag = await self._queue.consume(self._on_message)
 
+    def _on_channel_closed(
+        self, connection: aio_pika.abc.AbstractConnection, _channel: object, exc: object = None
+    ) -> None:
+        """The broker closed the consuming channel (a channel error) while the connection
+        lives on: close the connection too, so its supervisor opens a new session with a new
+        consumer, instead of the process staying up without consuming."""
+        if self._stopping or connection.is_closed:
+            return
+        log.warning("the channel consuming %s closed (%r); reconnecting", self.queue_name, exc)
+        self._reconnecting = asyncio.ensure_future(connection.close())
+
     async def stop(self, timeout_s: float) -> None:
         """Stop taking messages, give in-flight ones `timeout_s` to finish, then close."""
+        self._stopping = True
         if self._queue is not None and self._consumer_tag is not None:
             try:
                 await self._queue.cancel(self._consumer_tag)
@@ -277,7 +293,8 @@ class QueueConsumer:
             await self._publisher.publish(exchange, routing_key, copy)
         except Exception:
             log.exception("could not forward %s to %s", message.message_id, routing_key)
-            self._acks.settled(message)
             await message.nack(requeue=True)
+            # Only now: until the nack is on its way, a multiple ack must not pass this tag.
+            self._acks.settled(message)
             return
         self._acks.finished(message)

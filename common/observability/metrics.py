@@ -9,7 +9,6 @@ metric nobody registered is harmless, which is what in-process tests do.
 from __future__ import annotations
 
 import gc
-import logging
 import time
 from collections.abc import Iterable
 
@@ -17,8 +16,6 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
 
 from common.contracts.orders import COMMAND_TYPES
-
-log = logging.getLogger(__name__)
 
 WORKER_OUTCOMES = ("succeeded", "rejected", "failed")
 """Outcomes a command worker records; the gateway counts `accepted`."""
@@ -117,13 +114,12 @@ GC_PAUSES = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
     registry=None,
 )
-LONG_GC_PAUSE_S = 0.05
-"""A collection this long is logged: every message in flight waits for it."""
 
 
 class _GcWatch:
     """Times each collection between gc's "start" and "stop" callbacks, in CPU time of the
-    collecting thread: on a busy machine, wall time would also count the waits for a core."""
+    collecting thread: on a busy machine, wall time would also count the waits for a core.
+    Nothing is logged from here: a collection can start in the middle of a log write."""
 
     installed = False
 
@@ -135,14 +131,7 @@ class _GcWatch:
         if phase == "start":
             self._started = time.thread_time()
             return
-        paused = time.thread_time() - self._started
-        self._children[info["generation"]].observe(paused)
-        if paused >= LONG_GC_PAUSE_S:
-            log.warning(
-                "garbage collection took %.0f ms of CPU (generation %d)",
-                paused * 1000,
-                info["generation"],
-            )
+        self._children[info["generation"]].observe(time.thread_time() - self._started)
 
 
 def watch_gc_pauses() -> None:

@@ -26,8 +26,14 @@ pytestmark = pytest.mark.integration
 Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 
+class Consuming(SupervisedConnection):
+    """A supervised connection that remembers the consumer of each of its sessions."""
+
+    consumers: list[QueueConsumer]
+
+
 @asynccontextmanager
-async def consuming(settings: Settings, handler: Handler) -> AsyncIterator[SupervisedConnection]:
+async def consuming(settings: Settings, handler: Handler) -> AsyncIterator[Consuming]:
     consumers: list[QueueConsumer] = []
 
     async def on_connected(connection: aio_pika.abc.AbstractConnection) -> None:
@@ -44,9 +50,10 @@ async def consuming(settings: Settings, handler: Handler) -> AsyncIterator[Super
         await consumer.start(connection, 5.0)
         consumers.append(consumer)
 
-    connection = SupervisedConnection(
+    connection = Consuming(
         settings.amqp_url, name=f"test-{uuid.uuid4().hex[:6]}", on_connected=on_connected
     )
+    connection.consumers = consumers
     await connection.start(wait_s=10)
     try:
         yield connection
@@ -143,6 +150,30 @@ async def test_consumers_come_back_after_the_connection_is_closed_by_the_broker(
         async with channel(isolated_settings.amqp_url) as ch:
             queue = await ch.declare_queue(COMMANDS_QUEUE, passive=True)
             assert queue.declaration_result.consumer_count == 1
+
+
+async def test_a_consumer_whose_channel_the_broker_closes_comes_back(
+    isolated_settings: Settings,
+) -> None:
+    """A channel error closes only the consuming channel; the connection is closed too, so
+    its supervisor starts a new session with a new consumer instead of consuming nothing."""
+    handled: list[bytes] = []
+
+    async def record(message: AbstractIncomingMessage) -> None:
+        handled.append(message.body)
+
+    async with consuming(isolated_settings, record) as connection:
+        await publish(isolated_settings, b"before")
+        await eventually(lambda: handled == [b"before"], what="first message")
+        sessions = connection.sessions
+        consuming_channel = connection.consumers[-1]._channel
+        assert consuming_channel is not None
+        # An ack of a tag never delivered is a channel error (406): the broker closes it.
+        underlying = await consuming_channel.get_underlay_channel()
+        await underlying.basic_ack(delivery_tag=10_000)
+        await eventually(lambda: connection.sessions > sessions, what="a new session")
+        await publish(isolated_settings, b"after")
+        await eventually(lambda: handled == [b"before", b"after"], what="message after it")
 
 
 async def test_unhandled_message_is_not_lost_when_the_consumer_dies(

@@ -1,11 +1,8 @@
-"""Garbage-collector pauses are measured (and long ones logged) in every process."""
+"""Garbage-collector pauses are measured in every process."""
 
 from __future__ import annotations
 
 import gc
-import logging
-
-import pytest
 
 from common.observability import metrics
 
@@ -18,20 +15,15 @@ def full_collections() -> float:
     return 0.0
 
 
-def test_every_collection_is_timed_and_a_long_one_logged(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_collection_is_timed() -> None:
     metrics.watch_gc_pauses()
     metrics.watch_gc_pauses()  # once per process, however often asked
     watches = [cb for cb in gc.callbacks if isinstance(cb, metrics._GcWatch)]
     try:
         assert len(watches) == 1
         before = full_collections()
-        monkeypatch.setattr(metrics, "LONG_GC_PAUSE_S", 0.0)
-        with caplog.at_level(logging.WARNING, logger=metrics.__name__):
-            gc.collect()
+        gc.collect()
         assert full_collections() == before + 1
-        assert "garbage collection took" in caplog.text
     finally:
         for watch in watches:
             gc.callbacks.remove(watch)
