@@ -124,39 +124,39 @@ async def test_exhausted_retries_end_in_the_dead_letter_queue_and_replay(
             assert await depth(ch, dlq_name(COMMANDS_QUEUE)) == 0
 
 
-async def test_consumers_come_back_after_the_connection_is_closed_by_the_broker(
-    isolated_settings: Settings, services: Endpoints
+async def close_connections_from_the_console(
+    settings: Settings, services: Endpoints, _connection: Consuming
 ) -> None:
-    handled: list[bytes] = []
+    """What an operator does with "Force close" in the management console."""
+    vhost = settings.amqp_url.rsplit("/", 1)[1]
 
-    async def record(message: AbstractIncomingMessage) -> None:
-        handled.append(message.body)
+    def connections() -> list[dict[str, object]]:
+        return [c for c in services.management("GET", "/connections") if c["vhost"] == vhost]
 
-    async with consuming(isolated_settings, record) as connection:
-        await publish(isolated_settings, b"before")
-        await eventually(lambda: handled == [b"before"], what="first message")
-        vhost = isolated_settings.amqp_url.rsplit("/", 1)[1]
-
-        def connections() -> list[dict[str, object]]:
-            return [c for c in services.management("GET", "/connections") if c["vhost"] == vhost]
-
-        await eventually(connections, what="connection listed by the management API")
-        sessions = connection.sessions
-        for conn in connections():
-            services.management("DELETE", f"/connections/{quote(str(conn['name']), safe='')}")
-        await eventually(lambda: connection.sessions > sessions, what="a new session")
-        await publish(isolated_settings, b"after")
-        await eventually(lambda: handled == [b"before", b"after"], what="message after reconnect")
-        async with channel(isolated_settings.amqp_url) as ch:
-            queue = await ch.declare_queue(COMMANDS_QUEUE, passive=True)
-            assert queue.declaration_result.consumer_count == 1
+    await eventually(connections, what="connection listed by the management API")
+    for conn in connections():
+        services.management("DELETE", f"/connections/{quote(str(conn['name']), safe='')}")
 
 
-async def test_a_consumer_whose_channel_the_broker_closes_comes_back(
+async def fail_the_consuming_channel(
+    _settings: Settings, _services: Endpoints, connection: Consuming
+) -> None:
+    """A channel error closes only the consuming channel; the connection lives on. (An ack of
+    a tag never delivered is one: the broker answers 406 and closes the channel.)"""
+    consuming_channel = connection.consumers[-1]._channel
+    assert consuming_channel is not None
+    underlying = await consuming_channel.get_underlay_channel()
+    await underlying.basic_ack(delivery_tag=10_000)
+
+
+@pytest.mark.parametrize(
+    "break_session", [close_connections_from_the_console, fail_the_consuming_channel]
+)
+async def test_consumers_come_back_after_the_broker_drops_them(
     isolated_settings: Settings,
+    services: Endpoints,
+    break_session: Callable[[Settings, Endpoints, Consuming], Awaitable[None]],
 ) -> None:
-    """A channel error closes only the consuming channel; the connection is closed too, so
-    its supervisor starts a new session with a new consumer instead of consuming nothing."""
     handled: list[bytes] = []
 
     async def record(message: AbstractIncomingMessage) -> None:
@@ -166,14 +166,13 @@ async def test_a_consumer_whose_channel_the_broker_closes_comes_back(
         await publish(isolated_settings, b"before")
         await eventually(lambda: handled == [b"before"], what="first message")
         sessions = connection.sessions
-        consuming_channel = connection.consumers[-1]._channel
-        assert consuming_channel is not None
-        # An ack of a tag never delivered is a channel error (406): the broker closes it.
-        underlying = await consuming_channel.get_underlay_channel()
-        await underlying.basic_ack(delivery_tag=10_000)
+        await break_session(isolated_settings, services, connection)
         await eventually(lambda: connection.sessions > sessions, what="a new session")
         await publish(isolated_settings, b"after")
         await eventually(lambda: handled == [b"before", b"after"], what="message after it")
+        async with channel(isolated_settings.amqp_url) as ch:
+            queue = await ch.declare_queue(COMMANDS_QUEUE, passive=True)
+            assert queue.declaration_result.consumer_count == 1
 
 
 async def test_unhandled_message_is_not_lost_when_the_consumer_dies(
