@@ -78,9 +78,9 @@ class AckCoalescer:
     Delivery tags on a channel run 1, 2, 3...; `multiple=True` acks every outstanding tag up to
     the one given. So a multiple ack only goes up to the highest tag H such that every tag up
     to H is accounted for here (finished now, or settled before); a message still in flight, or
-    one never seen, stops it. A finished message past such a gap is acked alone. Negative acks
-    are sent at once, before any later multiple ack could cover their tag (a channel's frames
-    are processed in order)."""
+    one never seen, stops it. A finished message past such a gap is acked alone. A nacked
+    message counts as settled only once its nack is sent, so no multiple ack can overtake it
+    (a channel's frames are processed in order)."""
 
     def __init__(self, queue_name: str) -> None:
         self._frames = metrics.ACK_FRAMES.labels(queue_name)
@@ -143,6 +143,14 @@ class AckCoalescer:
             await asyncio.gather(self._flushing, return_exceptions=True)
 
 
+async def _close_quietly(connection: aio_pika.abc.AbstractConnection) -> None:
+    """Close `connection`; one already going away may fail to, which changes nothing."""
+    try:
+        await connection.close()
+    except Exception as exc:
+        log.debug("closing the connection failed: %r", exc)
+
+
 class QueueConsumer:
     """Consumes one work queue with one handler; one instance per connection session."""
 
@@ -190,7 +198,7 @@ class QueueConsumer:
         if self._stopping or connection.is_closed:
             return
         log.warning("the channel consuming %s closed (%r); reconnecting", self.queue_name, exc)
-        self._reconnecting = asyncio.ensure_future(connection.close())
+        self._reconnecting = asyncio.ensure_future(_close_quietly(connection))
 
     async def stop(self, timeout_s: float) -> None:
         """Stop taking messages, give in-flight ones `timeout_s` to finish, then close."""
