@@ -293,10 +293,7 @@ class Rebuild:
         if record:
             summary.commands_restored = await self._restore_command_statuses()
         async with self._pool.acquire() as conn:
-            horizon = await EventStore.read_horizon(conn)
-            await EventStore.wait_until_final(conn, horizon)
-            up_to = horizon.last_position
-            self._progress.total += up_to
+            up_to = await self._final_horizon(conn, 0)
             if self._partitions > 1:
                 await self._replay_partitioned(conn, up_to, lock, summary, record)
                 after = up_to
@@ -305,14 +302,17 @@ class Rebuild:
             if summary.previous is not None:
                 current = await self._writer.checkpoint(summary.previous)
                 if current > after:
-                    horizon = await EventStore.read_horizon(conn)
-                    await EventStore.wait_until_final(conn, horizon)
-                    self._progress.total += max(horizon.last_position - after, 0)
-                    after = await self._replay_range(
-                        conn, after, horizon.last_position, summary, record, lock=lock
-                    )
+                    up_to = await self._final_horizon(conn, after)
+                    after = await self._replay_range(conn, after, up_to, summary, record, lock=lock)
         summary.horizon = after
         log.info("g%d caught up to position %d", generation, after)
+
+    async def _final_horizon(self, conn: asyncpg.Connection, after: int) -> int:
+        """The gap-safe horizon once it is final; its positions past `after` join the total."""
+        horizon = await EventStore.read_horizon(conn)
+        await EventStore.wait_until_final(conn, horizon)
+        self._progress.total += max(horizon.last_position - after, 0)
+        return horizon.last_position
 
     async def _replay_partitioned(
         self,
@@ -498,7 +498,9 @@ class Rebuild:
                         queued.append((event, 1))
                 else:
                     folded = fold(first.version, [change for _event, change in run])
-                    await self._writer.replay_run_into(pipe, last, folded, generation)
+                    await self._writer.replay_into(
+                        pipe, last, folded.change, generation, record_commands=False, run=folded
+                    )
                     queued.append((last, len(run)))
             replies = await pipe.execute() if queued else []
         for (event, count), reply in zip(queued, replies, strict=True):

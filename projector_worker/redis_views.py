@@ -201,8 +201,12 @@ class ViewWriter:
         generation: int,
         *,
         record_commands: bool,
+        run: RunChange | None = None,
     ) -> None:
-        """Queue an apply into the generation a rebuild fills (valid while its marker is set)."""
+        """Queue an apply into the generation a rebuild fills (valid while its marker is set).
+        With `run`, a run of consecutive events of one order goes as one apply (`event` its
+        last, `change` its folded change); a run records no command status."""
+        assert run is None or not record_commands, "a run records no command status"
         keys, args = self._call(
             event,
             change,
@@ -211,22 +215,6 @@ class ViewWriter:
             expect_building=str(generation),
             live_block=0,
             flags=scripts.FLAG_RECORD_COMMAND if record_commands else 0,
-        )
-        await self._apply(keys=keys, args=args, client=pipe)
-
-    async def replay_run_into(
-        self, pipe: Pipeline, last: RecordedEvent, run: RunChange, generation: int
-    ) -> None:
-        """Queue a run of consecutive events of one order (`last` the run's last event) as one
-        apply into the generation a rebuild fills. Command statuses are not recorded."""
-        keys, args = self._call(
-            last,
-            run.change,
-            (generation,),
-            expect_live="*",
-            expect_building=str(generation),
-            live_block=0,
-            flags=0,
             run=run,
         )
         await self._apply(keys=keys, args=args, client=pipe)
