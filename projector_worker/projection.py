@@ -100,23 +100,6 @@ class RunChange:
     first_version: int
 
 
-def fold(first_version: int, changes: Sequence[ViewChange]) -> RunChange:
-    """One change for `changes` (events `first_version`, `first_version + 1`, ... of one order):
-    applying it equals applying them in order. Each change removes before it adds, and every
-    member of an order's sorted sets is the order itself, so the last operation on a (set,
-    member) pair decides: a score to add, or a removal."""
-    last: dict[tuple[str, str], str | None] = {}
-    for change in changes:
-        for suffix, member in change.zrem:
-            last[(suffix, member)] = None
-        for suffix, score, member in change.zadd:
-            last[(suffix, member)] = score
-    adds = tuple((s, score, m) for (s, m), score in last.items() if score is not None)
-    removes = tuple((s, m) for (s, m), score in last.items() if score is None)
-    folded = ViewChange(changes[-1].view, changes[-1].history_entry, adds, removes)
-    return RunChange(folded, tuple(c.history_entry for c in changes), first_version)
-
-
 def _merge(lines: tuple[ViewLine, ...], added: Iterable[OrderLine]) -> tuple[ViewLine, ...]:
     """Lines after adding `added`: a product already present keeps its line and price and
     gets the quantity added (as the Order aggregate does)."""
@@ -206,40 +189,78 @@ def search_tokens(view: OrderView) -> set[str]:
     return tokens | text_tokens(value for _field, value in view.shipping_address)
 
 
+def index_entries(view: OrderView) -> dict[str, str]:
+    """Every sorted set an order is in, by key suffix, with its score there (the order id is
+    always the member). The sets follow from the view alone, so the change to them between
+    two views is the difference of their entries (`index_change`)."""
+    return {**_creation_entries(view), **_state_entries(view)}
+
+
+def _creation_entries(view: OrderView) -> dict[str, str]:
+    """The entries of what an order is created with and keeps: its id, customer, address."""
+    created = str(view.created_score)
+    entries = {BY_CREATED: created, customer_suffix(view.customer_id): created}
+    tokens = identifier_tokens([view.order_id, view.customer_id])
+    tokens |= text_tokens(value for _field, value in view.shipping_address)
+    for token in sorted(tokens):
+        entries[token_suffix(token)] = created
+    return entries
+
+
+def _state_entries(view: OrderView) -> dict[str, str]:
+    """The entries that events after the creation change: status, products and total."""
+    created = str(view.created_score)
+    entries = {
+        customer_suffix(view.customer_id, view.status): created,
+        status_suffix(view.status): created,
+    }
+    for token in sorted(identifier_tokens(line.product_id for line in view.lines)):
+        entries[token_suffix(token)] = created
+    entries[BY_TOTAL] = money_str(view.total_amount)
+    return entries
+
+
+def index_change(
+    before: OrderView | None, after: OrderView
+) -> tuple[tuple[tuple[str, str, str], ...], tuple[tuple[str, str], ...]]:
+    """(`zadd`, `zrem`) taking the sorted sets from `before`'s entries to `after`'s. Only an
+    order's creation sets its creation entries (`evolve` never changes id, customer, address
+    or creation time), so later changes compare the state entries alone."""
+    new = _state_entries(after)
+    if before is None:
+        old: dict[str, str] = {}
+        new = {**_creation_entries(after), **new}
+    else:
+        old = _state_entries(before)
+    member = after.order_id
+    zadd = tuple((s, score, member) for s, score in new.items() if old.get(s) != score)
+    zrem = tuple((s, member) for s in old if s not in new)
+    return zadd, zrem
+
+
 def plan(before: OrderView | None, event: RecordedEvent, payload: OrderEvent) -> ViewChange:
     """The view after `event` and the index changes that go with it."""
     after = evolve(before, event, payload)
-    member = after.order_id
-    created = str(after.created_score)
-    total = money_str(after.total_amount)
-    zadd: list[tuple[str, str, str]] = []
-    zrem: list[tuple[str, str]] = []
+    zadd, zrem = index_change(before, after)
+    return ViewChange(after, history_entry(event), zadd, zrem)
 
-    if before is None:
-        zadd += [
-            (BY_CREATED, created, member),
-            (customer_suffix(after.customer_id), created, member),
-            (customer_suffix(after.customer_id, after.status), created, member),
-            (status_suffix(after.status), created, member),
-        ]
-        zadd += [(token_suffix(t), created, member) for t in sorted(search_tokens(after))]
-    else:
-        if before.status != after.status:
-            zrem += [
-                (customer_suffix(after.customer_id, before.status), member),
-                (status_suffix(before.status), member),
-            ]
-            zadd += [
-                (customer_suffix(after.customer_id, after.status), created, member),
-                (status_suffix(after.status), created, member),
-            ]
-        new_products = identifier_tokens(line.product_id for line in after.lines) - (
-            identifier_tokens(line.product_id for line in before.lines)
-        )
-        zadd += [(token_suffix(t), created, member) for t in sorted(new_products)]
-    if before is None or before.total_amount != after.total_amount:
-        zadd.append((BY_TOTAL, total, member))
-    return ViewChange(after, history_entry(event), tuple(zadd), tuple(zrem))
+
+def plan_run(
+    before: OrderView | None, events: Sequence[tuple[RecordedEvent, OrderEvent]]
+) -> RunChange:
+    """The changes of consecutive events of one order as one call's worth: each event
+    evolves the view, and the sorted sets change once, from `before` to the last view.
+    Applying it equals applying the events one by one; `ProjectionError` as `plan`."""
+    view = before
+    history: list[bytes] = []
+    for event, payload in events:
+        view = evolve(view, event, payload)
+        history.append(history_entry(event))
+    if view is None:
+        raise ProjectionError("an empty run")
+    zadd, zrem = index_change(before, view)
+    change = ViewChange(view, history[-1], zadd, zrem)
+    return RunChange(change, tuple(history), events[0][0].version)
 
 
 def replay(events: Iterable[tuple[RecordedEvent, OrderEvent]]) -> OrderView | None:

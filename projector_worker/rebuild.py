@@ -32,6 +32,7 @@ from typing import TextIO
 import asyncpg
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from common.contracts.envelopes import RecordedEvent
 from common.contracts.orders import OrderEvent
@@ -40,7 +41,7 @@ from common.readmodel.keys import Keys
 from common.readmodel.notifications import generation_message
 from common.readmodel.order_view import OrderView
 from projector_worker import scripts
-from projector_worker.projection import ProjectionError, ViewChange, fold, parse_payload, plan
+from projector_worker.projection import ProjectionError, parse_payload, plan, plan_run
 from projector_worker.redis_views import ViewWriter
 
 log = logging.getLogger(__name__)
@@ -462,46 +463,31 @@ class Rebuild:
                 log.error("skipping event %s at %d: %s", event.event_id, event.position, exc)
         await self._load_views(parsed, generation)
 
-        runs: dict[str, list[tuple[RecordedEvent, ViewChange]]] = {}
+        # Each order's events here that follow its known view without a gap form its run.
+        runs: dict[str, list[tuple[RecordedEvent, OrderEvent]]] = {}
         gaps: dict[str, int] = {}
         for event, payload in parsed:
-            if event.stream_id in gaps:
-                gaps[event.stream_id] = event.version
+            stream_id = event.stream_id
+            if stream_id in gaps:
+                gaps[stream_id] = event.version
                 continue
-            before = self._views.get(event.stream_id)
-            known = before.version if before is not None else 0
+            run = runs.get(stream_id)
+            if run is not None:
+                known = run[-1][0].version
+            else:
+                before = self._views.get(stream_id)
+                known = before.version if before is not None else 0
             if known >= event.version:
                 continue
             if known != event.version - 1:
-                gaps[event.stream_id] = event.version
+                gaps[stream_id] = event.version
                 continue
-            try:
-                change = plan(before, event, payload)
-            except ProjectionError as exc:
-                summary.skipped += 1
-                log.error("skipping event %s at %d: %s", event.event_id, event.position, exc)
-                continue
-            runs.setdefault(event.stream_id, []).append((event, change))
-            self._remember(change.view)
-        # One call per order and batch: its events here have consecutive versions (each was
-        # planned on the one before), so they apply as one run. Command statuses are recorded
-        # per event, so a rebuild that restores them applies event by event.
+            runs.setdefault(stream_id, []).append((event, payload))
+
         queued: list[tuple[RecordedEvent, int]] = []
         async with self._redis.pipeline(transaction=False) as pipe:
             for run in runs.values():
-                first, last = run[0][0], run[-1][0]
-                if record or len(run) == 1:
-                    for event, change in run:
-                        await self._writer.replay_into(
-                            pipe, event, change, generation, record_commands=record
-                        )
-                        queued.append((event, 1))
-                else:
-                    folded = fold(first.version, [change for _event, change in run])
-                    await self._writer.replay_into(
-                        pipe, last, folded.change, generation, record_commands=False, run=folded
-                    )
-                    queued.append((last, len(run)))
+                queued += await self._queue_run(pipe, run, generation, record, summary, gaps)
             replies = await pipe.execute() if queued else []
         for (event, count), reply in zip(queued, replies, strict=True):
             result = self._writer.result_of(reply, generation)
@@ -516,6 +502,48 @@ class Rebuild:
                 summary.applied += count
         for stream_id, version in gaps.items():
             summary.applied += await self._catch_up_stream(stream_id, version, generation, record)
+
+    async def _queue_run(
+        self,
+        pipe: Pipeline,
+        run: list[tuple[RecordedEvent, OrderEvent]],
+        generation: int,
+        record: bool,
+        summary: RebuildSummary,
+        gaps: dict[str, int],
+    ) -> list[tuple[RecordedEvent, int]]:
+        """Queue one order's run: as one call (`plan_run`), or event by event when command
+        statuses are restored (they are recorded per event) or an event cannot apply. An
+        event that cannot apply is skipped, and the rest of the run is left to the catch-up."""
+        stream_id = run[0][0].stream_id
+        before = self._views.get(stream_id)
+        last = run[-1][0]
+        if not record and len(run) > 1:
+            try:
+                folded = plan_run(before, run)
+            except ProjectionError:
+                pass  # planned again below, event by event, to skip just the bad one
+            else:
+                await self._writer.replay_into(
+                    pipe, last, folded.change, generation, record_commands=False, run=folded
+                )
+                self._remember(folded.change.view)
+                return [(last, len(run))]
+        queued: list[tuple[RecordedEvent, int]] = []
+        for event, payload in run:
+            try:
+                change = plan(before, event, payload)
+            except ProjectionError as exc:
+                summary.skipped += 1
+                log.error("skipping event %s at %d: %s", event.event_id, event.position, exc)
+                if event is not last:
+                    gaps[stream_id] = last.version
+                break
+            await self._writer.replay_into(pipe, event, change, generation, record_commands=record)
+            queued.append((event, 1))
+            before = change.view
+            self._remember(before)
+        return queued
 
     async def _load_views(
         self, parsed: list[tuple[RecordedEvent, OrderEvent]], generation: int

@@ -10,18 +10,22 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 from redis.asyncio import Redis
 
 from common.contracts.envelopes import RecordedEvent
-from common.contracts.orders import ItemAdded
+from common.contracts.orders import ItemAdded, OrderCreated
 from common.messaging.topology import PROJECTOR_QUEUE
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from projector_worker.rebuild import Rebuild
+from projector_worker.redis_views import ViewWriter
 from tests.conftest import settings_env
 from tests.integration.test_projector import queue_counts
 from tests.integration.test_projector_support import (
     Ledger,
+    address,
     all_events,
     event_publisher,
     line,
@@ -161,3 +165,44 @@ async def test_a_second_rebuild_waits_its_turn_and_an_empty_redis_is_restored(
     code, stderr = await rebuild(isolated_settings)
     assert code == 1
     assert "another process is rebuilding" in stderr
+
+
+@pytest.mark.parametrize("poison", ["unparseable", "cannot-follow"])
+async def test_an_invalid_event_is_skipped_and_its_order_stops_before_it(
+    pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings, poison: str
+) -> None:
+    """A poison event in the middle of an order's run: the events before it apply, it is
+    skipped and counted, the order's view stays before it, the other orders rebuild; both
+    when Redis is empty (event by event) and in a plain rebuild (orders go as runs)."""
+    keys = Keys(isolated_settings.redis_key_prefix)
+    ledger = Ledger(pg)
+    good = await ledger.seed(4)
+    bad = await ledger.create("cust-9", [line("sku-1", 1, "1.00")])
+    await ledger.append(bad, ItemAdded(item=line("sku-2", 1, "2.00")))
+    await ledger.append(bad, ItemAdded(item=line("sku-3", 1, "3.00")))
+    await ledger.append(bad, ItemAdded(item=line("sku-4", 1, "4.00")))
+    if poison == "unparseable":
+        bad_type, bad_data = "ItemAdded", {"item": {"quantity": -1}}
+    else:  # a valid payload that cannot follow: a second creation of the same order
+        again = OrderCreated(
+            order_id=bad,
+            customer_id="cust-9",
+            items=[line("sku-1", 1, "1.00")],
+            shipping_address=address(1),
+        )
+        bad_type, bad_data = again.type, again.model_dump(mode="json", exclude={"type"})
+    await pg.execute(
+        "UPDATE events SET type = $2, data = $3 WHERE stream_id = $1 AND version = 3",
+        str(bad),
+        bad_type,
+        orjson.dumps(bad_data).decode(),
+    )
+    writer = ViewWriter(redis_client, keys)
+    for _restore, _plain in ((1, 0), (0, 1)):
+        summary = await Rebuild(writer, pg).run()
+        assert summary.skipped == 1
+        assert summary.applied == summary.events - 2  # the bad event and the one after it
+        assert await views_reached(redis_client, keys, {o: ledger.versions[o] for o in good})
+        view = await redis_client.hgetall(keys.views(summary.generation).order(str(bad)))
+        assert view[b"version"] == b"2"
+        assert orjson.loads(view[b"items"])[-1]["product_id"] == "sku-2"

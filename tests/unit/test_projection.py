@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -30,9 +31,10 @@ from common.readmodel.order_view import (
 from projector_worker.projection import (
     ProjectionError,
     ViewChange,
-    fold,
+    index_entries,
     parse_payload,
     plan,
+    plan_run,
     search_tokens,
 )
 
@@ -192,31 +194,80 @@ def apply_sets(sets: dict[str, dict[str, str]], change: ViewChange) -> None:
         sets.setdefault(suffix, {})[member] = score
 
 
+def one_by_one(events: list[RecordedEvent], start: int = 0) -> list[ViewChange]:
+    changes: list[ViewChange] = []
+    view: OrderView | None = None
+    for event in events:
+        changes.append(step(view, event))
+        view = changes[-1].view
+    return changes[start:]
+
+
 @pytest.mark.parametrize("start", [0, 1, 2])
-def test_a_folded_run_changes_what_its_events_change_one_by_one(start: int) -> None:
+def test_a_run_changes_what_its_events_change_one_by_one(start: int) -> None:
     events = [
         created(line("p-1", 2, "19.99")),
         recorded(ItemAdded(item=line("p-2", 3, "0.05")), 2),
         recorded(ItemAdded(item=line("p-1", 1, "19.99")), 3),
         recorded(OrderCancelled(reason="too slow"), 4),
     ]
-    changes: list[ViewChange] = []
-    view: OrderView | None = None
-    for event in events:
-        changes.append(step(view, event))
-        view = changes[-1].view
-    one_by_one: dict[str, dict[str, str]] = {}
+    changes = one_by_one(events)
+    expected: dict[str, dict[str, str]] = {}
     for change in changes:
-        apply_sets(one_by_one, change)
-    folded_sets: dict[str, dict[str, str]] = {}
+        apply_sets(expected, change)
+    got: dict[str, dict[str, str]] = {}
     for change in changes[:start]:
-        apply_sets(folded_sets, change)
-    run = fold(start + 1, changes[start:])
-    apply_sets(folded_sets, run.change)
-    assert {k: v for k, v in folded_sets.items() if v} == {k: v for k, v in one_by_one.items() if v}
+        apply_sets(got, change)
+    before = changes[start - 1].view if start else None
+    run = plan_run(before, [(e, parse_payload(e)) for e in events[start:]])
+    apply_sets(got, run.change)
+    assert {k: v for k, v in got.items() if v} == {k: v for k, v in expected.items() if v}
     assert run.change.view == changes[-1].view
     assert run.history == tuple(c.history_entry for c in changes[start:])
     assert run.first_version == start + 1
+
+
+def random_stream(rng: random.Random) -> list[RecordedEvent]:
+    products = [f"p-{i}" for i in range(4)] + ["london", "cust-1"]  # some collide with tokens
+    events = [created(line(rng.choice(products), rng.randint(1, 3), "1.10"))]
+    for version in range(2, rng.randint(2, 9)):
+        roll = rng.random()
+        if roll < 0.7:
+            payload: Any = ItemAdded(item=line(rng.choice(products), 1, f"{rng.randint(1, 99)}.05"))
+        elif roll < 0.85:
+            payload = OrderShipped()
+        else:
+            payload = OrderCancelled(reason="changed")
+        events.append(recorded(payload, version))
+    return events
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_sorted_sets_always_hold_the_entries_of_the_view(seed: int) -> None:
+    """Whatever the split into runs, the sets end up as `index_entries` of the last view."""
+    rng = random.Random(seed)
+    events = random_stream(rng)
+    cut = rng.randrange(len(events))
+    changes = one_by_one(events)
+    sets: dict[str, dict[str, str]] = {}
+    for change in changes[:cut]:
+        apply_sets(sets, change)
+    before = changes[cut - 1].view if cut else None
+    apply_sets(sets, plan_run(before, [(e, parse_payload(e)) for e in events[cut:]]).change)
+    expected = {
+        suffix: {str(ORDER): score} for suffix, score in index_entries(changes[-1].view).items()
+    }
+    assert {k: v for k, v in sets.items() if v} == expected
+    one: dict[str, dict[str, str]] = {}
+    for change in changes:
+        apply_sets(one, change)
+    assert {k: v for k, v in one.items() if v} == expected
+
+
+def test_a_run_with_an_event_that_cannot_follow_is_refused() -> None:
+    first = created(line("p-1", 1, "1.00"))
+    with pytest.raises(ProjectionError, match="cannot follow"):
+        plan_run(None, [(e, parse_payload(e)) for e in (first, recorded(OrderShipped(), 3))])
 
 
 def test_creation_indexes_the_order_everywhere() -> None:
