@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from common.eventstore.database import connect
 from common.eventstore.store import EventStore
 from common.messaging.connection import BrokerUnavailable
 from common.messaging.messages import event_message
@@ -86,7 +87,7 @@ class Relay:
             backoff = min(backoff * 2, 2.0)
 
     async def _session(self) -> None:
-        conn: asyncpg.Connection = await asyncpg.connect(self._database_url)
+        conn = await connect(self._database_url)
         try:
             # Polling: the lock's release is only visible by asking for it again.
             while not await conn.fetchval(  # noqa: ASYNC110

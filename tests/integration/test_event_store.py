@@ -272,3 +272,29 @@ async def test_a_connection_released_inside_a_transaction_comes_back_without_it(
     async with pg.acquire() as conn:
         assert not conn.is_in_transaction()
         assert await conn.fetchval("SELECT count(*) FROM checkpoints WHERE name = 'stray'") == 0
+
+
+async def test_a_session_keeps_reading_by_index_as_the_log_grows(pg: asyncpg.Pool) -> None:
+    """A statement prepared while the log was small must not fall back to a plan made for a
+    small table. PostgreSQL keeps the generic plan it costed early on (a sequential scan) and
+    switches to it once the custom plans of the grown table cost more on average: from then
+    on every load scans the whole log."""
+    store = EventStore(pg)
+    await append(store, "early", 0)
+    async with pg.acquire() as conn:
+        for _ in range(10):  # past the runs after which PostgreSQL may settle on one plan
+            assert len((await store.load_streams(conn, ["early"]))["early"]) == 1
+        await conn.execute(
+            "INSERT INTO events (stream_id, version, event_id, type, data, metadata)"
+            " SELECT 'grown-' || g, 1, gen_random_uuid(), 'ItemAdded', '{}', '{}'"
+            " FROM generate_series(1, 30000) AS g"
+        )
+        for _ in range(10):
+            await store.load_streams(conn, ["early"])
+        name = await conn.fetchval(
+            "SELECT name FROM pg_prepared_statements"
+            " WHERE statement LIKE 'SELECT stream_id, version, type, data FROM events WHERE%'"
+        )
+        assert name is not None
+        plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {name}('{{early}}')")
+        assert "Seq Scan" not in plan, plan
