@@ -2,8 +2,9 @@
 
 No dual write: handlers only commit to PostgreSQL; this loop tails the log and publishes at
 least once, in global-position order, remembering its progress in the `checkpoints` table
-after each confirmed batch. A crash between publish and checkpoint republishes a batch;
-projectors drop the duplicates by stream version.
+(after confirmed batches: at most once a second under load, and whenever it catches up). A
+crash between publish and checkpoint republishes what followed it; projectors drop the
+duplicates by stream version.
 
 It only reads below the gap-safe horizon (`EventStore.read_horizon`), so an event whose
 transaction commits after one with a higher position is never skipped. One relay per database
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 import asyncpg
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 RELAY_LOCK = 0x7265_6C61_79  # "relay"
 CHECKPOINT = "relay:orders.events"
 APPENDED_CHANNEL = "events_appended"
+CHECKPOINT_EVERY_S = 1.0
+"""How often the checkpoint is written while events keep coming (and whenever the relay
+catches up): a crash republishes at most this much, which projectors drop as duplicates."""
 
 
 class Relay:
@@ -112,6 +117,7 @@ class Relay:
         # Every position up to `scanned` is final and published (rolled-back ones included),
         # so the lag is measured from it, not from the last event's position.
         scanned = checkpoint
+        saved, saved_at = checkpoint, time.monotonic()
         broker_down = False
         backoff = 0.1
         while True:
@@ -119,6 +125,9 @@ class Relay:
             horizon = await EventStore.read_horizon(conn)
             metrics.RELAY_LAG.set(max(horizon.last_position - scanned, 0))
             if horizon.last_position <= scanned:
+                if checkpoint > saved:
+                    await EventStore.set_checkpoint(conn, CHECKPOINT, checkpoint)
+                    saved, saved_at = checkpoint, time.monotonic()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._appended.wait(), self._idle_poll_s)
                 continue
@@ -134,7 +143,9 @@ class Relay:
                         EVENTS_EXCHANGE, [("", event_message(event)) for event in events]
                     )
                     checkpoint = events[-1].position
-                    await EventStore.set_checkpoint(conn, CHECKPOINT, checkpoint)
+                    if time.monotonic() - saved_at >= CHECKPOINT_EVERY_S:
+                        await EventStore.set_checkpoint(conn, CHECKPOINT, checkpoint)
+                        saved, saved_at = checkpoint, time.monotonic()
                     self.published_up_to = checkpoint
                     metrics.EVENTS_RELAYED.inc(len(events))
             except BrokerUnavailable as exc:

@@ -157,13 +157,6 @@ transaction id to any user, from the id the backend holds, not from a snapshot. 
 other databases on the server cannot take our positions, and are left out: one left open there
 (a report, a forgotten session, another application) would otherwise stop the relay."""
 
-_ANY_STILL_RUNNING = """
-SELECT EXISTS (
-    SELECT 1 FROM pg_stat_activity
-    WHERE datname = current_database() AND backend_xid::text::bigint = ANY($1::bigint[])
-)
-"""
-
 EVENT_COLUMNS = "position, stream_id, version, event_id, type, data, metadata, recorded_at"
 
 
@@ -331,12 +324,13 @@ class EventStore:
         more than 5 ms: the wait adds at most that to an event's way to the projectors. (An id
         is only reused after 2^32 others, so a new transaction is never mistaken for one of
         these.)"""
-        if horizon.final:
-            return
+        waiting = set(horizon.running)
         delay = poll_s
-        while await conn.fetchval(_ANY_STILL_RUNNING, list(horizon.running)):
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.005)
+        while waiting:
+            waiting.intersection_update(await conn.fetchval(_RUNNING_HERE))
+            if waiting:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.005)
 
     @staticmethod
     async def read_range(
