@@ -46,7 +46,6 @@ def create_app(
         app.state.waiter = waiter
         try:
             await runtime.start(broker_wait_s)
-            await waiter.start()
             settle_heap()
             yield
         finally:

@@ -1,8 +1,8 @@
 """Read-your-writes: wait until a command's outcome is visible or an order reaches a version.
 
 One pub/sub connection per gateway, subscribed to the two channels of
-`common/readmodel/notifications.py` while anyone waits: from start-up, and again from the first
-wait after `linger_s` without one. Every projected event publishes on both channels, so a
+`common/readmodel/notifications.py` while anyone waits: from the first wait until `linger_s`
+pass without one. Every projected event publishes on both channels, so a
 gateway nobody asks to wait would otherwise spend a good part of its CPU reading and dropping
 them. A wait registers a future *before* it reads the current state: a change after the read
 arrives as a message, a change before it is in the read, so nothing slips between the two.
@@ -31,7 +31,6 @@ from common.readmodel.order_queries import OrderQueries, ViewsUnavailable
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT_S = 3.0
 MAX_BACKOFF_S = 2.0
 LINGER_S = 30.0
 """How long the subscription outlives the last wait."""
@@ -54,12 +53,6 @@ class Waiter:
         self._reader: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
         """Set while both channels are subscribed; waits still work (by reading) when not."""
-
-    async def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Subscribe in the background; wait up to `timeout_s` for the subscription."""
-        self._wanted()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.subscribed.wait(), timeout_s)
 
     async def close(self) -> None:
         self._closed = True
@@ -229,8 +222,8 @@ def _registered(registry: dict[str, set[Any]], key: str, entry: Any) -> Iterator
 
 
 async def waiter_of(request: Request) -> Waiter:
-    """The app's waiter: `app.state.waiter` when the lifespan made one, else one made and
-    started on first use (the lifespan should own it, to close it at shutdown).
+    """The app's waiter: `app.state.waiter` when the lifespan made one, else one made on
+    first use (the lifespan should own it, to close it at shutdown).
 
     A waiter is correct before its subscription is confirmed: waits read the state, and the
     confirmation makes every pending wait read it again."""
@@ -240,7 +233,6 @@ async def waiter_of(request: Request) -> Waiter:
         runtime = state.runtime
         waiter = Waiter(runtime.redis, runtime.keys)
         state.waiter = waiter
-        await waiter.start()
     return cast(Waiter, waiter)
 
 

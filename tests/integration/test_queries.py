@@ -264,9 +264,7 @@ async def test_waiter_settles_commands_when_visible_or_refused(
 ) -> None:
     keys = Keys(isolated_settings.redis_key_prefix)
     waiter = Waiter(redis_client, keys)
-    await waiter.start()
     try:
-        assert waiter.subscribed.is_set()
         ledger = Ledger(pg)
         order_id = uuid.uuid4()
         await ledger.create("cust-1", [line("sku-1", 1, "1.00")], order_id=order_id)
@@ -325,9 +323,30 @@ async def test_waiter_reads_notifications_only_while_someone_waits(
         return int(count)
 
     waiter = Waiter(redis_client, keys, linger_s=0.2)
-    await waiter.start()
     try:
-        assert waiter.subscribed.is_set()
+        assert await subscribers() == 0  # nobody has waited yet
+
+        async def settle_a_refusal() -> None:
+            """A wait, settled by a notification (not by a re-read)."""
+            refused = uuid.uuid4()
+            waiting = asyncio.create_task(waiter.wait_for_command(refused, 15))
+            await asyncio.wait_for(waiter.subscribed.wait(), 10)
+            assert not waiting.done()
+            await record_outcome(
+                redis_client,
+                keys,
+                command_id=refused,
+                command_type="ShipOrder",
+                order_id=str(uuid.uuid4()),
+                status=CommandStatus.REJECTED,
+                reason="order not found",
+                version=0,
+            )
+            progress = await asyncio.wait_for(waiting, 15)
+            assert progress is not None
+            assert progress.status == "rejected"
+
+        await settle_a_refusal()  # the first wait subscribes
         assert await subscribers() == 1
 
         async def unsubscribed() -> bool:
@@ -336,24 +355,7 @@ async def test_waiter_reads_notifications_only_while_someone_waits(
         await eventually(unsubscribed, timeout=10, what="the idle unsubscribe")
         assert not waiter.subscribed.is_set()
 
-        # The next wait subscribes again, and a notification (not a re-read) settles it.
-        refused = uuid.uuid4()
-        waiting = asyncio.create_task(waiter.wait_for_command(refused, 15))
-        await asyncio.wait_for(waiter.subscribed.wait(), 10)
-        assert not waiting.done()
-        await record_outcome(
-            redis_client,
-            keys,
-            command_id=refused,
-            command_type="ShipOrder",
-            order_id=str(uuid.uuid4()),
-            status=CommandStatus.REJECTED,
-            reason="order not found",
-            version=0,
-        )
-        progress = await asyncio.wait_for(waiting, 15)
-        assert progress is not None
-        assert progress.status == "rejected"
+        await settle_a_refusal()  # the next wait subscribes again
     finally:
         await waiter.close()
     assert await subscribers() == 0
