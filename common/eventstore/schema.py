@@ -89,4 +89,19 @@ MIGRATIONS: tuple[str, ...] = (
     END
     $$;
     """,
+    # 3: the relay's horizon in one round trip, its two reads in their required order.
+    """
+    CREATE FUNCTION read_horizon(OUT last_position bigint, OUT running bigint[])
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        SELECT CASE WHEN is_called THEN last_value ELSE 0 END INTO last_position
+        FROM events_position_seq;
+        -- Read after the sequence: the function's first look at pg_stat_activity, so the
+        -- statistics snapshot (kept for the rest of the transaction) is taken only now.
+        SELECT coalesce(array_agg(backend_xid::text::bigint), '{}') INTO running
+        FROM pg_stat_activity
+        WHERE datname = current_database() AND backend_xid IS NOT NULL;
+    END
+    $$;
+    """,
 )

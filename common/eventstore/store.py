@@ -307,12 +307,11 @@ class EventStore:
 
     @staticmethod
     async def read_horizon(conn: asyncpg.Connection) -> Horizon:
-        """Two statements, in this order, each in its own transaction (autocommit)."""
-        last = await conn.fetchval(
-            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM events_position_seq"
-        )
-        running = await conn.fetchval(_RUNNING_HERE)
-        return Horizon(last_position=last, running=tuple(running))
+        """The `read_horizon` SQL function: the two reads in order, in one round trip. Call it
+        outside a transaction block, or first in one: `pg_stat_activity` is read once per
+        transaction and then kept."""
+        row = await conn.fetchrow("SELECT last_position, running FROM read_horizon()")
+        return Horizon(last_position=row["last_position"], running=tuple(row["running"]))
 
     @staticmethod
     async def wait_until_final(
