@@ -11,15 +11,15 @@ import orjson
 
 from common.eventstore.database import create_pool, prepare_database
 from common.eventstore.store import Partition
-from common.messaging.dead_letters import add_dlq_parser, run_dlq_command
-from common.messaging.topology import PROJECTOR_QUEUE
 from common.observability.logging import configure_logging
 from common.process import install_stop_signals, run
 from common.readmodel.keys import Keys
 from common.settings import get_settings
 from projector_worker.rebuild import Progress, Rebuild, RebuildAborted, RebuildBusy
-from projector_worker.redis_views import ViewWriter
-from projector_worker.runner import Projector, open_redis
+from projector_worker.redis_views import ViewWriter, open_redis
+
+# The consumer (`run`) and the dead-letter tools (`dlq`) bring in the AMQP client: imported
+# where used, so a rebuild's partition helpers start without it.
 
 DEFAULT_PARTITIONS = min(os.cpu_count() or 1, 4)
 
@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def _serve() -> int:
+    from projector_worker.runner import Projector
+
     settings = get_settings()
     projector = Projector(settings)
     stop = asyncio.Event()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
@@ -16,8 +16,24 @@ from common.readmodel.keys import Keys
 from common.readmodel.notifications import order_version_message, projected_command_message
 from common.readmodel.order_view import OrderView
 from common.readmodel.pipelining import AutoPipeline
+from common.settings import Settings
 from projector_worker import scripts
 from projector_worker.projection import COMMAND_OF_EVENT, RunChange, ViewChange
+
+REDIS_CONNECTIONS = 32
+"""Redis connections per projector; handlers beyond that queue for one instead of opening more."""
+
+
+def open_redis(settings: Settings) -> Redis:
+    """The projector's (and a rebuild's) Redis client."""
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=REDIS_CONNECTIONS,
+        timeout=30,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+    )
+    return Redis(connection_pool=pool)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
 from common.contracts.envelopes import RecordedEvent
 from common.eventstore.database import create_pool, prepare_database
@@ -29,7 +29,7 @@ from common.settings import Settings
 from projector_worker.catchup import LiveApplier, Outcome
 from projector_worker.projection import ProjectionError, parse_payload
 from projector_worker.rebuild import ensure_views
-from projector_worker.redis_views import ViewWriter
+from projector_worker.redis_views import ViewWriter, open_redis
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +40,6 @@ them back even when no event comes along to notice it."""
 VIEW_CACHE_SIZE = 20_000
 """Views kept to continue from without reading Redis: enough for the orders that are active,
 small enough that a full garbage collection stays short."""
-REDIS_CONNECTIONS = 32
-"""Redis connections per projector; handlers beyond that queue for one instead of opening more."""
-
-
-def open_redis(settings: Settings) -> Redis:
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=REDIS_CONNECTIONS,
-        timeout=30,
-        socket_connect_timeout=5,
-        socket_timeout=30,
-    )
-    return Redis(connection_pool=pool)
-
-
 _OUTCOME_MESSAGES = {
     Outcome.APPLIED: "event applied to the views",
     Outcome.DUPLICATE: "event already in the views",
