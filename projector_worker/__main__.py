@@ -11,6 +11,8 @@ import orjson
 
 from common.eventstore.database import create_pool, prepare_database
 from common.eventstore.store import Partition
+from common.messaging.dead_letters import add_dlq_parser, run_dlq_command
+from common.messaging.topology import PROJECTOR_QUEUE
 from common.observability.logging import configure_logging
 from common.process import install_stop_signals, run
 from common.readmodel.keys import Keys
@@ -18,8 +20,8 @@ from common.settings import get_settings
 from projector_worker.rebuild import Progress, Rebuild, RebuildAborted, RebuildBusy
 from projector_worker.redis_views import ViewWriter, open_redis
 
-# The consumer (`run`) and the dead-letter tools (`dlq`) bring in the AMQP client: imported
-# where used, so a rebuild's partition helpers start without it.
+# The consumer (`run`) is imported where it starts, so a rebuild's partition helpers do not
+# load it.
 
 DEFAULT_PARTITIONS = min(os.cpu_count() or 1, 4)
 

@@ -11,7 +11,6 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
-from redis.asyncio import Redis
 
 from common.contracts.envelopes import RecordedEvent
 from common.eventstore.database import create_pool, prepare_database
