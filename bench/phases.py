@@ -431,11 +431,13 @@ def run_on_uvloop_value(coroutine: Any) -> Any:
     return box[0]
 
 
-SUMMARY = re.compile(r"rebuild done: .*?(\d+) events read .*? in ([\d.]+)s")
+SUMMARY = re.compile(r"rebuild done: .*?(\d+) events read .*? switched after ([\d.]+)s")
+"""The replay is timed up to the switch; deleting the old generation's keys comes after."""
 
 
 def parse_rebuild_summary(log: str) -> dict[str, float] | None:
-    """Events and seconds from `projector_worker rebuild`'s closing line, if present."""
+    """Events and seconds to the switch from `projector_worker rebuild`'s closing line, if
+    present."""
     found = SUMMARY.findall(log)
     if not found:
         return None

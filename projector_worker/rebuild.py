@@ -70,10 +70,13 @@ class RebuildSummary:
     commands_restored: int = 0
     keys_deleted: int = 0
     horizon: int = 0
+    switched_s: float = 0.0
+    """From the start to queries reading the new generation: the replay."""
     seconds: float = 0.0
+    """From the start to the end, the old generation's keys deleted."""
 
     def describe(self) -> str:
-        rate = self.events / self.seconds if self.seconds > 0 else 0.0
+        rate = self.events / self.switched_s if self.switched_s > 0 else 0.0
         switched = (
             f"g{self.previous} -> g{self.generation}"
             if self.previous
@@ -81,7 +84,8 @@ class RebuildSummary:
         )
         text = (
             f"rebuild done: {switched}; {self.events} events read up to position "
-            f"{self.horizon}, {self.applied} applied, in {self.seconds:.1f}s ({rate:.0f}/s)"
+            f"{self.horizon}, {self.applied} applied, switched after {self.switched_s:.1f}s"
+            f" ({rate:.0f}/s)"
         )
         if self.skipped:
             text += f"; {self.skipped} invalid events skipped"
@@ -89,7 +93,7 @@ class RebuildSummary:
             text += f"; {self.commands_restored} command statuses restored"
         if self.previous:
             text += f"; {self.keys_deleted} keys of g{self.previous} deleted"
-        return text
+        return text + f"; done in {self.seconds:.1f}s"
 
 
 class Progress:
@@ -273,6 +277,7 @@ class Rebuild:
                 raise
             if old < 0:
                 raise RebuildAborted("lost the rebuild lock or marker before switching")
+            summary.switched_s = time.monotonic() - started
             log.info("queries now read g%d", generation)
             if old > 0:
                 summary.keys_deleted = await drop_generation(self._redis, self._keys, old)

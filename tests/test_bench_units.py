@@ -467,7 +467,7 @@ def test_merging_generators_sums_counts_and_series() -> None:
 def test_the_rebuild_summary_line_is_parsed() -> None:
     log = (
         "noise\nrebuild done: g1 -> g2; 50210 events read up to position 50210, 50210 applied,"
-        " in 12.5s (4017/s); 61234 keys of g1 deleted\n"
+        " switched after 12.5s (4017/s); 61234 keys of g1 deleted; done in 13.1s\n"
     )
     assert parse_rebuild_summary(log) == {"events": 50210, "seconds": 12.5}
     assert parse_rebuild_summary("nothing here") is None
