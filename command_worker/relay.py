@@ -131,7 +131,7 @@ class Relay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._appended.wait(), self._idle_poll_s)
                 continue
-            await EventStore.wait_until_final(conn, horizon)
+            await EventStore.wait_until_final(conn, horizon, wake=self._appended)
             try:
                 while True:
                     events = await EventStore.read_range(

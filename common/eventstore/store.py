@@ -23,6 +23,7 @@ committing out of order).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -315,21 +316,33 @@ class EventStore:
 
     @staticmethod
     async def wait_until_final(
-        conn: asyncpg.Connection, horizon: Horizon, *, poll_s: float = 0.0005
+        conn: asyncpg.Connection,
+        horizon: Horizon,
+        *,
+        poll_s: float = 0.0005,
+        wake: asyncio.Event | None = None,
     ) -> None:
         """Wait until every transaction in `horizon.running` has ended.
 
         Appends last milliseconds, so the poll starts at half a millisecond and never sleeps
-        more than 5 ms: the wait adds at most that to an event's way to the projectors. (An id
-        is only reused after 2^32 others, so a new transaction is never mistaken for one of
+        more than 5 ms: the wait adds at most that to an event's way to the projectors. `wake`,
+        set when an append commits (the relay's NOTIFY listener), cuts a sleep short. (An id is
+        only reused after 2^32 others, so a new transaction is never mistaken for one of
         these.)"""
         waiting = set(horizon.running)
         delay = poll_s
         while waiting:
+            if wake is not None:
+                wake.clear()  # before the read: a commit after it still wakes the sleep below
             waiting.intersection_update(await conn.fetchval(_RUNNING_HERE))
-            if waiting:
+            if not waiting:
+                return
+            if wake is None:
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.005)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), delay)
+            delay = min(delay * 2, 0.005)
 
     @staticmethod
     async def read_range(
