@@ -2,7 +2,7 @@
 
 No dual write: handlers only commit to PostgreSQL; this loop tails the log and publishes at
 least once, in global-position order, remembering its progress in the `checkpoints` table
-(after confirmed batches: at most once a second under load, and whenever it catches up). A
+(after confirmed batches, at most once a second, and within a second of catching up). A
 crash between publish and checkpoint republishes what followed it; projectors drop the
 duplicates by stream version.
 
@@ -36,8 +36,8 @@ RELAY_LOCK = 0x7265_6C61_79  # "relay"
 CHECKPOINT = "relay:orders.events"
 APPENDED_CHANNEL = "events_appended"
 CHECKPOINT_EVERY_S = 1.0
-"""How often the checkpoint is written while events keep coming (and whenever the relay
-catches up): a crash republishes at most this much, which projectors drop as duplicates."""
+"""The checkpoint is written at most this often, and this long at the latest after the relay
+caught up: a crash republishes at most this much, which projectors drop as duplicates."""
 
 
 class Relay:
@@ -58,6 +58,8 @@ class Relay:
         self._appended = asyncio.Event()
         self.is_leader = False
         self.published_up_to = 0
+        self._saved: int | None = None
+        """The checkpoint last written, while this relay leads."""
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -110,14 +112,26 @@ class Relay:
         finally:
             self.is_leader = False
             metrics.RELAY_LEADER.set(0)
+            await asyncio.shield(self._save_on_leaving(conn))
             await asyncio.shield(conn.close())
+
+    async def _save_on_leaving(self, conn: asyncpg.Connection) -> None:
+        """Write the checkpoint still pending, while the lock is held, so a stop or handover
+        republishes nothing; best effort (a dead connection only means some republishing)."""
+        saved, self._saved = self._saved, None
+        if saved is not None and self.published_up_to > saved:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    EventStore.set_checkpoint(conn, CHECKPOINT, self.published_up_to), 1.0
+                )
 
     async def _relay(self, conn: asyncpg.Connection) -> None:
         checkpoint = await EventStore.get_checkpoint(conn, CHECKPOINT)
         # Every position up to `scanned` is final and published (rolled-back ones included),
         # so the lag is measured from it, not from the last event's position.
         scanned = checkpoint
-        saved, saved_at = checkpoint, time.monotonic()
+        self.published_up_to = self._saved = checkpoint
+        saved_at = time.monotonic()
         broker_down = False
         backoff = 0.1
         while True:
@@ -125,11 +139,16 @@ class Relay:
             horizon = await EventStore.read_horizon(conn)
             metrics.RELAY_LAG.set(max(horizon.last_position - scanned, 0))
             if horizon.last_position <= scanned:
-                if checkpoint > saved:
-                    await EventStore.set_checkpoint(conn, CHECKPOINT, checkpoint)
-                    saved, saved_at = checkpoint, time.monotonic()
+                wait_s = self._idle_poll_s
+                if checkpoint > self._saved:
+                    due_in = saved_at + CHECKPOINT_EVERY_S - time.monotonic()
+                    if due_in <= 0:
+                        await EventStore.set_checkpoint(conn, CHECKPOINT, checkpoint)
+                        self._saved, saved_at = checkpoint, time.monotonic()
+                    else:
+                        wait_s = min(wait_s, due_in)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._appended.wait(), self._idle_poll_s)
+                    await asyncio.wait_for(self._appended.wait(), wait_s)
                 continue
             await EventStore.wait_until_final(conn, horizon, wake=self._appended)
             try:
@@ -145,7 +164,7 @@ class Relay:
                     checkpoint = events[-1].position
                     if time.monotonic() - saved_at >= CHECKPOINT_EVERY_S:
                         await EventStore.set_checkpoint(conn, CHECKPOINT, checkpoint)
-                        saved, saved_at = checkpoint, time.monotonic()
+                        self._saved, saved_at = checkpoint, time.monotonic()
                     self.published_up_to = checkpoint
                     metrics.EVENTS_RELAYED.inc(len(events))
             except BrokerUnavailable as exc:
