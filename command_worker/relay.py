@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 RELAY_LOCK = 0x7265_6C61_79  # "relay"
 CHECKPOINT = "relay:orders.events"
 APPENDED_CHANNEL = "events_appended"
+STOP_GRACE_S = 5.0
+"""How long a stopping relay may take to publish and checkpoint the batch in flight."""
 CHECKPOINT_EVERY_S = 1.0
 """The checkpoint is written at most this often, and this long at the latest after the relay
 caught up: a crash republishes at most this much, which projectors drop as duplicates."""
@@ -56,6 +58,7 @@ class Relay:
         self._batch_size = batch_size
         self._idle_poll_s = idle_poll_s
         self._appended = asyncio.Event()
+        self._stopping = asyncio.Event()
         self.is_leader = False
         self.published_up_to = 0
         self._saved: int | None = None
@@ -63,19 +66,27 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        self._stopping.clear()
         self._task = asyncio.create_task(self.run(), name="relay")
 
-    async def stop(self) -> None:
-        """Stop relaying; the advisory lock goes with the connection, to the next leader."""
-        if self._task is not None:
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop relaying: the batch in flight is published and checkpointed first (for up to
+        `grace_s`; then it is cancelled and republished by the next leader). The advisory lock
+        goes with the connection, to the next leader."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        self._appended.set()
+        done, _ = await asyncio.wait({self._task}, timeout=grace_s)
+        if not done:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
 
     async def run(self) -> None:
-        """Relay until cancelled; any failure restarts the session after a pause."""
+        """Relay until stopped; any failure restarts the session after a pause."""
         backoff = 0.1
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self._session()
             except asyncio.CancelledError:
@@ -90,17 +101,22 @@ class Relay:
             except Exception:
                 log.exception("relay failed")
             self.is_leader = False
-            await asyncio.sleep(backoff)
+            await self._pause(backoff)
             backoff = min(backoff * 2, 2.0)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, unless the relay is being stopped."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _session(self) -> None:
         conn = await connect(self._database_url)
         try:
             # Polling: the lock's release is only visible by asking for it again.
-            while not await conn.fetchval(  # noqa: ASYNC110
-                "SELECT pg_try_advisory_lock($1)", RELAY_LOCK
-            ):
-                await asyncio.sleep(self._idle_poll_s)
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+                if self._stopping.is_set():
+                    return
+                await self._pause(self._idle_poll_s)
             self.is_leader = True
             metrics.RELAY_LEADER.set(1)
             log.info("relay leading")
@@ -134,7 +150,7 @@ class Relay:
         saved_at = time.monotonic()
         broker_down = False
         backoff = 0.1
-        while True:
+        while not self._stopping.is_set():
             self._appended.clear()
             horizon = await EventStore.read_horizon(conn)
             metrics.RELAY_LAG.set(max(horizon.last_position - scanned, 0))
@@ -167,13 +183,15 @@ class Relay:
                         self._saved, saved_at = checkpoint, time.monotonic()
                     self.published_up_to = checkpoint
                     metrics.EVENTS_RELAYED.inc(len(events))
+                    if self._stopping.is_set():
+                        return
             except BrokerUnavailable as exc:
                 # Keep the lead and the lag gauge current while RabbitMQ is away; a restarted
                 # session would only hand the lock around the command workers.
                 if not broker_down:
                     log.warning("relay waiting for RabbitMQ: %s", exc)
                     broker_down = True
-                await asyncio.sleep(backoff)
+                await self._pause(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
             if broker_down:
