@@ -542,7 +542,7 @@ class Rebuild:
                 summary.skipped += 1
                 log.error("skipping event %s at %d: %s", event.event_id, event.position, exc)
                 if event is not last:
-                    gaps[stream_id] = last.version
+                    gaps[stream_id] = max(gaps.get(stream_id, 0), last.version)
                 break
             await self._writer.replay_into(pipe, event, change, generation, record_commands=record)
             queued.append((event, 1))
