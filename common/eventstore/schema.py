@@ -91,6 +91,12 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 3: the relay's horizon in one round trip, its two reads in their required order.
     """
+    CREATE FUNCTION running_transactions() RETURNS bigint[] LANGUAGE sql AS $$
+        SELECT coalesce(array_agg(backend_xid::text::bigint), '{}')
+        FROM pg_stat_activity
+        WHERE datname = current_database() AND backend_xid IS NOT NULL
+    $$;
+
     CREATE FUNCTION read_horizon(OUT last_position bigint, OUT running bigint[])
     LANGUAGE plpgsql AS $$
     BEGIN
@@ -98,9 +104,7 @@ MIGRATIONS: tuple[str, ...] = (
         FROM events_position_seq;
         -- Read after the sequence: the function's first look at pg_stat_activity, so the
         -- statistics snapshot (kept for the rest of the transaction) is taken only now.
-        SELECT coalesce(array_agg(backend_xid::text::bigint), '{}') INTO running
-        FROM pg_stat_activity
-        WHERE datname = current_database() AND backend_xid IS NOT NULL;
+        running := running_transactions();
     END
     $$;
     """,
