@@ -183,10 +183,17 @@ def history_entry(event: RecordedEvent) -> bytes:
 
 def search_tokens(view: OrderView) -> set[str]:
     """The tokens an order is found by: its id, its customer, its products, its address."""
-    tokens = identifier_tokens(
-        [view.order_id, view.customer_id, *(line.product_id for line in view.lines)]
-    )
+    return _identity_tokens(view) | _product_tokens(view)
+
+
+def _identity_tokens(view: OrderView) -> set[str]:
+    """The tokens of what an order is created with and keeps: id, customer, address."""
+    tokens = identifier_tokens([view.order_id, view.customer_id])
     return tokens | text_tokens(value for _field, value in view.shipping_address)
+
+
+def _product_tokens(view: OrderView) -> set[str]:
+    return identifier_tokens(line.product_id for line in view.lines)
 
 
 def index_entries(view: OrderView) -> dict[str, str]:
@@ -200,9 +207,7 @@ def _creation_entries(view: OrderView) -> dict[str, str]:
     """The entries of what an order is created with and keeps: its id, customer, address."""
     created = str(view.created_score)
     entries = {BY_CREATED: created, customer_suffix(view.customer_id): created}
-    tokens = identifier_tokens([view.order_id, view.customer_id])
-    tokens |= text_tokens(value for _field, value in view.shipping_address)
-    for token in sorted(tokens):
+    for token in sorted(_identity_tokens(view)):
         entries[token_suffix(token)] = created
     return entries
 
@@ -214,7 +219,7 @@ def _state_entries(view: OrderView) -> dict[str, str]:
         customer_suffix(view.customer_id, view.status): created,
         status_suffix(view.status): created,
     }
-    for token in sorted(identifier_tokens(line.product_id for line in view.lines)):
+    for token in sorted(_product_tokens(view)):
         entries[token_suffix(token)] = created
     entries[BY_TOTAL] = money_str(view.total_amount)
     return entries

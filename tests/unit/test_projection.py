@@ -352,6 +352,8 @@ def test_payload_may_carry_its_type() -> None:
 def test_tokens_and_query_terms_agree() -> None:
     view = run(created(line("p-1", 1, "1.00")))
     tokens = search_tokens(view)
+    indexed = {k.removeprefix("token:") for k in index_entries(view) if k.startswith("token:")}
+    assert indexed == tokens
     for query in ("main-street", "Main", "LONDON", "nw1", "ada lovelace", "P-1", str(ORDER)):
         assert set(query_terms(query)) <= tokens, query
     assert text_tokens(["  "]) == set()
