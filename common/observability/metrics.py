@@ -127,17 +127,17 @@ class _GcWatch:
     installed = False
 
     def __init__(self) -> None:
-        self._children = [GC_PAUSES.labels(str(generation)) for generation in range(3)]
-        """Generation 0's child stays at zero; it is there so the series exist for all three."""
+        self._children = {generation: GC_PAUSES.labels(str(generation)) for generation in (1, 2)}
         self._started = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if not info["generation"]:
+        child = self._children.get(info["generation"])
+        if child is None:
             return
         if phase == "start":
             self._started = time.thread_time()
             return
-        self._children[info["generation"]].observe(time.thread_time() - self._started)
+        child.observe(time.thread_time() - self._started)
 
 
 def watch_gc_pauses() -> None:
