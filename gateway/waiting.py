@@ -2,9 +2,10 @@
 
 One pub/sub connection per gateway, subscribed to the two channels of
 `common/readmodel/notifications.py` while anyone waits: from the first wait until `linger_s`
-pass without one. Every projected event publishes on both channels, so a
-gateway nobody asks to wait would otherwise spend a good part of its CPU reading and dropping
-them. A wait registers a future *before* it reads the current state: a change after the read
+pass without one. Every projected event publishes on both channels, so a gateway nobody asks
+to wait would otherwise spend a good part of its CPU reading and dropping them.
+
+A wait registers a future *before* it reads the current state: a change after the read
 arrives as a message, a change before it is in the read, so nothing slips between the two.
 Each (re)subscription makes every pending wait read the state again (messages published while
 unsubscribed are lost), so a wait that starts the subscription is as safe as any. No polling.
