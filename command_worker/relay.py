@@ -185,6 +185,8 @@ class Relay:
                     metrics.EVENTS_RELAYED.inc(len(events))
                     if self._stopping.is_set():
                         return
+                    if len(events) < self._batch_size:
+                        break  # a short read ends the range: no empty read to confirm it
             except BrokerUnavailable as exc:
                 # Keep the lead and the lag gauge current while RabbitMQ is away; a restarted
                 # session would only hand the lock around the command workers.

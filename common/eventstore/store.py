@@ -149,11 +149,11 @@ def _record(row: asyncpg.Record) -> RecordedEvent:
 
 
 _RUNNING_HERE = "SELECT running_transactions()"
-"""The ids of this database's running transactions (a SQL function, see `schema.py`, which
-`read_horizon` also calls). `pg_stat_activity` shows every backend's transaction id to any user,
-from the id the backend holds, not from a snapshot. Transactions of other databases on the
-server cannot take our positions, and are left out: one left open there (a report, a forgotten
-session, another application) would otherwise stop the relay."""
+"""The ids of this database's running transactions (a PL/pgSQL function, see `schema.py`,
+which `read_horizon` also calls). `pg_stat_activity` shows every backend's transaction id to
+any user, from the id the backend holds, not from a snapshot. Transactions of other databases
+on the server cannot take our positions, and are left out: one left open there (a report, a
+forgotten session, another application) would otherwise stop the relay."""
 
 EVENT_COLUMNS = "position, stream_id, version, event_id, type, data, metadata, recorded_at"
 

@@ -280,6 +280,21 @@ async def test_a_connection_released_inside_a_transaction_comes_back_without_it(
         assert await conn.fetchval("SELECT count(*) FROM checkpoints WHERE name = 'stray'") == 0
 
 
+async def test_the_horizon_functions_keep_their_plans_for_the_session(pg: asyncpg.Pool) -> None:
+    """The relay reads the horizon after every append. A LANGUAGE sql function that PostgreSQL
+    cannot inline is parsed and planned again on every call (`pg_stat_activity` is a view over
+    three relations), which cost five times the query itself; PL/pgSQL keeps the plan."""
+    async with pg.acquire() as conn:
+        languages = dict(
+            await conn.fetch(
+                "SELECT p.proname, l.lanname FROM pg_proc p JOIN pg_language l"
+                " ON l.oid = p.prolang WHERE p.proname = ANY($1::text[])",
+                ["running_transactions", "read_horizon"],
+            )
+        )
+        assert languages == {"running_transactions": "plpgsql", "read_horizon": "plpgsql"}
+
+
 async def test_a_session_keeps_reading_by_index_as_the_log_grows(pg: asyncpg.Pool) -> None:
     """A statement prepared while the log was small must not fall back to a plan made for a
     small table. PostgreSQL keeps the generic plan it costed early on (a sequential scan) and
