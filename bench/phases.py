@@ -9,6 +9,7 @@ counts: other work on a shared machine can only slow a round down.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import select
 import subprocess
@@ -108,7 +109,7 @@ class Bench:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.procs = Processes(isolation.env(plan.log_level), self.log_dir)
         self.keys = Keys(isolation.prefix)
-        self.raw: dict[str, Any] = {}
+        self.raw: dict[str, Any] = {"cores": os.cpu_count() or 1}
         self.notes: list[str] = []
         self.floor: Proc | None = None
         self.gateway: Proc | None = None

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from bench.stats import cpu_ms_per_op, percentile, ratio
+from bench.stats import NOT_OURS, cpu_ms_per_op, percentile, ratio
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +304,42 @@ CPU_COSTS = (
 """Per-operation CPU cost of a phase: what a rate would be on an otherwise idle machine."""
 
 
+SERVICES = ("rabbitmq", "postgresql", "redis")
+SATURATED = 0.9
+"""The fraction of the machine's cores busy from which a phase counts as saturated."""
+
+
+def e2e_budget_note(raw: Mapping[str, Any]) -> str | None:
+    """What the e2e target allows per command, against what this run spent, by process.
+
+    The machine's cores bound any rate: commands/s <= cores / CPU per command. Reaching the
+    target ratio therefore means spending at most cores / (ratio x floor rate) per visible
+    command, everything included; the services take their share out of the same cores."""
+    shares = _get(raw, "e2e", "cpu_shares") or {}
+    floor_rate = _get(raw, "floor_publish", "request_rate")
+    rate = _get(raw, "e2e", "visible_rate")
+    cores = raw.get("cores")
+    if not (shares and floor_rate and rate and cores):
+        return None
+    target = next(t.threshold for t in TARGETS if t.key == "e2e_ratio_to_floor")
+    allowed_ms = cores / (target * floor_rate) * 1000
+    spent = {
+        name: cores_used / rate * 1000
+        for name, cores_used in shares.items()
+        if name not in NOT_OURS and not name.startswith(("gen-", "floor"))
+    }
+    services_ms = sum(spent.get(name, 0.0) for name in SERVICES)
+    parts = ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(spent.items(), key=lambda i: -i[1]))
+    text = (
+        f"e2e budget: {target:g} of the floor is {target * floor_rate:,.0f} commands/s, which"
+        f" {cores} cores reach at no more than {allowed_ms:.2f} ms of CPU per command; this run"
+        f" spent {sum(spent.values()):.2f} ms ({parts})"
+    )
+    if services_ms >= allowed_ms:
+        text += f"; RabbitMQ, PostgreSQL and Redis alone spent {services_ms:.2f} ms"
+    return text
+
+
 def lost_commands(raw: dict[str, Any]) -> int:
     """Accepted commands that never became visible, over every phase: each one is a bug."""
     return sum(
@@ -333,11 +369,15 @@ def automatic_notes(raw: Mapping[str, Any]) -> list[str]:
             notes.append(f"{name}: {phase['rejected']} commands were rejected by the domain")
         shares = phase.get("cpu_shares") or {}
         machine, outside = shares.get("machine"), shares.get("outside", 0.0)
-        if machine is not None and machine > 1.8:
-            text = f"{name}: the machine was saturated ({machine:.2f} of 2 cores busy"
+        cores = raw.get("cores", 2)
+        if machine is not None and machine > SATURATED * cores:
+            text = f"{name}: the machine was saturated ({machine:.2f} of {cores} cores busy"
             if outside > 0.2:
                 text += f", {outside:.2f} of them by processes outside this benchmark"
             notes.append(text + ")")
+    budget = e2e_budget_note(raw)
+    if budget:
+        notes.append(budget)
     one = _get(raw, "floor_publish", "request_rate")
     two = _get(raw, "floor_publish_2gen", "request_rate")
     if one and two:

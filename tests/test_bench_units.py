@@ -14,6 +14,7 @@ from bench.report import (
     TARGETS,
     Target,
     automatic_notes,
+    e2e_budget_note,
     figures,
     judge,
     lost_commands,
@@ -170,6 +171,24 @@ def test_notes_flag_a_busy_generator_errors_and_the_generator_check() -> None:
         "e2e: the machine was saturated (1.95 of 2 cores busy, 0.60 of them by processes" in notes
     )
     assert "2 processes gave 1.03x the rate of 1; one generator is not the bottleneck" in notes
+
+
+def test_the_e2e_budget_weighs_what_each_process_spent_against_what_the_target_allows() -> None:
+    e2e = {"gateway": 0.5, "rabbitmq": 0.6, "postgresql": 0.1, "redis": 0.1, "gen-e2e-0": 0.2}
+    raw = {
+        "cores": 2,
+        "floor_publish": {"request_rate": 1000.0},
+        "e2e": {"cpu_shares": {**e2e, "machine": 1.95, "outside": 0.1}, "visible_rate": 500.0},
+    }
+    note = e2e_budget_note(raw)
+    assert note is not None
+    assert "0.7 of the floor is 700 commands/s, which 2 cores reach at no more than 2.86 ms" in note
+    assert "spent 2.60 ms (rabbitmq 1.20, gateway 1.00, postgresql 0.20, redis 0.20)" in note
+    assert "alone" not in note
+    e2e["rabbitmq"] = 1.3
+    raw["e2e"]["cpu_shares"] = e2e
+    assert "RabbitMQ, PostgreSQL and Redis alone spent 3.00 ms" in str(e2e_budget_note(raw))
+    assert e2e_budget_note({**raw, "cores": None}) is None
 
 
 def test_commands_that_never_became_visible_are_counted_over_every_phase() -> None:
