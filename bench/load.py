@@ -236,6 +236,7 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
     await wait_line("go")
 
     clock.start = time.perf_counter()
+    started_epoch = time.time()
     cpu_at_start = cpu_seconds()
     pruner = asyncio.get_running_loop().create_task(_prune_forever(commands))
     if isinstance(loop, OpenLoop):
@@ -254,6 +255,7 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
         "source": config["source"],
         "connections": config["connections"],
         "duration_s": clock.duration_s,
+        "started_epoch": started_epoch,
         "warmup_s": clock.warmup_s,
         "load_wall_s": load_end - clock.start,
         "cpu_s": load_cpu,
@@ -285,8 +287,6 @@ async def run(config: dict[str, Any]) -> dict[str, Any]:
                 "drain_s": max(commands.last_visible - load_end, 0.0),
                 "visible_ms": summarize(commands.latencies_ms),
                 "intended_visible_ms": summarize(commands.intended_latencies_ms),
-                "decided_ms": summarize(commands.worker_ms),
-                "decided_to_visible_ms": summarize(commands.projector_ms),
                 "orders": commands.orders,
                 "orders_closed": commands.book.closed,
                 "subscriber_messages": subscriber.messages if subscriber else 0,

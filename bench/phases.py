@@ -24,7 +24,7 @@ import orjson
 from bench import seed
 from bench.mix import create_requests
 from bench.services import Isolation
-from bench.stats import best_round, merge_results, rate, with_rate
+from bench.stats import best_round, merge_results, rate, split_at_append, with_rate
 from bench.system import (
     OUT,
     Proc,
@@ -274,7 +274,14 @@ class Bench:
             keep_samples=True,
         )
         self.say(f"latency: open loop at {half:.0f} commands/s for {self.plan.latency_s:g}s")
-        self.raw["latency"] = with_rate(self.generate("latency", config))
+        result = with_rate(self.generate("latency", config))
+        appended = run_on_uvloop_value(
+            seed.append_times(self.iso.database_url, result["started_epoch"] - 1)
+        )
+        result["samples"], result["appended_ms"], result["appended_to_visible_ms"] = (
+            split_at_append(result.get("samples", []), result["started_epoch"], appended)
+        )
+        self.raw["latency"] = result
         self.settle("latency")
 
     def phase_queries(self) -> None:

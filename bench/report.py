@@ -151,7 +151,7 @@ def plot(path: Path, latency: Mapping[str, Any], e2e: Mapping[str, Any] | None) 
         return False
     raw_samples = latency.get("samples", [])
     samples = [(float(s[0]), float(s[1])) for s in raw_samples]
-    decided = [(float(s[0]), float(s[2])) for s in raw_samples if len(s) > 2 and s[2] >= 0]
+    appended = [(float(s[0]), float(s[2])) for s in raw_samples if len(s) > 2 and s[2] >= 0]
     summary = latency.get("visible_ms", {})
     fig, axes = plt.subplots(3, 1, figsize=(10, 11))
     over_time, histogram, throughput = axes
@@ -159,14 +159,14 @@ def plot(path: Path, latency: Mapping[str, Any], e2e: Mapping[str, Any] | None) 
         xs = [t for t, _ in samples]
         ys = [ms for _, ms in samples]
         over_time.scatter(xs, ys, s=3, alpha=0.35, label="accepted -> visible")
-        if decided:
+        if appended:
             over_time.scatter(
-                [t for t, _ in decided],
-                [max(ms, 0.01) for _, ms in decided],
+                [t for t, _ in appended],
+                [max(ms, 0.01) for _, ms in appended],
                 s=2,
                 alpha=0.25,
                 color="tab:green",
-                label="accepted -> decided by the worker",
+                label="accepted -> appended by the worker",
             )
         for q, style in ((50, "-"), (99, "--")):
             rx, ry = rolling_percentile(samples, q)
@@ -240,9 +240,6 @@ def figures(raw: Mapping[str, Any], processes: Sequence[Mapping[str, Any]]) -> d
     }
 
 
-LEG_TWO_P99 = ("latency", "decided_to_visible_ms", "p99")
-
-
 def summary_rows(raw: Mapping[str, Any]) -> list[tuple[str, Any]]:
     """The raw figures worth a line in the printed table, in phase order."""
     rows: list[tuple[str, Any]] = []
@@ -272,8 +269,8 @@ def summary_rows(raw: Mapping[str, Any]) -> list[tuple[str, Any]]:
     add("latency: accepted->visible p99 (ms)", "latency", "visible_ms", "p99")
     add("latency: accepted->visible max (ms)", "latency", "visible_ms", "max")
     add("latency: intended send->visible p99 (ms)", "latency", "intended_visible_ms", "p99")
-    add("latency: accepted->decided (worker) p99 (ms)", "latency", "decided_ms", "p99")
-    add("latency: decided->visible (relay+projector) p99", *LEG_TWO_P99)
+    add("latency: accepted->appended (worker) p99 (ms)", "latency", "appended_ms", "p99")
+    add("latency: appended->visible (relay+proj.) p99", "latency", "appended_to_visible_ms", "p99")
     add("latency: HTTP p99 (ms)", "latency", "http_ms", "p99")
     add("queries: floor HGETALL req/s", "floor_hgetall", "request_rate")
     add("queries: GET /orders/{id} req/s", "query_order", "request_rate")

@@ -110,6 +110,22 @@ async def event_count(database_url: str) -> int:
         await conn.close()
 
 
+async def append_times(database_url: str, since_epoch: float) -> dict[str, float]:
+    """When each command's events were appended, by command id, in seconds since the epoch.
+    PostgreSQL's clock is this machine's, so these compare with the generator's times."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT metadata->>'command_id' AS command_id,"
+            " extract(epoch FROM min(recorded_at))::float8 AS at"
+            " FROM events WHERE recorded_at >= to_timestamp($1) GROUP BY 1",
+            since_epoch,
+        )
+    finally:
+        await conn.close()
+    return {row["command_id"]: row["at"] for row in rows}
+
+
 async def seed_events(database_url: str, events: int, seed: int, customers: int) -> int:
     """Append about `events` more events (whole orders), 500 commands per transaction."""
     await prepare_database(database_url)

@@ -90,8 +90,6 @@ class Pending:
     lines: int
     accepted_at: float
     intended_at: float
-    decided_at: float = 0.0
-    """When the command worker's outcome arrived (0 if it was not seen)."""
 
 
 class Commands:
@@ -111,12 +109,8 @@ class Commands:
         self.rejected = 0
         self.latencies_ms: list[float] = []
         self.intended_latencies_ms: list[float] = []
-        self.worker_ms: list[float] = []
-        """Accepted -> the command worker's outcome message."""
-        self.projector_ms: list[float] = []
-        """The worker's outcome -> the projection's message."""
-        self.samples: list[tuple[float, float, float]] = []
-        """(accepted at, accepted -> visible, accepted -> decided or -1), times in s and ms."""
+        self.samples: list[tuple[float, float, str]] = []
+        """(accepted at in s, accepted -> visible in ms, command id) of each visible command."""
         self.orders: list[str] = []
         self.last_visible = 0.0
         self.intended_at = 0.0
@@ -144,7 +138,7 @@ class Commands:
         if early is None:
             self.pending[command_id] = pending
         else:
-            self._settle(pending, early[0] if early[0] > now else now, visible=early[1])
+            self._settle(command_id, pending, max(early[0], now), visible=early[1])
 
     def on_message(self, payload: bytes, now: float) -> None:
         message = orjson.loads(payload)
@@ -154,18 +148,14 @@ class Commands:
         elif message.get("status") in ("rejected", "failed"):
             visible = False
         else:
-            # The worker's "succeeded": the command is decided; its projection follows.
-            decided = self.pending.get(command_id)
-            if decided is not None:
-                decided.decided_at = now
-            return
+            return  # a success the worker reported: its projection follows
         pending = self.pending.pop(command_id, None)
         if pending is None:
             self.early[command_id] = (now, visible)
         else:
-            self._settle(pending, now, visible=visible)
+            self._settle(command_id, pending, now, visible=visible)
 
-    def _settle(self, pending: Pending, now: float, *, visible: bool) -> None:
+    def _settle(self, cid: str, pending: Pending, now: float, *, visible: bool) -> None:
         if not visible:
             self.rejected += 1
             self.book.rejected(pending.order_id)
@@ -175,14 +165,7 @@ class Commands:
         latency = (now - pending.accepted_at) * 1000
         self.latencies_ms.append(latency)
         self.intended_latencies_ms.append((now - pending.intended_at) * 1000)
-        worker_leg = -1.0
-        if pending.decided_at:
-            worker_leg = (pending.decided_at - pending.accepted_at) * 1000
-            self.worker_ms.append(worker_leg)
-            self.projector_ms.append((now - pending.decided_at) * 1000)
-        self.samples.append(
-            (round(self.clock.at(pending.accepted_at), 4), round(latency, 3), round(worker_leg, 3))
-        )
+        self.samples.append((round(self.clock.at(pending.accepted_at), 4), round(latency, 3), cid))
         self.book.visible(pending.kind, pending.order_id, pending.lines)
         if pending.kind == "create" and len(self.orders) < SAMPLE_LIMIT:
             self.orders.append(pending.order_id)

@@ -111,6 +111,31 @@ def merge_results(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def split_at_append(
+    samples: list[tuple[float, float, str]], started_epoch: float, appended: dict[str, float]
+) -> tuple[list[tuple[float, float, float]], dict[str, Any], dict[str, Any]]:
+    """Split each command's way to the views where its events were appended.
+
+    `samples` are (accepted at, accepted -> visible ms, command id) with times from the load's
+    start at `started_epoch`; `appended` maps command ids to their append, in epoch seconds.
+    Returns the samples as (accepted at, accepted -> visible ms, accepted -> appended ms or -1)
+    and the summaries of the two legs: the worker's, and the relay's plus the projector's. A
+    worker may append before the 202 reaches the client; that leg counts as 0."""
+    split: list[tuple[float, float, float]] = []
+    worker: list[float] = []
+    rest: list[float] = []
+    for at, latency_ms, command_id in samples:
+        appended_at = appended.get(command_id)
+        if appended_at is None:
+            split.append((at, latency_ms, -1.0))
+            continue
+        leg = min(max((appended_at - started_epoch - at) * 1000, 0.0), latency_ms)
+        worker.append(leg)
+        rest.append(latency_ms - leg)
+        split.append((at, latency_ms, round(leg, 3)))
+    return split, summarize(worker), summarize(rest)
+
+
 NOT_OURS = ("machine", "outside")
 
 

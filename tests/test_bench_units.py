@@ -28,6 +28,7 @@ from bench.stats import (
     merge_results,
     percentile,
     ratio,
+    split_at_append,
     summarize,
     with_rate,
 )
@@ -345,9 +346,7 @@ def test_a_command_is_visible_when_its_projection_arrives() -> None:
     commands.on_message(projected("c1"), 102.025)
     assert commands.visible.total == 1
     assert commands.latencies_ms == [pytest.approx(25.0)]
-    assert commands.worker_ms == [pytest.approx(10.0)]
-    assert commands.projector_ms == [pytest.approx(15.0)]
-    assert commands.samples == [(2.0, 25.0, 10.0)]
+    assert commands.samples == [(2.0, 25.0, "c1")]
     assert commands.book.ready == 1
     assert commands.orders == ["o1"]
     assert commands.accepted.per_second == [0, 0, 1]
@@ -362,6 +361,17 @@ def test_a_projection_that_beats_the_202_counts_with_zero_latency() -> None:
     assert commands.visible.total == 1
     assert commands.latencies_ms == [0.0]
     assert not commands.early
+
+
+def test_the_way_to_the_views_splits_where_the_events_were_appended() -> None:
+    started = 1_000.0
+    samples = [(1.0, 30.0, "a"), (2.0, 8.0, "early"), (3.0, 20.0, "unknown")]
+    appended = {"a": started + 1.012, "early": started + 1.999}
+    split, worker, rest = split_at_append(samples, started, appended)
+    assert split == [(1.0, 30.0, 12.0), (2.0, 8.0, 0.0), (3.0, 20.0, -1.0)]
+    assert worker["count"] == rest["count"] == 2
+    assert worker["max"] == pytest.approx(12.0)
+    assert rest["max"] == pytest.approx(18.0)  # "early" was appended before its 202 arrived
 
 
 def test_rejections_settle_without_visibility_and_others_are_pruned() -> None:
