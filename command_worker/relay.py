@@ -58,6 +58,8 @@ class Relay:
         self._batch_size = batch_size
         self._idle_poll_s = idle_poll_s
         self._appended = asyncio.Event()
+        self._notified = 0
+        """Commits heard of (NOTIFY): the relay reads again only after one, or the idle poll."""
         self._stopping = asyncio.Event()
         self.is_leader = False
         self.published_up_to = 0
@@ -123,13 +125,17 @@ class Relay:
             # The checkpoint is a hint: one lost in a crash of PostgreSQL only republishes
             # events, which projectors drop as duplicates. Its writes need not wait for a flush.
             await conn.execute("SET synchronous_commit = off")
-            await conn.add_listener(APPENDED_CHANNEL, lambda *_: self._appended.set())
+            await conn.add_listener(APPENDED_CHANNEL, lambda *_: self._heard())
             await self._relay(conn)
         finally:
             self.is_leader = False
             metrics.RELAY_LEADER.set(0)
             await asyncio.shield(self._save_on_leaving(conn))
             await asyncio.shield(conn.close())
+
+    def _heard(self) -> None:
+        self._notified += 1
+        self._appended.set()
 
     async def _save_on_leaving(self, conn: asyncpg.Connection) -> None:
         """Write the checkpoint still pending, while the lock is held, so a stop or handover
@@ -150,11 +156,11 @@ class Relay:
         saved_at = time.monotonic()
         broker_down = False
         backoff = 0.1
+        caught_up = False
         while not self._stopping.is_set():
-            self._appended.clear()
-            horizon = await EventStore.read_horizon(conn)
-            metrics.RELAY_LAG.set(max(horizon.last_position - scanned, 0))
-            if horizon.last_position <= scanned:
+            if caught_up:
+                # Nothing was committed since the last read: wait for a commit (or the idle
+                # poll), writing the checkpoint once it is due.
                 wait_s = self._idle_poll_s
                 if checkpoint > self._saved:
                     due_in = saved_at + CHECKPOINT_EVERY_S - time.monotonic()
@@ -165,6 +171,14 @@ class Relay:
                         wait_s = min(wait_s, due_in)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._appended.wait(), wait_s)
+                if self._stopping.is_set():
+                    return
+            heard = self._notified
+            self._appended.clear()
+            horizon = await EventStore.read_horizon(conn)
+            metrics.RELAY_LAG.set(max(horizon.last_position - scanned, 0))
+            caught_up = horizon.last_position <= scanned
+            if caught_up:
                 continue
             await EventStore.wait_until_final(conn, horizon, wake=self._appended)
             try:
@@ -200,3 +214,5 @@ class Relay:
                 log.info("relay publishing again")
                 broker_down, backoff = False, 0.1
             scanned = horizon.last_position
+            # A commit heard since the horizon was read may lie above it; none: caught up.
+            caught_up = self._notified == heard
