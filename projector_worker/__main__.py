@@ -17,6 +17,7 @@ from common.observability.logging import configure_logging
 from common.process import install_stop_signals, run
 from common.readmodel.keys import Keys
 from common.settings import get_settings
+from projector_worker.helpers import Forked, Helpers
 from projector_worker.rebuild import Progress, Rebuild, RebuildAborted, RebuildBusy
 from projector_worker.redis_views import ViewWriter, open_redis
 
@@ -78,7 +79,7 @@ async def _serve() -> int:
     return 0
 
 
-async def _rebuild(args: argparse.Namespace) -> int:
+async def _rebuild(args: argparse.Namespace, helpers: Helpers) -> int:
     settings = get_settings()
     await prepare_database(settings.database_url)
     pool = await create_pool(settings.database_url, 2)
@@ -92,6 +93,7 @@ async def _rebuild(args: argparse.Namespace) -> int:
             progress=progress,
             restore_commands=args.restore_commands,
             partitions=args.partitions,
+            helpers=helpers,
         )
         summary = await rebuild.run()
     except (RebuildBusy, RebuildAborted) as exc:
@@ -152,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_dlq_command(args, settings, PROJECTOR_QUEUE)
     configure_logging("projector", settings.log_level)
     if args.command == "rebuild":
-        return run(lambda: _rebuild(args))
+        # Forked now, before any connection or event loop: loaded helpers start at once.
+        helpers = Helpers([Forked(main) for _ in range(args.partitions - 1)])
+        try:
+            return run(lambda: _rebuild(args, helpers))
+        finally:
+            helpers.discard_unused()
     if args.command == "replay-partition":
         return run(lambda: _replay_partition(args))
     if args.command == "status":

@@ -41,6 +41,7 @@ from common.readmodel.keys import Keys
 from common.readmodel.notifications import generation_message
 from common.readmodel.order_view import OrderView
 from projector_worker import scripts
+from projector_worker.helpers import Helper, Helpers
 from projector_worker.projection import ProjectionError, parse_payload, plan, plan_run
 from projector_worker.redis_views import ViewWriter
 
@@ -205,6 +206,7 @@ class Rebuild:
         restore_commands: bool = False,
         cache_size: int = 100_000,
         partitions: int = 1,
+        helpers: Helpers | None = None,
     ) -> None:
         self._writer = writer
         self._redis = writer.redis
@@ -215,6 +217,7 @@ class Rebuild:
         self._progress = progress or Progress(stream=None)
         self._restore_commands = restore_commands
         self._partitions = max(partitions, 1)
+        self._helpers = helpers or Helpers()
         self._views: OrderedDict[str, OrderView] = OrderedDict()
         self._cache_size = cache_size
         self._begin = self._redis.register_script(scripts.BEGIN_REBUILD)
@@ -331,50 +334,46 @@ class Rebuild:
         """Replay up to `up_to` in `partitions` processes side by side (this one and helpers
         started for the others), each applying the streams of its partition in order."""
         count = self._partitions
-        helpers: list[asyncio.subprocess.Process] = []
+        started: list[tuple[Helper, asyncio.StreamReader]] = []
         try:
             for index in range(1, count):
-                helpers.append(
-                    await asyncio.create_subprocess_exec(
-                        sys.executable,
-                        "-m",
-                        "projector_worker",
-                        "replay-partition",
-                        "--generation",
-                        str(summary.generation),
-                        "--up-to",
-                        str(up_to),
-                        "--partition",
-                        str(Partition(index, count)),
-                        "--batch-size",
-                        str(self._batch_size),
-                        *(["--record-commands"] if record else []),
-                        stdout=asyncio.subprocess.PIPE,
-                    )
-                )
+                helper = self._helpers.take()
+                argv = [
+                    "--generation",
+                    str(summary.generation),
+                    "--up-to",
+                    str(up_to),
+                    "--partition",
+                    str(Partition(index, count)),
+                    "--batch-size",
+                    str(self._batch_size),
+                    *(["--record-commands"] if record else []),
+                ]
+                started.append((helper, await helper.start(argv)))
             async with asyncio.TaskGroup() as group:
                 group.create_task(
                     self._replay_range(
                         conn, 0, up_to, summary, record, lock=lock, partition=Partition(0, count)
                     )
                 )
-                for helper in helpers:
-                    group.create_task(self._follow(helper, summary, lock))
+                for helper, stdout in started:
+                    group.create_task(self._follow(helper, stdout, summary, lock))
         except BaseExceptionGroup as group_error:
             raise group_error.exceptions[0] from group_error
         finally:
-            for helper in helpers:
-                if helper.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        helper.kill()
-                    await helper.wait()
+            for helper, _ in started:
+                helper.kill()  # if it still runs
+                await helper.wait()
 
     async def _follow(
-        self, helper: asyncio.subprocess.Process, summary: RebuildSummary, lock: RebuildLock
+        self,
+        helper: Helper,
+        stdout: asyncio.StreamReader,
+        summary: RebuildSummary,
+        lock: RebuildLock,
     ) -> None:
         """Count a helper's progress into `summary`; fail if it fails."""
-        assert helper.stdout is not None
-        async for line in helper.stdout:
+        async for line in stdout:
             report = orjson.loads(line)
             summary.events += report.get("events", 0)
             summary.applied += report.get("applied", 0)
