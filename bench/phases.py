@@ -109,7 +109,7 @@ class Bench:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.procs = Processes(isolation.env(plan.log_level), self.log_dir)
         self.keys = Keys(isolation.prefix)
-        self.raw: dict[str, Any] = {"cores": os.cpu_count() or 1}
+        self.raw: dict[str, Any] = {"cores": len(os.sched_getaffinity(0))}
         self.notes: list[str] = []
         self.floor: Proc | None = None
         self.gateway: Proc | None = None

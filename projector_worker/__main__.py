@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("projector", settings.log_level)
     if args.command == "rebuild":
         # Forked now, before any connection or event loop: loaded helpers start at once.
-        helpers = Helpers([Forked(main) for _ in range(args.partitions - 1)])
+        forked = args.partitions - 1 if Forked.supported() else 0
+        helpers = Helpers([Forked(main) for _ in range(forked)])
         try:
             return run(lambda: _rebuild(args, helpers))
         finally:

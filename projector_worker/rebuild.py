@@ -334,10 +334,12 @@ class Rebuild:
         """Replay up to `up_to` in `partitions` processes side by side (this one and helpers
         started for the others), each applying the streams of its partition in order."""
         count = self._partitions
-        started: list[tuple[Helper, asyncio.StreamReader]] = []
+        taken: list[Helper] = []
+        outputs: list[asyncio.StreamReader] = []
         try:
             for index in range(1, count):
                 helper = self._helpers.take()
+                taken.append(helper)
                 argv = [
                     "--generation",
                     str(summary.generation),
@@ -349,19 +351,19 @@ class Rebuild:
                     str(self._batch_size),
                     *(["--record-commands"] if record else []),
                 ]
-                started.append((helper, await helper.start(argv)))
+                outputs.append(await helper.start(argv))
             async with asyncio.TaskGroup() as group:
                 group.create_task(
                     self._replay_range(
                         conn, 0, up_to, summary, record, lock=lock, partition=Partition(0, count)
                     )
                 )
-                for helper, stdout in started:
+                for helper, stdout in zip(taken, outputs, strict=True):
                     group.create_task(self._follow(helper, stdout, summary, lock))
         except BaseExceptionGroup as group_error:
             raise group_error.exceptions[0] from group_error
         finally:
-            for helper, _ in started:
+            for helper in taken:
                 helper.kill()  # if it still runs
                 await helper.wait()
 
