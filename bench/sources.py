@@ -148,7 +148,7 @@ class Commands:
         elif message.get("status") in ("rejected", "failed"):
             visible = False
         else:
-            return  # a success the worker reported: its projection follows
+            return  # not an outcome: only projections and rejections settle a command
         pending = self.pending.pop(command_id, None)
         if pending is None:
             self.early[command_id] = (now, visible)
