@@ -38,6 +38,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="seconds left out of the steady window")
     parser.add_argument("--floor-duration", type=float, help="seconds of the publish floor")
     parser.add_argument("--latency-duration", type=float, help="seconds of the open loop")
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        help="commands/s of the open loop, to compare runs (default: half the e2e rate)",
+    )
     parser.add_argument("--query-duration", type=float, help="seconds of each query loop")
     parser.add_argument(
         "--query-rounds", type=int, help="rounds of floor/query turns; the best counts"
@@ -77,6 +82,7 @@ def plan_of(args: argparse.Namespace) -> Plan:
         "warmup_s": args.warmup,
         "floor_s": args.floor_duration,
         "latency_s": args.latency_duration,
+        "latency_rate": args.latency_rate,
         "query_s": args.query_duration,
         "query_rounds": args.query_rounds,
         "floor_rounds": args.floor_rounds,

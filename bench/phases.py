@@ -51,6 +51,8 @@ class Plan:
     floor_rounds: int
     rebuild_events: int
     drain_timeout_s: float
+    latency_rate: float | None = None
+    """The open loop's rate; None: half the measured e2e rate (the issue's definition)."""
     open_connections: int = 64
     customers: int = 500
     generator_check: bool = True
@@ -264,7 +266,7 @@ class Bench:
     def phase_latency(self, max_rate: float) -> None:
         assert self.gateway is not None
         assert self.gateway.port is not None
-        half = max(max_rate / 2, 1.0)
+        half = self.plan.latency_rate or max(max_rate / 2, 1.0)
         config = self.command_config(self.gateway.port, mode="open")
         config.update(
             rate=half,
