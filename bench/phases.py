@@ -267,6 +267,8 @@ class Bench:
         assert self.gateway is not None
         assert self.gateway.port is not None
         half = self.plan.latency_rate or max(max_rate / 2, 1.0)
+        if self.plan.latency_rate:
+            self.notes.append(f"latency: at the given {half:g} commands/s, not half the e2e rate")
         config = self.command_config(self.gateway.port, mode="open")
         config.update(
             rate=half,
