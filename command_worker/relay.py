@@ -6,6 +6,13 @@ least once, in global-position order, remembering its progress in the `checkpoin
 crash between publish and checkpoint republishes what followed it; projectors drop the
 duplicates by stream version.
 
+Up to `MAX_IN_FLIGHT` batches are published and awaiting their confirms while the next one is
+read and sent: a confirm takes milliseconds (a quorum queue writes to disk first), and waiting
+for each before reading on made the relay a queue of its own at modest rates. Only a confirmed
+prefix of the log counts as published. If any batch fails, the ones after it are dropped too
+and everything from the confirmed prefix on is sent again: duplicates, and events arriving
+after their successors, are what projectors already handle (by version, and by catching up).
+
 It only reads below the gap-safe horizon (`EventStore.read_horizon`), so an event whose
 transaction commits after one with a higher position is never skipped. One relay per database
 is active at a time: each command worker runs one, and they elect a leader with a session
@@ -18,7 +25,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -36,10 +46,21 @@ RELAY_LOCK = 0x7265_6C61_79  # "relay"
 CHECKPOINT = "relay:orders.events"
 APPENDED_CHANNEL = "events_appended"
 STOP_GRACE_S = 5.0
-"""How long a stopping relay may take to publish and checkpoint the batch in flight."""
+"""How long a stopping relay may take to publish and checkpoint the batches in flight."""
 CHECKPOINT_EVERY_S = 1.0
 """The checkpoint is written at most this often, and this long at the latest after the relay
 caught up: a crash republishes at most this much, which projectors drop as duplicates."""
+MAX_IN_FLIGHT = 8
+"""Batches published and not yet confirmed."""
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A batch published, its confirms awaited by `task`."""
+
+    task: asyncio.Task[None]
+    up_to: int
+    events: int
 
 
 class Relay:
@@ -65,6 +86,7 @@ class Relay:
         self.published_up_to = 0
         self._saved: int | None = None
         """The checkpoint last written, while this relay leads."""
+        self._saved_at = 0.0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -72,9 +94,9 @@ class Relay:
         self._task = asyncio.create_task(self.run(), name="relay")
 
     async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Stop relaying: the batch in flight is published and checkpointed first (for up to
-        `grace_s`; then it is cancelled and republished by the next leader). The advisory lock
-        goes with the connection, to the next leader."""
+        """Stop relaying: the batches in flight are confirmed and checkpointed first (for up to
+        `grace_s`; then what is unconfirmed is dropped and republished by the next leader). The
+        advisory lock goes with the connection, to the next leader."""
         if self._task is None:
             return
         self._stopping.set()
@@ -148,71 +170,123 @@ class Relay:
                 )
 
     async def _relay(self, conn: asyncpg.Connection) -> None:
-        checkpoint = await EventStore.get_checkpoint(conn, CHECKPOINT)
-        # Every position up to `scanned` is final and published (rolled-back ones included),
-        # so the lag is measured from it, not from the last event's position.
-        scanned = checkpoint
-        self.published_up_to = self._saved = checkpoint
-        saved_at = time.monotonic()
+        self.published_up_to = self._saved = await EventStore.get_checkpoint(conn, CHECKPOINT)
+        # `sent`: every event up to it is published, confirmed or not. `scanned`: every
+        # position up to it is final and sent (rolled-back ones included), so the lag is
+        # measured from it, not from the last event's position.
+        sent = scanned = self.published_up_to
+        in_flight: deque[_Sent] = deque()
+        self._saved_at = time.monotonic()
+        heard: int | None = None  # the commits heard at the last read; None: read now
+        read_at = 0.0
         broker_down = False
         backoff = 0.1
-        caught_up = False
-        while not self._stopping.is_set():
-            if caught_up:
-                # Nothing was committed since the last read: wait for a commit (or the idle
-                # poll), writing the checkpoint once it is due.
-                wait_s = self._idle_poll_s
-                if checkpoint > self._saved:
-                    due_in = saved_at + CHECKPOINT_EVERY_S - time.monotonic()
-                    if due_in <= 0:
-                        await EventStore.set_checkpoint(conn, CHECKPOINT, checkpoint)
-                        self._saved, saved_at = checkpoint, time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if self._confirmed(in_flight) and broker_down:
+                        log.info("relay publishing again")
+                        broker_down, backoff = False, 0.1
+                    await self._checkpoint_if_due(conn)
+                    idle_s = read_at + self._idle_poll_s - time.monotonic()
+                    if heard == self._notified and idle_s > 0:
+                        # Nothing was committed since the last read: wait for a commit, a
+                        # confirm, the checkpoint's turn or the idle poll.
+                        await self._wait(in_flight, min(idle_s, self._checkpoint_due_in()))
+                        continue
+                    heard = self._notified
+                    self._appended.clear()
+                    horizon = await EventStore.read_horizon(conn)
+                    read_at = time.monotonic()
+                    metrics.RELAY_LAG.set(max(horizon.last_position - scanned, 0))
+                    if horizon.last_position <= scanned:
+                        continue
+                    await EventStore.wait_until_final(conn, horizon, wake=self._appended)
+                    while not self._stopping.is_set():
+                        events = await EventStore.read_range(
+                            conn, sent, horizon.last_position, self._batch_size
+                        )
+                        if not events:
+                            break
+                        while len(in_flight) >= MAX_IN_FLIGHT:
+                            await asyncio.wait({in_flight[0].task})
+                            self._confirmed(in_flight)
+                        publish = self._publisher().publish_many(
+                            EVENTS_EXCHANGE, [("", event_message(event)) for event in events]
+                        )
+                        sent = events[-1].position
+                        in_flight.append(_Sent(asyncio.create_task(publish), sent, len(events)))
+                        await self._checkpoint_if_due(conn)
+                        if len(events) < self._batch_size:
+                            break  # a short read ends the range: no empty read to confirm it
                     else:
-                        wait_s = min(wait_s, due_in)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._appended.wait(), wait_s)
-                if self._stopping.is_set():
-                    return
-            heard = self._notified
-            self._appended.clear()
-            horizon = await EventStore.read_horizon(conn)
-            metrics.RELAY_LAG.set(max(horizon.last_position - scanned, 0))
-            caught_up = horizon.last_position <= scanned
-            if caught_up:
-                continue
-            await EventStore.wait_until_final(conn, horizon, wake=self._appended)
-            try:
-                while True:
-                    events = await EventStore.read_range(
-                        conn, checkpoint, horizon.last_position, self._batch_size
-                    )
-                    if not events:
                         break
-                    await self._publisher().publish_many(
-                        EVENTS_EXCHANGE, [("", event_message(event)) for event in events]
-                    )
-                    checkpoint = events[-1].position
-                    if time.monotonic() - saved_at >= CHECKPOINT_EVERY_S:
-                        await EventStore.set_checkpoint(conn, CHECKPOINT, checkpoint)
-                        self._saved, saved_at = checkpoint, time.monotonic()
-                    self.published_up_to = checkpoint
-                    metrics.EVENTS_RELAYED.inc(len(events))
-                    if self._stopping.is_set():
-                        return
-                    if len(events) < self._batch_size:
-                        break  # a short read ends the range: no empty read to confirm it
-            except BrokerUnavailable as exc:
-                # Keep the lead and the lag gauge current while RabbitMQ is away; a restarted
-                # session would only hand the lock around the command workers.
-                if not broker_down:
-                    log.warning("relay waiting for RabbitMQ: %s", exc)
-                    broker_down = True
-                await self._pause(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            if broker_down:
-                log.info("relay publishing again")
-                broker_down, backoff = False, 0.1
-            scanned = horizon.last_position
-            # A commit heard since the horizon was read may lie above it; none: caught up.
-            caught_up = self._notified == heard
+                    scanned = horizon.last_position
+                except BrokerUnavailable as exc:
+                    # Keep the lead and the lag gauge current while RabbitMQ is away; a
+                    # restarted session would only hand the lock around the command workers.
+                    if not broker_down:
+                        log.warning("relay waiting for RabbitMQ: %s", exc)
+                        broker_down = True
+                    await _drop(in_flight)
+                    sent = scanned = self.published_up_to
+                    heard = None
+                    await self._pause(backoff)
+                    backoff = min(backoff * 2, 2.0)
+            # Stopping: the batches in flight get their confirms (`stop` bounds the wait).
+            if in_flight:
+                await asyncio.wait([batch.task for batch in in_flight])
+                with contextlib.suppress(BrokerUnavailable):
+                    self._confirmed(in_flight)
+        finally:
+            await _drop(in_flight)
+
+    def _confirmed(self, in_flight: deque[_Sent]) -> int:
+        """Count the batches confirmed at the head of `in_flight` as published (how many);
+        raise `BrokerUnavailable` if the first one done failed."""
+        confirmed = 0
+        while in_flight and in_flight[0].task.done():
+            batch = in_flight.popleft()
+            if batch.task.cancelled():
+                raise BrokerUnavailable("publish cancelled")
+            failure = batch.task.exception()
+            if failure is not None:
+                if isinstance(failure, BrokerUnavailable):
+                    raise failure
+                raise BrokerUnavailable(f"publish failed: {failure!r}") from failure
+            self.published_up_to = batch.up_to
+            metrics.EVENTS_RELAYED.inc(batch.events)
+            confirmed += 1
+        return confirmed
+
+    def _checkpoint_due_in(self) -> float:
+        """Seconds until a pending checkpoint is due (infinity with none pending)."""
+        if self._saved is None or self.published_up_to <= self._saved:
+            return float("inf")
+        return self._saved_at + CHECKPOINT_EVERY_S - time.monotonic()
+
+    async def _checkpoint_if_due(self, conn: asyncpg.Connection) -> None:
+        if self._checkpoint_due_in() <= 0:
+            await EventStore.set_checkpoint(conn, CHECKPOINT, self.published_up_to)
+            self._saved, self._saved_at = self.published_up_to, time.monotonic()
+
+    async def _wait(self, in_flight: deque[_Sent], timeout_s: float) -> None:
+        """Until a commit is heard, the oldest batch in flight is done, or `timeout_s`."""
+        heard = asyncio.ensure_future(self._appended.wait())
+        waits: set[asyncio.Future[Any]] = {heard}
+        if in_flight:
+            waits.add(in_flight[0].task)
+        try:
+            await asyncio.wait(
+                waits, timeout=max(timeout_s, 0.0), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            heard.cancel()
+
+
+async def _drop(in_flight: deque[_Sent]) -> None:
+    """Cancel what is still in flight; its events will be sent again."""
+    for batch in in_flight:
+        batch.task.cancel()
+    await asyncio.gather(*(batch.task for batch in in_flight), return_exceptions=True)
+    in_flight.clear()
