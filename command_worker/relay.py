@@ -152,8 +152,10 @@ class Relay:
         finally:
             self.is_leader = False
             metrics.RELAY_LEADER.set(0)
-            await asyncio.shield(self._save_on_leaving(conn))
-            await asyncio.shield(conn.close())
+            try:
+                await asyncio.shield(self._save_on_leaving(conn))
+            finally:
+                await asyncio.shield(conn.close())  # and with it the lock
 
     def _heard(self) -> None:
         self._notified += 1
@@ -211,11 +213,14 @@ class Relay:
                         while len(in_flight) >= MAX_IN_FLIGHT:
                             await asyncio.wait({in_flight[0].task})
                             self._confirmed(in_flight)
+                        if self._stopping.is_set():
+                            continue
                         publish = self._publisher().publish_many(
                             EVENTS_EXCHANGE, [("", event_message(event)) for event in events]
                         )
                         sent = events[-1].position
                         in_flight.append(_Sent(asyncio.create_task(publish), sent, len(events)))
+                        self._confirmed(in_flight)  # a failure stops the sending at once
                         await self._checkpoint_if_due(conn)
                         if len(events) < self._batch_size:
                             break  # a short read ends the range: no empty read to confirm it
@@ -228,6 +233,7 @@ class Relay:
                     if not broker_down:
                         log.warning("relay waiting for RabbitMQ: %s", exc)
                         broker_down = True
+                    self._keep_confirmed(in_flight)
                     await _drop(in_flight)
                     sent = scanned = self.published_up_to
                     heard = None
@@ -236,28 +242,34 @@ class Relay:
             # Stopping: the batches in flight get their confirms (`stop` bounds the wait).
             if in_flight:
                 await asyncio.wait([batch.task for batch in in_flight])
-                with contextlib.suppress(BrokerUnavailable):
-                    self._confirmed(in_flight)
         finally:
+            self._keep_confirmed(in_flight)
             await _drop(in_flight)
 
     def _confirmed(self, in_flight: deque[_Sent]) -> int:
         """Count the batches confirmed at the head of `in_flight` as published (how many);
-        raise `BrokerUnavailable` if the first one done failed."""
+        raise `BrokerUnavailable` if the first one done failed. A failed batch stays at the
+        head, so nothing sent after it is ever counted."""
         confirmed = 0
         while in_flight and in_flight[0].task.done():
-            batch = in_flight.popleft()
-            if batch.task.cancelled():
+            task = in_flight[0].task
+            if task.cancelled():
                 raise BrokerUnavailable("publish cancelled")
-            failure = batch.task.exception()
+            failure = task.exception()
             if failure is not None:
                 if isinstance(failure, BrokerUnavailable):
                     raise failure
                 raise BrokerUnavailable(f"publish failed: {failure!r}") from failure
+            batch = in_flight.popleft()
             self.published_up_to = batch.up_to
             metrics.EVENTS_RELAYED.inc(batch.events)
             confirmed += 1
         return confirmed
+
+    def _keep_confirmed(self, in_flight: deque[_Sent]) -> None:
+        """Before dropping what is in flight: keep what was confirmed ahead of any failure."""
+        with contextlib.suppress(BrokerUnavailable):
+            self._confirmed(in_flight)
 
     def _checkpoint_due_in(self) -> float:
         """Seconds until a pending checkpoint is due (infinity with none pending)."""

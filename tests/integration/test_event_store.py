@@ -17,6 +17,7 @@ import pytest
 from command_worker.relay import CHECKPOINT, Relay
 from common.contracts.envelopes import EventMetadata
 from common.eventstore.store import DuplicateCommand, EventStore, NewEvent, WrongExpectedVersion
+from common.messaging.connection import BrokerUnavailable
 from common.messaging.publishing import ConfirmedPublisher
 from common.settings import Settings
 from tests.support.amqp import channel, eventually, take, tap_events
@@ -107,6 +108,70 @@ async def test_a_command_is_recorded_once(pg: asyncpg.Pool) -> None:
             fingerprint="f",
         )
     assert len(await store.load_stream(stream)) == 1
+
+
+class FailingThird:
+    """The real publisher, except that its third batch waits for `release`, then fails."""
+
+    def __init__(self, real: ConfirmedPublisher) -> None:
+        self.real = real
+        self.calls = 0
+        self.third_pending = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def publish_many(
+        self, exchange: str, messages: list[tuple[str, aio_pika.Message]]
+    ) -> None:
+        self.calls += 1
+        if self.calls == 3:
+            self.third_pending.set()
+            await self.release.wait()
+            raise BrokerUnavailable("the third batch failed (injected)")
+        await self.real.publish_many(exchange, messages)
+
+
+async def test_relay_sends_on_while_a_batch_awaits_its_confirm_and_resends_after_a_failure(
+    isolated_settings: Settings, pg: asyncpg.Pool
+) -> None:
+    """Batches 4 and 5 go out while batch 3 (positions 5-6) is unconfirmed; nothing from 5 on
+    counts as published or reaches the checkpoint until it is confirmed; when it fails, the
+    relay sends again from position 5, and every event arrives."""
+    store = EventStore(pg)
+    streams = [str(uuid.uuid4()) for _ in range(4)]
+    for version in range(5):
+        for stream in streams:
+            await append(store, stream, version)
+    connection = await aio_pika.connect(isolated_settings.amqp_url)
+    publisher = FailingThird(await ConfirmedPublisher.open(connection, 5.0))
+    relay = Relay(
+        isolated_settings.database_url,
+        lambda: publisher,  # type: ignore[arg-type, return-value]
+        batch_size=2,
+        idle_poll_s=0.2,
+    )
+    try:
+        async with channel(isolated_settings.amqp_url) as ch:
+            tap = await tap_events(ch)
+            relay.start()
+            await asyncio.wait_for(publisher.third_pending.wait(), 10)
+            await eventually(lambda: publisher.calls >= 5, what="batches sent past the third")
+            await eventually(lambda: relay.published_up_to == 4, what="batches 1-2 confirmed")
+            stored = await pg.fetchval(
+                "SELECT position FROM checkpoints WHERE name = $1", CHECKPOINT
+            )
+            assert stored is None or stored <= 4
+            publisher.release.set()
+            await eventually(lambda: relay.published_up_to == 20, what="all 20 confirmed")
+            # Confirmed means enqueued: everything sent is in the tap by now.
+            positions = []
+            while (message := await tap.get(fail=False, no_ack=True)) is not None:
+                positions.append(orjson.loads(message.body)["position"])
+            assert set(positions) == set(range(1, 21)), sorted(positions)
+            assert positions.count(5) == positions.count(6) == 1  # only the resend reached RabbitMQ
+    finally:
+        await relay.stop()
+        await connection.close()
+    assert await pg.fetchval("SELECT position FROM checkpoints WHERE name = $1", CHECKPOINT) == 20
 
 
 async def test_relay_publishes_in_order_and_resumes_from_its_checkpoint(
