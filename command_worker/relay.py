@@ -51,7 +51,9 @@ CHECKPOINT_EVERY_S = 1.0
 """The checkpoint is written at most this often, and this long at the latest after the relay
 caught up: a crash republishes at most this much, which projectors drop as duplicates."""
 MAX_IN_FLIGHT = 8
-"""Batches published and not yet confirmed."""
+"""Batches published and not yet confirmed: small ones, as at modest rates. Under a backlog,
+when batches are full, events in flight are capped at twice the batch size instead, so a busy
+queue's confirms are not queued behind thousands of others."""
 
 
 @dataclass(slots=True)
@@ -210,7 +212,11 @@ class Relay:
                         )
                         if not events:
                             break
-                        while len(in_flight) >= MAX_IN_FLIGHT:
+                        while len(in_flight) >= MAX_IN_FLIGHT or (
+                            in_flight
+                            and sum(b.events for b in in_flight) + len(events)
+                            > 2 * self._batch_size
+                        ):
                             await asyncio.wait({in_flight[0].task})
                             self._confirmed(in_flight)
                         if self._stopping.is_set():

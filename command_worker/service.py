@@ -41,7 +41,7 @@ class CommandWorker:
         await declare_topology(channel, self.settings.retry_base_delay_ms)
         await channel.close()
         self._relay_publisher = await ConfirmedPublisher.open(
-            connection, self.settings.publish_timeout_s
+            connection, self.settings.relay_publish_timeout_s
         )
         consumer = QueueConsumer(
             COMMANDS_QUEUE,

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     publish_timeout_s: float = Field(default=5.0, gt=0)
     """How long the gateway waits for a publisher confirm before answering 503."""
 
+    relay_publish_timeout_s: float = Field(default=30.0, gt=0)
+    """How long the relay waits for a batch's confirms before sending it again. No client
+    waits on it; under a backlog, confirms of a busy quorum queue can take seconds, and a
+    resend only adds duplicates. A lost connection fails a publish at once, whatever this is."""
+
     max_wait_s: float = Field(default=10.0, ge=0)
     """Upper bound of `Prefer: wait=N` and `min_version` waits."""
 
