@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from bench.stats import NOT_OURS, cpu_ms_per_op, percentile, ratio
+from bench.stats import cpu_ms_per_op, measured, percentile, ratio
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,8 +322,8 @@ def e2e_budget_note(raw: Mapping[str, Any]) -> str | None:
     allowed_ms = cores / (target * floor_rate) * 1000
     spent = {
         name: cores_used / rate * 1000
-        for name, cores_used in shares.items()
-        if name not in NOT_OURS and not name.startswith(("gen-", "floor"))
+        for name, cores_used in measured(shares).items()
+        if not name.startswith("floor")  # idle while the e2e phase runs
     }
     services_ms = sum(spent.get(name, 0.0) for name in SERVICES)
     parts = ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(spent.items(), key=lambda i: -i[1]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 
@@ -139,11 +139,16 @@ def split_at_append(
 NOT_OURS = ("machine", "outside")
 
 
+def measured(shares: Mapping[str, float]) -> dict[str, float]:
+    """The shares of the measured processes and the services: not the machine's total, not
+    other work on it, not the load generators."""
+    return {k: v for k, v in shares.items() if k not in NOT_OURS and not k.startswith("gen-")}
+
+
 def cpu_ms_per_op(shares: dict[str, float], ops_per_s: float | None) -> float | None:
     """CPU milliseconds the measured processes and the services spent per operation (load
     generators excluded). Less sensitive to a busy neighbour than a rate, though the services
     count whatever else used them meanwhile."""
     if not shares or not ops_per_s:
         return None
-    cores = sum(v for k, v in shares.items() if k not in NOT_OURS and not k.startswith("gen-"))
-    return round(cores / ops_per_s * 1000, 3)
+    return round(sum(measured(shares).values()) / ops_per_s * 1000, 3)
