@@ -2,7 +2,7 @@
 
 `python -m bench.floor_app --host H --port P`, served with the gateway's uvicorn settings.
 
-- `POST /orders` validates the create-order body with the gateway's own request model and
+- `POST /orders` validates the create-order body with the orders domain's own request model and
   publishes it, persistent and mandatory, on one shared confirm-mode channel to a quorum queue
   (as the gateway does with commands), answering 202 once RabbitMQ confirmed;
 - `GET /orders/{order_id}` is one HGETALL of `{REDIS_KEY_PREFIX}floor:order:{order_id}`,
@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from starlette.responses import Response
 
 from common.settings import Settings, get_settings
-from gateway.requests import CreateOrderRequest
+from orders.requests import CreateOrderRequest
 
 FLOOR_EXCHANGE = "bench.floor"
 FLOOR_QUEUE = "bench.floor"

@@ -358,12 +358,13 @@ class Bench:
         raw = run_on_uvloop_value(
             seed.raw_redis_writes(iso.redis_url, iso.prefix, events, 1000, view)
         )
-        iso.delete_keys(f"{iso.prefix}raw:*")
+        iso.delete_keys(f"{seed.raw_floor_keys(iso.prefix).base}*")
         self.raw["raw_redis"] = raw
-        self.say(f"rebuild: python -m projector_worker rebuild, {events} events")
+        name = seed.ORDER_VIEWS
+        self.say(f"rebuild: python -m projector_worker rebuild {name}, {events} events")
         before = cpu_snapshot(self.procs.procs)
         started = time.monotonic()
-        proc = self.procs.start("rebuild", "projector_worker", "rebuild", "--quiet")
+        proc = self.procs.start("rebuild", "projector_worker", "rebuild", name, "--quiet")
         if not proc.wait(600):
             proc.stop()
             raise PhaseFailed(f"rebuild did not finish in 600s:\n{proc.tail()}")
@@ -443,7 +444,7 @@ def run_on_uvloop_value(coroutine: Any) -> Any:
     return box[0]
 
 
-SUMMARY = re.compile(r"rebuild done: .*?(\d+) events read .*? switched after ([\d.]+)s")
+SUMMARY = re.compile(r"rebuild (?:of \S+ )?done: .*?(\d+) events read .*? switched after ([\d.]+)s")
 """The replay is timed up to the switch; deleting the old generation's keys comes after."""
 
 

@@ -17,7 +17,13 @@ from redis.asyncio import Redis
 from redis.typing import EncodableT
 
 from common.contracts.envelopes import EventMetadata
-from common.contracts.orders import (
+from common.domain import Registry, load_domains, stream_id
+from common.eventstore.database import create_pool, prepare_database
+from common.eventstore.store import CommandOutcome, EventStore, NewEvent
+from common.readmodel.keys import Keys, ProjectionKeys
+from common.readmodel.layout import ViewKeys
+from common.settings import get_settings
+from orders.contracts import (
     ItemAdded,
     OrderCreated,
     OrderEvent,
@@ -25,9 +31,16 @@ from common.contracts.orders import (
     OrderShipped,
     ShippingAddress,
 )
-from common.eventstore.database import create_pool, prepare_database
-from common.eventstore.store import CommandOutcome, EventStore, NewEvent
-from common.readmodel.keys import Keys
+from orders.domain import ORDER
+from orders.layout import customer_suffix, order_suffix
+from orders.projection import OrderViews
+
+ORDER_VIEWS = OrderViews.name
+"""The projection whose views the queries read and the raw write floor stands for."""
+
+RAW_GENERATION = 0
+"""The generation of `order_views` the raw write floor fills: rebuilds number theirs from 1,
+so no query, projector or rebuild ever looks at it."""
 
 EVENTS_PER_ORDER = 5
 """A seeded order: created, three lines added, shipped."""
@@ -74,8 +87,10 @@ def seeded_outcomes(orders: int, seed: int, customers: int) -> list[CommandOutco
         order_id = uuid.uuid4()
         for version, event in enumerate(order_events(order_id, rng, customers), start=1):
             command_id = uuid.uuid4()
+            command_type = COMMAND_OF[event.type]
             metadata = EventMetadata(
                 command_id=command_id,
+                command_type=command_type,
                 correlation_id=uuid.uuid4(),
                 causation_id=command_id,
                 occurred_at=datetime.now(UTC),
@@ -83,8 +98,8 @@ def seeded_outcomes(orders: int, seed: int, customers: int) -> list[CommandOutco
             outcomes.append(
                 CommandOutcome(
                     command_id=command_id,
-                    command_type=COMMAND_OF[event.type],
-                    stream_id=str(order_id),
+                    command_type=command_type,
+                    stream_id=stream_id(ORDER.stream_type, order_id),
                     status="succeeded",
                     reason=None,
                     version=version,
@@ -93,6 +108,7 @@ def seeded_outcomes(orders: int, seed: int, customers: int) -> list[CommandOutco
                         NewEvent(
                             event_id=uuid.uuid4(),
                             type=event.type,
+                            schema_version=ORDER.event_version(event.type),
                             data=event.model_dump(mode="json", exclude={"type"}),
                             metadata=metadata,
                         )
@@ -144,32 +160,56 @@ async def seed_events(database_url: str, events: int, seed: int, customers: int)
     return len(outcomes)
 
 
-async def projection_lag(database_url: str, redis: Redis, keys: Keys) -> int:
-    """Positions between the event store's head and the live views' checkpoint."""
+def registry() -> Registry:
+    """The domains the run's processes load: they inherit this process's `DOMAINS`."""
+    return load_domains(get_settings().domain_names)
+
+
+def order_views(prefix: str) -> ProjectionKeys:
+    return Keys(prefix).projection(ORDER_VIEWS)
+
+
+async def projection_lag(database_url: str, redis: Redis, keys: Keys, projections: Registry) -> int:
+    """The most positions any projection's live views are behind the last event of a stream
+    it follows (events of other streams never move its checkpoint)."""
     conn = await asyncpg.connect(database_url)
     try:
-        head = int(await conn.fetchval("SELECT coalesce(max(position), 0) FROM events"))
+        heads = {}
+        for name, projection in projections.projections.items():
+            # Backwards along the primary key: stops at the first event the projection follows.
+            head = await conn.fetchval(
+                "SELECT position FROM events WHERE split_part(stream_id, '-', 1) = ANY($1::text[])"
+                " ORDER BY position DESC LIMIT 1",
+                sorted(projection.categories),
+            )
+            heads[name] = int(head or 0)
     finally:
         await conn.close()
-    live = await redis.get(keys.generation)
-    if live is None:
-        return head
-    checkpoint = await redis.get(keys.views(int(live)).checkpoint)
-    return max(head - int(checkpoint or 0), 0)
+    lag = 0
+    for name, head in heads.items():
+        projection_keys = keys.projection(name)
+        live = await redis.get(projection_keys.generation)
+        if live is None:
+            lag = max(lag, head)
+            continue
+        checkpoint = await redis.get(projection_keys.views(int(live)).checkpoint)
+        lag = max(lag, head - int(checkpoint or 0))
+    return lag
 
 
 async def wait_caught_up(
     database_url: str, redis_url: str, prefix: str, timeout_s: float
 ) -> tuple[bool, int]:
-    """Wait until the projectors applied every stored event; (caught up, lag left)."""
+    """Wait until every projection applied every stored event; (caught up, lag left)."""
     import asyncio
 
     redis = Redis.from_url(redis_url)
     keys = Keys(prefix)
+    projections = registry()
     deadline = time.monotonic() + timeout_s
     try:
         while True:
-            lag = await projection_lag(database_url, redis, keys)
+            lag = await projection_lag(database_url, redis, keys, projections)
             if lag == 0:
                 return True, 0
             if time.monotonic() > deadline:
@@ -184,7 +224,7 @@ async def copy_views_to_floor(redis_url: str, prefix: str, order_ids: list[str])
     from bench.floor_app import floor_key
 
     redis = Redis.from_url(redis_url)
-    keys = Keys(prefix)
+    keys = order_views(prefix)
     try:
         live = await redis.get(keys.generation)
         if live is None:
@@ -192,7 +232,7 @@ async def copy_views_to_floor(redis_url: str, prefix: str, order_ids: list[str])
         view_keys = keys.views(int(live))
         async with redis.pipeline(transaction=False) as pipe:
             for order_id in order_ids:
-                pipe.hgetall(view_keys.order(order_id))
+                pipe.hgetall(view_keys.key(order_suffix(order_id)))
             views = await pipe.execute()
         copied = []
         async with redis.pipeline(transaction=False) as pipe:
@@ -206,11 +246,17 @@ async def copy_views_to_floor(redis_url: str, prefix: str, order_ids: list[str])
         await redis.aclose()
 
 
+def raw_floor_keys(prefix: str) -> ViewKeys:
+    """Where the raw write floor writes: a generation of `order_views` nothing reads."""
+    return order_views(prefix).views(RAW_GENERATION)
+
+
 async def raw_redis_writes(
     redis_url: str, prefix: str, events: int, batch: int, sample_view: dict[bytes, bytes] | None
 ) -> dict[str, Any]:
     """The raw write floor: per event one HSET of a view-sized hash and one ZADD, pipelined
-    `batch` events per round trip, as fast as one client goes."""
+    `batch` events per round trip, as fast as one client goes, under the key names the
+    `order_views` projection uses (`raw_floor_keys`; the caller deletes them)."""
     redis = Redis.from_url(redis_url)
     fields: dict[EncodableT, EncodableT] = (
         {k.decode(): v.decode() for k, v in sample_view.items()}
@@ -231,14 +277,16 @@ async def raw_redis_writes(
             "version": "3",
         }
     )
-    base = f"{prefix}raw:"
+    keys = raw_floor_keys(prefix)
+    ids = [str(uuid.UUID(int=i)) for i in range(events)]
+    customers = [keys.key(customer_suffix(f"cust-{c}")) for c in range(500)]
     try:
         started = time.perf_counter()
         for start in range(0, events, batch):
             async with redis.pipeline(transaction=False) as pipe:
                 for i in range(start, min(start + batch, events)):
-                    pipe.hset(f"{base}order:{i}", mapping=fields)
-                    pipe.zadd(f"{base}customer:{i % 500}", {str(i): float(i)})
+                    pipe.hset(keys.key(order_suffix(ids[i])), mapping=fields)
+                    pipe.zadd(customers[i % 500], {ids[i]: float(i)})
                 await pipe.execute()
         seconds = time.perf_counter() - started
     finally:
@@ -248,12 +296,13 @@ async def raw_redis_writes(
 
 async def sample_view(redis_url: str, prefix: str, order_id: str) -> dict[bytes, bytes] | None:
     redis = Redis.from_url(redis_url)
-    keys = Keys(prefix)
+    keys = order_views(prefix)
     try:
         live = await redis.get(keys.generation)
         if live is None:
             return None
-        raw = cast(dict[bytes, bytes], await redis.hgetall(keys.views(int(live)).order(order_id)))
+        view_key = keys.views(int(live)).key(order_suffix(order_id))
+        raw = cast(dict[bytes, bytes], await redis.hgetall(view_key))
         return raw or None
     finally:
         await redis.aclose()

@@ -161,11 +161,6 @@ class Isolation:
             client.close()
         return deleted
 
-    def queue_depths(self) -> dict[str, int]:
-        """Messages in each queue of the vhost (the management API refreshes every few s)."""
-        queues = self.management("GET", f"/queues/{self.vhost}?columns=name,messages")
-        return {q["name"]: int(q.get("messages") or 0) for q in queues}
-
 
 def run_async(coroutine: Any) -> Any:
     import asyncio

@@ -1,1 +1,1 @@
-"""The command side: consumes commands, decides with the Order aggregate, appends events."""
+"""The command side: consumes commands, decides with the domains' aggregates, appends events."""

@@ -1,6 +1,6 @@
 """Handling command messages: load, decide, append with an expected version, report.
 
-Order of effects, each idempotent so a redelivery at any point is harmless:
+The effects, in this order, each idempotent so a redelivery at any point is harmless:
 1. the outcome is committed to PostgreSQL (events + command row, or the command row alone);
 2. the outcome is written to the Redis command status;
 3. the message is acked (by the consumer runtime, when this returns).
@@ -12,30 +12,32 @@ import asyncio
 import logging
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pydantic
 from aio_pika.abc import AbstractIncomingMessage
 from redis.asyncio import Redis
 
 from command_worker.batching import Batcher
-from command_worker.order import Order, Rejection, decide, evolve
+from common.contracts.commands import CommandBase
 from common.contracts.envelopes import EventMetadata
-from common.contracts.orders import COMMAND_ADAPTER, ORDER_EVENT_ADAPTER, Command, OrderEvent
+from common.domain import Aggregate, Registry, Rejection
 from common.eventstore.store import (
     CommandOutcome,
     DuplicateCommand,
     EventStore,
     NewEvent,
+    StoredEvent,
     WrongExpectedVersion,
 )
 from common.messaging.consuming import attempt_of
 from common.messaging.outcomes import RejectMessage
 from common.observability import metrics
 from common.observability.logging import correlation_id
-from common.readmodel import commands as command_status
-from common.readmodel.commands import CommandStatus
+from common.readmodel.commands import CommandResult, CommandStatus, record_results
 from common.readmodel.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -45,16 +47,26 @@ _COMMAND_CONFLICTS = metrics.VERSION_CONFLICTS.labels("command")
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Handled:
+    """What became of one command: its status and the stream's version after it."""
+
     status: CommandStatus
     version: int
     reason: str | None = None
 
 
-def parse_command(message: AbstractIncomingMessage) -> Command:
+@dataclass(slots=True)
+class Loaded:
+    """An aggregate's state and version, folded from its stream."""
+
+    state: Any
+    version: int
+
+
+def parse_command(registry: Registry, message: AbstractIncomingMessage) -> CommandBase:
     """The command in `message`, or `RejectMessage` with a readable reason."""
     try:
-        return COMMAND_ADAPTER.validate_json(message.body)
+        return registry.parse_command(message.body)
     except pydantic.ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
@@ -63,17 +75,24 @@ def parse_command(message: AbstractIncomingMessage) -> Command:
         raise RejectMessage(f"invalid command: {problems}") from exc
 
 
-def load_order(stored: list[tuple[str, dict[str, object]]]) -> Order:
-    state = Order()
-    for event_type, data in stored:
-        state = evolve(state, ORDER_EVENT_ADAPTER.validate_python({"type": event_type, **data}))
-    return state
+def load(
+    registry: Registry, aggregate: Aggregate[Any], stream: str, stored: list[StoredEvent]
+) -> Loaded:
+    """Fold a stream's stored events (upcast to their current versions) into its state."""
+    state = aggregate.initial
+    for event in stored:
+        payload = registry.parse_stored(stream, event.type, event.schema_version, event.data)
+        state = aggregate.evolve(state, payload)
+    return Loaded(state, len(stored))
 
 
-def new_events_of(command: Command, events: list[OrderEvent]) -> list[NewEvent]:
+def new_events_of(
+    aggregate: Aggregate[Any], command: CommandBase, events: Sequence[pydantic.BaseModel]
+) -> list[NewEvent]:
     """Domain events as rows for the store, stamped with who caused them."""
     metadata = EventMetadata(
         command_id=command.command_id,
+        command_type=command.type,
         correlation_id=command.correlation_id,
         causation_id=command.command_id,
         occurred_at=datetime.now(UTC),
@@ -81,19 +100,22 @@ def new_events_of(command: Command, events: list[OrderEvent]) -> list[NewEvent]:
     return [
         NewEvent(
             event_id=uuid.uuid4(),
-            type=event.type,
+            type=event_type,
+            schema_version=aggregate.event_version(event_type),
             data=event.model_dump(mode="json", exclude={"type"}),
             metadata=metadata,
         )
         for event in events
+        for event_type in (str(getattr(event, "type")),)  # noqa: B009 (any model with a type)
     ]
 
 
 class CommandHandler:
-    """The message handler of `orders.commands`: parses, then hands the command to a batch."""
+    """The message handler of the commands queue: parses, then hands the command to a batch."""
 
     def __init__(
         self,
+        registry: Registry,
         store: EventStore,
         redis: Redis,
         keys: Keys,
@@ -102,6 +124,7 @@ class CommandHandler:
         max_batch: int = 200,
         max_parallel_batches: int = 1,
     ) -> None:
+        self._registry = registry
         self._store = store
         self._redis = redis
         self._keys = keys
@@ -112,15 +135,21 @@ class CommandHandler:
         # One batch at a time: the commands that arrive while it runs form the next one, so a
         # steady stream commits several per transaction instead of one each. (Two at a time
         # measured slower end to end, with more PostgreSQL CPU and a longer latency tail.)
-        self._batcher: Batcher[Command, Outcome] = Batcher(
+        self._batcher: Batcher[CommandBase, Handled] = Batcher(
             self.execute_batch,
-            key=lambda command: command.order_id,
+            key=self._stream_of,
             max_batch=max_batch,
             max_parallel=max_parallel_batches,
         )
 
+    def _aggregate(self, command: CommandBase) -> Aggregate[Any]:
+        return self._registry.aggregate_of_command[command.type]
+
+    def _stream_of(self, command: CommandBase) -> str:
+        return self._aggregate(command).stream_of(command)
+
     async def __call__(self, message: AbstractIncomingMessage) -> None:
-        command = parse_command(message)
+        command = parse_command(self._registry, message)
         token = correlation_id.set(str(command.correlation_id))
         seen_before = message.redelivered or attempt_of(message) > 1
         if seen_before:
@@ -133,7 +162,7 @@ class CommandHandler:
                 extra={
                     "command_id": str(command.command_id),
                     "type": command.type,
-                    "order_id": str(command.order_id),
+                    "stream_id": self._stream_of(command),
                     "version": outcome.version,
                     "reason": outcome.reason,
                 },
@@ -143,7 +172,7 @@ class CommandHandler:
                 self._seen_before.discard(command.command_id)
             correlation_id.reset(token)
 
-    async def execute_batch(self, commands: list[Command]) -> list[Outcome]:
+    async def execute_batch(self, commands: list[CommandBase]) -> list[Handled]:
         """Decide every command on one load of their streams and commit all outcomes in one
         transaction. If another writer got in between, fall back to one command at a time,
         each with its own bounded conflict retries.
@@ -156,12 +185,12 @@ class CommandHandler:
         except (WrongExpectedVersion, DuplicateCommand):
             _BATCH_CONFLICTS.inc()
             outcomes = [await self.execute(command) for command in commands]
-        await command_status.record_outcomes(
+        await record_results(
             self._redis,
             self._keys,
             [
-                command_status.Outcome(
-                    c.command_id, c.type, str(c.order_id), o.status, o.reason, o.version
+                CommandResult(
+                    c.command_id, c.type, self._stream_of(c), o.status, o.reason, o.version
                 )
                 for c, o in zip(commands, outcomes, strict=True)
             ],
@@ -173,74 +202,87 @@ class CommandHandler:
             metrics.COMMAND_LATENCY.labels(command.type).observe(max(latency, 0.0))
         return outcomes
 
-    async def _try_batch(self, commands: list[Command]) -> list[Outcome]:
+    async def _try_batch(self, commands: list[CommandBase]) -> list[Handled]:
         async with self._store.pool.acquire() as conn:
             suspects = [c.command_id for c in commands if c.command_id in self._seen_before]
             known = await self._store.get_commands(conn, suspects) if suspects else {}
             streams = await self._store.load_streams(
-                conn, list(dict.fromkeys(str(c.order_id) for c in commands))
+                conn, list(dict.fromkeys(self._stream_of(c) for c in commands))
             )
             states = {
-                stream_id: load_order([(e.type, e.data) for e in events])
-                for stream_id, events in streams.items()
+                stream: load(self._registry, self._aggregate_of_stream(stream), stream, events)
+                for stream, events in streams.items()
             }
-            outcomes: dict[uuid.UUID, Outcome] = {
-                command_id: Outcome(CommandStatus(r.status), r.version, r.reason)
+            outcomes: dict[uuid.UUID, Handled] = {
+                command_id: Handled(CommandStatus(r.status), r.version, r.reason)
                 for command_id, r in known.items()
             }
             rows: list[CommandOutcome] = []
             for command in commands:
                 if command.command_id in outcomes:
                     continue  # handled before, or twice in this batch
-                stream_id = str(command.order_id)
-                state = states[stream_id]
+                aggregate = self._aggregate(command)
+                stream = aggregate.stream_of(command)
+                loaded = states[stream]
                 try:
-                    new_events = decide(state, command)
+                    new_events = aggregate.decide(loaded.state, command)
                 except Rejection as rejection:
-                    outcome = Outcome(CommandStatus.REJECTED, state.version, rejection.reason)
-                    rows.append(self._row(command, outcome))
+                    outcome = Handled(CommandStatus.REJECTED, loaded.version, rejection.reason)
+                    rows.append(self._row(aggregate, command, outcome))
                 else:
+                    state = loaded.state
                     for event in new_events:
-                        state = evolve(state, event)
-                    states[stream_id] = state
-                    outcome = Outcome(CommandStatus.SUCCEEDED, state.version)
-                    rows.append(self._row(command, outcome, new_events))
+                        state = aggregate.evolve(state, event)
+                    states[stream] = Loaded(state, loaded.version + len(new_events))
+                    outcome = Handled(CommandStatus.SUCCEEDED, loaded.version + len(new_events))
+                    rows.append(self._row(aggregate, command, outcome, new_events))
                 outcomes[command.command_id] = outcome
             if rows:
                 await self._store.append_batch(conn, rows)
         metrics.EVENTS_APPENDED.inc(sum(len(r.events) for r in rows))
         return [outcomes[c.command_id] for c in commands]
 
+    def _aggregate_of_stream(self, stream: str) -> Aggregate[Any]:
+        aggregate = self._registry.aggregate_of_stream(stream)
+        assert aggregate is not None, "a command's stream belongs to its aggregate"
+        return aggregate
+
     @staticmethod
     def _row(
-        command: Command, outcome: Outcome, events: list[OrderEvent] | None = None
+        aggregate: Aggregate[Any],
+        command: CommandBase,
+        outcome: Handled,
+        events: Sequence[pydantic.BaseModel] = (),
     ) -> CommandOutcome:
         return CommandOutcome(
             command_id=command.command_id,
             command_type=command.type,
-            stream_id=str(command.order_id),
+            stream_id=aggregate.stream_of(command),
             status=outcome.status.value,
             reason=outcome.reason,
             version=outcome.version,
             fingerprint=command.fingerprint,
-            events=new_events_of(command, events or []),
+            events=new_events_of(aggregate, command, events),
         )
 
-    async def execute(self, command: Command) -> Outcome:
+    async def execute(self, command: CommandBase) -> Handled:
         """Run `command` to a recorded outcome, retrying on expected-version conflicts."""
-        stream_id = str(command.order_id)
+        aggregate = self._aggregate(command)
+        stream = aggregate.stream_of(command)
         for attempt in range(self._conflict_retries + 1):
-            stored = await self._store.load_stream(stream_id)
-            state = load_order([(e.type, e.data) for e in stored])
+            stored = await self._store.load_stream(stream)
+            loaded = load(self._registry, aggregate, stream, stored)
             try:
-                new_events = decide(state, command)
+                new_events = aggregate.decide(loaded.state, command)
             except Rejection as rejection:
-                return await self._record(command, CommandStatus.REJECTED, rejection.reason, state)
+                return await self._record(
+                    command, stream, CommandStatus.REJECTED, rejection.reason, loaded.version
+                )
             try:
                 await self._store.append_to_stream(
-                    stream_id,
-                    new_events_of(command, new_events),
-                    expected_version=state.version,
+                    stream,
+                    new_events_of(aggregate, command, new_events),
+                    expected_version=loaded.version,
                     command_id=command.command_id,
                     command_type=command.type,
                     fingerprint=command.fingerprint,
@@ -252,25 +294,25 @@ class CommandHandler:
             except DuplicateCommand:
                 return await self._recorded(command)
             metrics.EVENTS_APPENDED.inc(len(new_events))
-            return Outcome(CommandStatus.SUCCEEDED, state.version + len(new_events))
+            return Handled(CommandStatus.SUCCEEDED, loaded.version + len(new_events))
         reason = f"gave up after {self._conflict_retries + 1} concurrent-update conflicts"
-        return await self._record(command, CommandStatus.FAILED, reason, state)
+        return await self._record(command, stream, CommandStatus.FAILED, reason, loaded.version)
 
     async def _record(
-        self, command: Command, status: CommandStatus, reason: str, state: Order
-    ) -> Outcome:
-        record = await self._store.record_outcome(
+        self, command: CommandBase, stream: str, status: CommandStatus, reason: str, version: int
+    ) -> Handled:
+        record = await self._store.record_command(
             command_id=command.command_id,
             command_type=command.type,
-            stream_id=str(command.order_id),
+            stream_id=stream,
             status=status.value,
             reason=reason,
-            version=state.version,
+            version=version,
             fingerprint=command.fingerprint,
         )
-        return Outcome(CommandStatus(record.status), record.version, record.reason)
+        return Handled(CommandStatus(record.status), record.version, record.reason)
 
-    async def _recorded(self, command: Command) -> Outcome:
+    async def _recorded(self, command: CommandBase) -> Handled:
         record = await self._store.get_command(command.command_id)
         assert record is not None, "a duplicate command has a record"
-        return Outcome(CommandStatus(record.status), record.version, record.reason)
+        return Handled(CommandStatus(record.status), record.version, record.reason)

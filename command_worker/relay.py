@@ -1,4 +1,5 @@
-"""The relay: publishes committed events from the event store to `orders.events`.
+"""The relay: publishes committed events from the event store to the events exchange, each in
+its type's current schema version (upcast by the domain that owns its stream).
 
 No dual write: handlers only commit to PostgreSQL; this loop tails the log and publishes at
 least once, in global-position order, remembering its progress in the `checkpoints` table
@@ -25,25 +26,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
+from command_worker.window import InFlight
+from common.contracts.envelopes import RecordedEvent
 from common.eventstore.database import connect
 from common.eventstore.store import EventStore
 from common.messaging.connection import BrokerUnavailable
 from common.messaging.messages import event_message
 from common.messaging.publishing import ConfirmedPublisher
-from common.messaging.topology import EVENTS_EXCHANGE
 from common.observability import metrics
 
 log = logging.getLogger(__name__)
 
 RELAY_LOCK = 0x7265_6C61_79  # "relay"
 CHECKPOINT = "relay:orders.events"
+"""The relay's row in `checkpoints` (named when there was one exchange; kept so a running
+deployment does not publish its log again)."""
 APPENDED_CHANNEL = "events_appended"
 STOP_GRACE_S = 5.0
 """How long a stopping relay may take to publish and checkpoint the batches in flight."""
@@ -56,15 +58,6 @@ when batches are full, events in flight are capped at twice the batch size inste
 queue's confirms are not queued behind thousands of others."""
 
 
-@dataclass(slots=True)
-class _Sent:
-    """A batch published, its confirms awaited by `task`."""
-
-    task: asyncio.Task[None]
-    up_to: int
-    events: int
-
-
 class Relay:
     """Leader-elected publisher of the event log."""
 
@@ -73,11 +66,15 @@ class Relay:
         database_url: str,
         publisher: Callable[[], ConfirmedPublisher],
         *,
+        exchange: str,
+        upcast: Callable[[RecordedEvent], RecordedEvent] = lambda event: event,
         batch_size: int,
         idle_poll_s: float = 1.0,
     ) -> None:
         self._database_url = database_url
         self._publisher = publisher
+        self._exchange = exchange
+        self._upcast = upcast
         self._batch_size = batch_size
         self._idle_poll_s = idle_poll_s
         self._appended = asyncio.Event()
@@ -179,7 +176,7 @@ class Relay:
         # position up to it is final and sent (rolled-back ones included), so the lag is
         # measured from it, not from the last event's position.
         sent = scanned = self.published_up_to
-        in_flight: deque[_Sent] = deque()
+        window = InFlight(MAX_IN_FLIGHT, 2 * self._batch_size, self._on_confirmed)
         self._saved_at = time.monotonic()
         heard: int | None = None  # the commits heard at the last read; None: read now
         read_at = 0.0
@@ -188,7 +185,7 @@ class Relay:
         try:
             while not self._stopping.is_set():
                 try:
-                    if self._confirmed(in_flight) and broker_down:
+                    if window.confirmed() and broker_down:
                         log.info("relay publishing again")
                         broker_down, backoff = False, 0.1
                     await self._checkpoint_if_due(conn)
@@ -196,7 +193,7 @@ class Relay:
                     if heard == self._notified and idle_s > 0:
                         # Nothing was committed since the last read: wait for a commit, a
                         # confirm, the checkpoint's turn or the idle poll.
-                        await self._wait(in_flight, min(idle_s, self._checkpoint_due_in()))
+                        await self._wait(window, min(idle_s, self._checkpoint_due_in()))
                         continue
                     heard = self._notified
                     self._appended.clear()
@@ -206,76 +203,50 @@ class Relay:
                     if horizon.last_position <= scanned:
                         continue
                     await EventStore.wait_until_final(conn, horizon, wake=self._appended)
-                    while not self._stopping.is_set():
-                        events = await EventStore.read_range(
-                            conn, sent, horizon.last_position, self._batch_size
-                        )
-                        if not events:
-                            break
-                        while len(in_flight) >= MAX_IN_FLIGHT or (
-                            in_flight
-                            and sum(b.events for b in in_flight) + len(events)
-                            > 2 * self._batch_size
-                        ):
-                            await asyncio.wait({in_flight[0].task})
-                            self._confirmed(in_flight)
-                        if self._stopping.is_set():
-                            continue
-                        publish = self._publisher().publish_many(
-                            EVENTS_EXCHANGE, [("", event_message(event)) for event in events]
-                        )
-                        sent = events[-1].position
-                        in_flight.append(_Sent(asyncio.create_task(publish), sent, len(events)))
-                        self._confirmed(in_flight)  # a failure stops the sending at once
-                        await self._checkpoint_if_due(conn)
-                        if len(events) < self._batch_size:
-                            break  # a short read ends the range: no empty read to confirm it
-                    else:
+                    reached = await self._send_range(conn, window, sent, horizon.last_position)
+                    if reached is None:
                         break
-                    scanned = horizon.last_position
+                    sent = scanned = reached
                 except BrokerUnavailable as exc:
                     # Keep the lead and the lag gauge current while RabbitMQ is away; a
                     # restarted session would only hand the lock around the command workers.
                     if not broker_down:
                         log.warning("relay waiting for RabbitMQ: %s", exc)
                         broker_down = True
-                    self._keep_confirmed(in_flight)
-                    await _drop(in_flight)
+                    await window.drop()
                     sent = scanned = self.published_up_to
                     heard = None
                     await self._pause(backoff)
                     backoff = min(backoff * 2, 2.0)
             # Stopping: the batches in flight get their confirms (`stop` bounds the wait).
-            if in_flight:
-                await asyncio.wait([batch.task for batch in in_flight])
+            await window.settle()
         finally:
-            self._keep_confirmed(in_flight)
-            await _drop(in_flight)
+            await window.drop()
 
-    def _confirmed(self, in_flight: deque[_Sent]) -> int:
-        """Count the batches confirmed at the head of `in_flight` as published (how many);
-        raise `BrokerUnavailable` if the first one done failed. A failed batch stays at the
-        head, so nothing sent after it is ever counted."""
-        confirmed = 0
-        while in_flight and in_flight[0].task.done():
-            task = in_flight[0].task
-            if task.cancelled():
-                raise BrokerUnavailable("publish cancelled")
-            failure = task.exception()
-            if failure is not None:
-                if isinstance(failure, BrokerUnavailable):
-                    raise failure
-                raise BrokerUnavailable(f"publish failed: {failure!r}") from failure
-            batch = in_flight.popleft()
-            self.published_up_to = batch.up_to
-            metrics.EVENTS_RELAYED.inc(batch.events)
-            confirmed += 1
-        return confirmed
+    async def _send_range(
+        self, conn: asyncpg.Connection, window: InFlight, sent: int, up_to: int
+    ) -> int | None:
+        """Publish the events after `sent` up to the final position `up_to`; `up_to` once
+        all are sent, or None when the relay is stopping."""
+        while not self._stopping.is_set():
+            events = await EventStore.read_range(conn, sent, up_to, self._batch_size)
+            if not events:
+                return up_to
+            await window.room_for(len(events))
+            if self._stopping.is_set():
+                return None
+            messages = [("", event_message(self._upcast(event))) for event in events]
+            sent = events[-1].position
+            publish = self._publisher().publish_many(self._exchange, messages)
+            window.send(publish, sent, len(events))
+            await self._checkpoint_if_due(conn)
+            if len(events) < self._batch_size:
+                return up_to  # a short read ends the range: no empty read to confirm it
+        return None
 
-    def _keep_confirmed(self, in_flight: deque[_Sent]) -> None:
-        """Before dropping what is in flight: keep what was confirmed ahead of any failure."""
-        with contextlib.suppress(BrokerUnavailable):
-            self._confirmed(in_flight)
+    def _on_confirmed(self, up_to: int, events: int) -> None:
+        self.published_up_to = up_to
+        metrics.EVENTS_RELAYED.inc(events)
 
     def _checkpoint_due_in(self) -> float:
         """Seconds until a pending checkpoint is due (infinity with none pending)."""
@@ -288,23 +259,16 @@ class Relay:
             await EventStore.set_checkpoint(conn, CHECKPOINT, self.published_up_to)
             self._saved, self._saved_at = self.published_up_to, time.monotonic()
 
-    async def _wait(self, in_flight: deque[_Sent], timeout_s: float) -> None:
+    async def _wait(self, window: InFlight, timeout_s: float) -> None:
         """Until a commit is heard, the oldest batch in flight is done, or `timeout_s`."""
         heard = asyncio.ensure_future(self._appended.wait())
         waits: set[asyncio.Future[Any]] = {heard}
-        if in_flight:
-            waits.add(in_flight[0].task)
+        oldest = window.oldest()
+        if oldest is not None:
+            waits.add(oldest)
         try:
             await asyncio.wait(
                 waits, timeout=max(timeout_s, 0.0), return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             heard.cancel()
-
-
-async def _drop(in_flight: deque[_Sent]) -> None:
-    """Cancel what is still in flight; its events will be sent again."""
-    for batch in in_flight:
-        batch.task.cancel()
-    await asyncio.gather(*(batch.task for batch in in_flight), return_exceptions=True)
-    in_flight.clear()

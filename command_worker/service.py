@@ -10,12 +10,13 @@ from redis.asyncio import Redis
 
 from command_worker.handler import CommandHandler
 from command_worker.relay import Relay
+from common.domain import Registry
 from common.eventstore.database import create_pool, prepare_database
 from common.eventstore.store import EventStore
 from common.messaging.connection import BrokerUnavailable, SupervisedConnection
 from common.messaging.consuming import QueueConsumer
 from common.messaging.publishing import ConfirmedPublisher
-from common.messaging.topology import COMMANDS_QUEUE, declare_topology
+from common.messaging.topology import Topology, declare_topology
 from common.observability import metrics
 from common.observability.server import HealthServer
 from common.process import install_stop_signals, settle_heap
@@ -26,10 +27,12 @@ log = logging.getLogger(__name__)
 
 
 class CommandWorker:
-    """One process: consumes `orders.commands` and runs a (leader-elected) relay."""
+    """One process: consumes the commands queue and runs a (leader-elected) relay."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
+        self.registry = registry
+        self.topology = Topology(settings.app_prefix, tuple(registry.projections))
         self._consumer: QueueConsumer | None = None
         self._relay_publisher: ConfirmedPublisher | None = None
         self._connection = SupervisedConnection(
@@ -38,14 +41,15 @@ class CommandWorker:
 
     async def _on_connected(self, connection: aio_pika.abc.AbstractConnection) -> None:
         channel = await connection.channel()
-        await declare_topology(channel, self.settings.retry_base_delay_ms)
+        await declare_topology(channel, self.topology, self.settings.retry_base_delay_ms)
         await channel.close()
         self._relay_publisher = await ConfirmedPublisher.open(
             connection, self.settings.relay_publish_timeout_s
         )
         consumer = QueueConsumer(
-            COMMANDS_QUEUE,
+            self.topology.commands_queue,
             self._handler,
+            topology=self.topology,
             prefetch=self.settings.command_prefetch,
             max_attempts=self.settings.max_delivery_attempts,
             retry_base_delay_ms=self.settings.retry_base_delay_ms,
@@ -74,13 +78,14 @@ class CommandWorker:
     async def run(self) -> int:
         settings = self.settings
         metrics.register(metrics.COMMAND_WORKER)
-        metrics.init_command_series()
+        metrics.init_command_series(self.registry.command_types)
         stop = asyncio.Event()
         install_stop_signals(stop)
         await prepare_database(settings.database_url)
         self._pool = await create_pool(settings.database_url, settings.db_pool_size)
         self._redis = Redis.from_url(settings.redis_url)
         self._handler = CommandHandler(
+            self.registry,
             EventStore(self._pool),
             self._redis,
             Keys(settings.redis_key_prefix),
@@ -90,7 +95,13 @@ class CommandWorker:
         if settings.metrics_port is not None:
             health = HealthServer(settings.metrics_port, self._ready)
             await health.start()
-        relay = Relay(settings.database_url, self._publisher, batch_size=settings.relay_batch_size)
+        relay = Relay(
+            settings.database_url,
+            self._publisher,
+            exchange=self.topology.events_exchange,
+            upcast=self.registry.upcast,
+            batch_size=settings.relay_batch_size,
+        )
         await self._connection.start()
         relay.start()
         settle_heap()

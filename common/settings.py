@@ -13,6 +13,14 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
 
+    domains: str = "orders"
+    """Comma-separated packages whose `DOMAIN` this deployment runs; every process loads the
+    same list (see docs/extending.md)."""
+
+    app_prefix: str = Field(default="orders", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    """Prefix of every exchange, queue and metric name, so the management console and the
+    dashboards group them."""
+
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     """RabbitMQ URL; its path names the vhost (`%2F` is the default vhost)."""
 
@@ -72,6 +80,10 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     """Root log level."""
+
+    @property
+    def domain_names(self) -> list[str]:
+        return [name.strip() for name in self.domains.split(",") if name.strip()]
 
     @property
     def api_key_set(self) -> frozenset[str]:

@@ -21,8 +21,8 @@ on the connection just as it closes would fail (uvicorn's default is 5 s, the sa
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m gateway",
-        description="The orders HTTP gateway. Configured by environment variables "
-        "(AMQP_URL, REDIS_URL, API_KEYS, ...).",
+        description="The HTTP gateway of the loaded domains (DOMAINS). Configured by environment "
+        "variables (AMQP_URL, REDIS_URL, API_KEYS, ...).",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="interface to bind (default: %(default)s)"

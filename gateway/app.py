@@ -7,23 +7,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from common.domain import Registry, load_domains
 from common.observability import metrics
 from common.process import settle_heap
 from common.settings import Settings, get_settings
-from gateway import commands_api, health, queries_api
+from gateway import commands_api, health
 from gateway.auth import ApiKeyMiddleware
 from gateway.middleware import RequestMiddleware
 from gateway.openapi import install_openapi
 from gateway.problems import install_problem_handlers
-from gateway.requests import AddItemRequest, CreateOrderRequest, ShipOrderRequest
-from gateway.responses import (
-    AcceptedCommand,
-    CommandStatusView,
-    Order,
-    OrderHistory,
-    OrderPage,
-    ProblemDetails,
-)
+from gateway.responses import AcceptedCommand, CommandStatusView, ProblemDetails
 from gateway.runtime import Runtime
 from gateway.waiting import Waiter
 
@@ -32,17 +25,22 @@ BROKER_WAIT_S = 3.0
 
 
 def create_app(
-    settings: Settings | None = None, *, broker_wait_s: float = BROKER_WAIT_S
+    settings: Settings | None = None,
+    *,
+    registry: Registry | None = None,
+    broker_wait_s: float = BROKER_WAIT_S,
 ) -> FastAPI:
-    """The gateway application; resources open in its lifespan and close at shutdown."""
+    """The gateway application for the domains of `DOMAINS`; resources open in its lifespan
+    and close at shutdown."""
     settings = settings or get_settings()
+    loaded = registry or load_domains(settings.domain_names)
     metrics.register(metrics.GATEWAY)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime(settings)
+        runtime = Runtime(settings, loaded)
         app.state.runtime = runtime
-        waiter = Waiter(runtime.redis, runtime.keys)
+        waiter = Waiter(runtime.redis, runtime.keys, loaded)
         app.state.waiter = waiter
         try:
             await runtime.start(broker_wait_s)
@@ -53,30 +51,19 @@ def create_app(
             await runtime.close()
 
     app = FastAPI(
-        title="Orders gateway",
+        title=f"{settings.app_prefix.capitalize()} gateway",
         version="1.0.0",
-        description="Commands in (202 once RabbitMQ confirmed them), order views out.",
+        description="Commands in (202 once RabbitMQ confirmed them), views out, for the "
+        f"domains {', '.join(d.name for d in loaded.domains)}.",
         lifespan=lifespan,
     )
-    # Hot routes first: the router tries them in order. Queries come last (see queries_api).
+    # The router tries routes in order: each domain lists its hot command routes first.
+    for router in loaded.routers():
+        app.include_router(router)
     app.include_router(commands_api.router)
     app.include_router(health.router)
-    app.include_router(queries_api.router)
     install_problem_handlers(app)
-    install_openapi(
-        app,
-        [
-            CreateOrderRequest,
-            AddItemRequest,
-            ShipOrderRequest,
-            AcceptedCommand,
-            CommandStatusView,
-            Order,
-            OrderPage,
-            OrderHistory,
-            ProblemDetails,
-        ],
-    )
+    install_openapi(app, [*loaded.schemas(), AcceptedCommand, CommandStatusView, ProblemDetails])
     # Added last = outermost: metrics see every answer, including 401s.
     if settings.api_key_set:
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_set)

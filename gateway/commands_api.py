@@ -1,6 +1,7 @@
-"""The write side over HTTP: each route turns a request into one command and queues it.
+"""The write side over HTTP: what every command route shares, and `GET /commands/{id}`.
 
-Every route follows the same steps: validate (415/413/422), settle the command's identity
+A domain's command routes (declared with `command_endpoint`) each turn a request into one
+command and follow the same steps: validate (415/413/422), settle the command's identity
 (idempotency key or new ids, 422 on a reused key), then `dispatch`: publish with a confirm (503
 if RabbitMQ does not confirm), record `accepted` in Redis, answer 202. Nothing is answered 202
 before the broker has the command. `GET /commands/{command_id}` reports where it got to.
@@ -10,58 +11,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Request
-from pydantic import ValidationError
 from starlette.responses import Response
 
-from common.contracts.orders import (
-    AddItem,
-    CancelOrder,
-    CreateOrder,
-    ShipOrder,
-)
-from common.readmodel.commands import get_status
+from common.readmodel.notifications import CommandProgress
 from gateway import idempotency
-from gateway.bodies import read_json, read_optional_json
 from gateway.middleware import CORRELATION_HEADER
 from gateway.openapi import (
     header_parameter,
-    json_body,
-    path_parameter,
     problem_response,
-    query_parameter,
     ref,
 )
-from gateway.problems import (
-    Problem,
-    ProblemType,
-    problem_from_validation_error,
-    unavailable,
-)
-from gateway.requests import (
-    AddItemRequest,
-    CancelOrderRequest,
-    CreateOrderRequest,
-    ShipOrderRequest,
-)
-from gateway.responses import (
-    AcceptedCommand,
-    CommandStatusView,
-    json_response,
-)
-from gateway.routing import RawEndpoint, RawRoute, path_uuid
+from gateway.problems import Problem, ProblemType, unavailable
+from gateway.responses import AcceptedCommand, CommandStatusView, json_response, status_json
+from gateway.routing import RawEndpoint, RawRoute
 from gateway.runtime import runtime_of
-from gateway.submission import REDIS_ERRORS, command_fields, dispatch
+from gateway.submission import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["commands"])
-
-_ORDER_ID = path_parameter("order_id", "The order's id, as returned by `POST /orders`.")
-
 
 # --- OpenAPI description shared by the command routes ------------------------------------------
 
@@ -88,6 +60,7 @@ _COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def command_endpoint(
+    router: APIRouter,
     method: str,
     path: str,
     *,
@@ -118,96 +91,7 @@ def command_endpoint(
     return register
 
 
-# --- routes -----------------------------------------------------------------------------------
-
-
-@command_endpoint("POST", "/orders", summary="Create an order", body=json_body(CreateOrderRequest))
-async def create_order(request: Request) -> Response:
-    runtime = runtime_of(request)
-    body = await read_json(request, CreateOrderRequest, runtime.settings.max_body_bytes)
-    fields = await command_fields(
-        request, runtime, path="/orders", canonical_body=body.model_dump_json().encode()
-    )
-    command = CreateOrder(
-        **fields,
-        customer_id=body.customer_id,
-        items=body.items,
-        shipping_address=body.shipping_address,
-    )
-    return await dispatch(request, runtime, command)
-
-
-@command_endpoint(
-    "POST",
-    "/orders/{order_id}/items",
-    summary="Add an item to an order",
-    body=json_body(AddItemRequest),
-    parameters=[_ORDER_ID],
-)
-async def add_item(request: Request) -> Response:
-    order_id = path_uuid(request, "order_id")
-    runtime = runtime_of(request)
-    body = await read_json(request, AddItemRequest, runtime.settings.max_body_bytes)
-    fields = await command_fields(
-        request,
-        runtime,
-        path=f"/orders/{order_id}/items",
-        canonical_body=body.model_dump_json().encode(),
-        order_id=order_id,
-    )
-    return await dispatch(request, runtime, AddItem(**fields, item=body))
-
-
-@command_endpoint(
-    "POST",
-    "/orders/{order_id}/ship",
-    summary="Ship an order",
-    body=json_body(ShipOrderRequest, required=False),
-    parameters=[_ORDER_ID],
-)
-async def ship_order(request: Request) -> Response:
-    order_id = path_uuid(request, "order_id")
-    runtime = runtime_of(request)
-    body = await read_optional_json(request, ShipOrderRequest, runtime.settings.max_body_bytes)
-    fields = await command_fields(
-        request,
-        runtime,
-        path=f"/orders/{order_id}/ship",
-        canonical_body=body.model_dump_json().encode(),
-        order_id=order_id,
-    )
-    return await dispatch(request, runtime, ShipOrder(**fields))
-
-
-@command_endpoint(
-    "DELETE",
-    "/orders/{order_id}",
-    summary="Cancel an order",
-    parameters=[
-        _ORDER_ID,
-        query_parameter(
-            "reason",
-            "Why the order is cancelled (1-200 characters).",
-            CancelOrderRequest.model_json_schema()["properties"]["reason"],
-        ),
-    ],
-)
-async def cancel_order(request: Request) -> Response:
-    order_id = path_uuid(request, "order_id")
-    runtime = runtime_of(request)
-    try:
-        reason = request.query_params.get("reason")
-        query = CancelOrderRequest.model_validate({} if reason is None else {"reason": reason})
-    except ValidationError as exc:
-        raise problem_from_validation_error(exc) from None
-    fields = await command_fields(
-        request,
-        runtime,
-        path=f"/orders/{order_id}",
-        canonical_body=query.model_dump_json().encode(),
-        order_id=order_id,
-    )
-    return await dispatch(request, runtime, CancelOrder(**fields, reason=query.reason))
+# --- the status of any command ------------------------------------------------------------
 
 
 @router.get(
@@ -227,9 +111,13 @@ async def command_status(
 ) -> Response:
     runtime = runtime_of(request)
     try:
-        status = await get_status(runtime.redis, runtime.keys, command_id)
+        raw = await runtime.redis.hgetall(runtime.keys.command(command_id))
     except REDIS_ERRORS as exc:
         raise unavailable("Command statuses cannot be read now.") from exc
-    if status is None:
+    progress = CommandProgress.from_hash(cast(dict[bytes, bytes], raw))
+    if progress is None:
         raise Problem(404, f"No command {command_id} is known.", type_=ProblemType.NOT_FOUND)
+    aggregate = runtime.registry.aggregate_of_command.get(progress.type or "")
+    status = status_json(progress, aggregate)
+    del status["projected"]
     return json_response(status)

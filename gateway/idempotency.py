@@ -41,7 +41,7 @@ class CommandIds:
     """The identity of one command: new for each request, or derived from its idempotency key."""
 
     command_id: UUID
-    order_id: UUID
+    aggregate_id: UUID
 
 
 def parse_key(value: str | None) -> str | None:
@@ -59,9 +59,9 @@ def command_id_for(key: str) -> UUID:
     return uuid.uuid5(NAMESPACE, key)
 
 
-def order_id_for(key: str) -> UUID:
-    """The id of the order a keyed `POST /orders` creates."""
-    return uuid.uuid5(NAMESPACE, "order:" + key)
+def aggregate_id_for(key: str, stream_type: str) -> UUID:
+    """The id of the aggregate a keyed create makes (`invoice:<key>` for an `Invoice`)."""
+    return uuid.uuid5(NAMESPACE, f"{stream_type.lower()}:{key}")
 
 
 def fingerprint(method: str, path: str, canonical_body: bytes) -> str:
@@ -85,7 +85,7 @@ async def claim(
     record = orjson.dumps(
         {
             "command_id": str(ids.command_id),
-            "order_id": str(ids.order_id),
+            "aggregate_id": str(ids.aggregate_id),
             "fingerprint": request_fingerprint,
         }
     )

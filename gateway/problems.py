@@ -158,11 +158,11 @@ async def _http_exception_handler(request: Request, exc: Exception) -> Response:
 
 def _allowed_methods(request: Request) -> set[str]:
     """Every method the API documents for this path. Starlette names only the first route whose
-    path matches: `OPTIONS /orders/search` would answer `Allow: DELETE`, the method of
-    `/orders/{order_id}`, instead of GET."""
+    path matches: `OPTIONS /invoices/search` would answer `Allow: DELETE`, the method of
+    `/invoices/{invoice_id}`, instead of GET."""
     paths: dict[str, dict[str, Any]] = request.app.openapi()["paths"]
     path = request.scope["path"]
-    # A literal path (`/orders/search`) is that resource, not an instance of a template.
+    # A literal path (`/invoices/search`) is that resource, not an instance of a template.
     matching = [path] if path in paths else [t for t in paths if _path_pattern(t).match(path)]
     allowed = {method.upper() for template in matching for method in paths[template]}
     if "GET" in allowed:

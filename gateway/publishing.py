@@ -12,11 +12,11 @@ import logging
 
 import aio_pika
 
-from common.contracts.orders import Command
+from common.contracts.commands import CommandBase
 from common.messaging.connection import BrokerUnavailable, SupervisedConnection
 from common.messaging.messages import command_message
 from common.messaging.publishing import PUBLISH_ERRORS, ConfirmedPublisher
-from common.messaging.topology import COMMANDS_EXCHANGE, COMMANDS_QUEUE, declare_topology
+from common.messaging.topology import Topology, declare_topology
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 class CommandPublisher:
     """Owns the gateway's AMQP connection and its publisher channel."""
 
-    def __init__(self, amqp_url: str, *, timeout_s: float, retry_base_delay_ms: int) -> None:
+    def __init__(
+        self, amqp_url: str, topology: Topology, *, timeout_s: float, retry_base_delay_ms: int
+    ) -> None:
+        self._topology = topology
         self._timeout_s = timeout_s
         self._retry_base_delay_ms = retry_base_delay_ms
         self._publisher: ConfirmedPublisher | None = None
@@ -49,17 +52,22 @@ class CommandPublisher:
             and self._publisher.is_open
         )
 
-    async def publish(self, command: Command) -> None:
+    async def publish(self, command: CommandBase, stream_id: str) -> None:
         """Return once RabbitMQ confirmed the command; raise `BrokerUnavailable` otherwise."""
         publisher = self._publisher
         if publisher is None or not publisher.is_open:
             publisher = await self._reopen()
-        await publisher.publish(COMMANDS_EXCHANGE, COMMANDS_QUEUE, command_message(command))
+        topology = self._topology
+        await publisher.publish(
+            topology.commands_exchange,
+            topology.commands_queue,
+            command_message(command, stream_id),
+        )
 
     async def _on_connected(self, connection: aio_pika.abc.AbstractConnection) -> None:
         channel = await connection.channel()
         try:
-            await declare_topology(channel, self._retry_base_delay_ms)
+            await declare_topology(channel, self._topology, self._retry_base_delay_ms)
         finally:
             await channel.close()
         self._publisher = await ConfirmedPublisher.open(connection, self._timeout_s)

@@ -10,6 +10,8 @@ from typing import cast
 from redis.asyncio import Redis
 from starlette.requests import Request
 
+from common.domain import Registry
+from common.messaging.topology import Topology
 from common.readmodel.keys import Keys
 from common.readmodel.pipelining import AutoPipeline
 from common.settings import Settings
@@ -24,11 +26,13 @@ REDIS_TIMEOUT_S = 2.0
 class Runtime:
     """Settings, the AMQP publisher and the Redis clients of the running gateway."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
+        self.registry = registry
         self.keys = Keys(settings.redis_key_prefix)
         self.publisher = CommandPublisher(
             settings.amqp_url,
+            Topology(settings.app_prefix, tuple(registry.projections)),
             timeout_s=settings.publish_timeout_s,
             retry_base_delay_ms=settings.retry_base_delay_ms,
         )

@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import TypedDict
+from typing import Any
 from uuid import UUID
 
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from common.contracts.orders import COMMAND_TYPES, Command
+from common.contracts.commands import CommandBase
+from common.domain import Aggregate
 from common.messaging.connection import BrokerUnavailable
 from common.observability import metrics
 from common.readmodel.commands import CommandStatus, mark_accepted
@@ -26,7 +27,7 @@ from gateway import idempotency
 from gateway.idempotency import CommandIds
 from gateway.middleware import request_correlation_id
 from gateway.problems import Problem, ProblemType, unavailable
-from gateway.responses import accepted_response, json_response
+from gateway.responses import accepted_response, json_response, status_json
 from gateway.runtime import Runtime
 from gateway.waiting import prefer_wait, waiter_of
 
@@ -35,50 +36,43 @@ log = logging.getLogger(__name__)
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 """What a Redis call raises when Redis is down or slow."""
 
-_ACCEPTED = {name: metrics.COMMANDS.labels(name, "accepted") for name in COMMAND_TYPES}
-
-
-class CommandFields(TypedDict):
-    """What every command carries besides its own fields."""
-
-    command_id: UUID
-    order_id: UUID
-    correlation_id: UUID
-    issued_at: datetime
-    fingerprint: str
+_ACCEPTED = metrics.COMMANDS
 
 
 async def command_fields(
     request: Request,
     runtime: Runtime,
+    aggregate: Aggregate[Any],
     *,
     path: str,
     canonical_body: bytes,
-    order_id: UUID | None = None,
-) -> CommandFields:
-    """Ids, correlation and fingerprint of the command a request asks for.
+    aggregate_id: UUID | None = None,
+) -> dict[str, Any]:
+    """Ids, correlation and fingerprint of the command a request asks for, as keyword
+    arguments of the command's model (the aggregate's id under its `id_field`).
 
     `path` and `canonical_body` must be canonical (parsed ids, re-serialised model), so that
-    a retry spelled differently still has the same fingerprint. Without `order_id`, the request
-    creates an order and its id comes from the idempotency key or is new.
+    a retry spelled differently still has the same fingerprint. Without `aggregate_id`, the
+    request creates an aggregate and its id comes from the idempotency key or is new.
     """
     key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
     print_ = idempotency.fingerprint(request.method, path, canonical_body)
     if key is None:
-        ids = CommandIds(uuid.uuid4(), order_id or uuid.uuid4())
+        ids = CommandIds(uuid.uuid4(), aggregate_id or uuid.uuid4())
     else:
-        ids = CommandIds(idempotency.command_id_for(key), order_id or idempotency.order_id_for(key))
+        new_id = aggregate_id or idempotency.aggregate_id_for(key, aggregate.stream_type)
+        ids = CommandIds(idempotency.command_id_for(key), new_id)
         await idempotency.claim(runtime.redis_batch, runtime.keys, key, ids, print_)
     return {
         "command_id": ids.command_id,
-        "order_id": ids.order_id,
+        aggregate.id_field: ids.aggregate_id,
         "correlation_id": request_correlation_id(request),
         "issued_at": datetime.now(UTC),
         "fingerprint": print_,
     }
 
 
-async def dispatch(request: Request, runtime: Runtime, command: Command) -> Response:
+async def dispatch(request: Request, runtime: Runtime, command: CommandBase) -> Response:
     """Queue `command` and answer 202, or 503 if RabbitMQ did not confirm it; with
     `Prefer: wait=N`, answer with the outcome once it is visible in the views (see
     `outcome_response`), or 202 when N seconds (capped by MAX_WAIT_S) pass first.
@@ -87,8 +81,10 @@ async def dispatch(request: Request, runtime: Runtime, command: Command) -> Resp
     """
     wait_s = prefer_wait(request.headers.get("prefer"))
     command_id = command.command_id
+    aggregate = runtime.registry.aggregate_of_command[command.type]
+    stream = aggregate.stream_of(command)
     try:
-        await runtime.publisher.publish(command)
+        await runtime.publisher.publish(command, stream)
     except BrokerUnavailable as exc:
         log.warning(
             "command not queued: %s",
@@ -101,9 +97,7 @@ async def dispatch(request: Request, runtime: Runtime, command: Command) -> Resp
         ) from exc
     try:
         await runtime.redis_batch.run(
-            lambda pipe: mark_accepted(
-                pipe, runtime.keys, command_id, command.type, command.order_id
-            )
+            lambda pipe: mark_accepted(pipe, runtime.keys, command_id, command.type, stream)
         )
     except REDIS_ERRORS as exc:
         # The command is safely queued; only its status lags until a worker records it.
@@ -112,17 +106,13 @@ async def dispatch(request: Request, runtime: Runtime, command: Command) -> Resp
             exc,
             extra={"command_id": str(command_id)},
         )
-    _ACCEPTED[command.type].inc()
+    _ACCEPTED.labels(command.type, "accepted").inc()
     log.info(
         "command accepted",
-        extra={
-            "command_id": str(command_id),
-            "type": command.type,
-            "order_id": str(command.order_id),
-        },
+        extra={"command_id": str(command_id), "type": command.type, "stream_id": stream},
     )
     if not wait_s:
-        return accepted_response(command)
+        return accepted_response(command, aggregate)
     waiter = await waiter_of(request)
     bound = min(wait_s, runtime.settings.max_wait_s)
     try:
@@ -130,21 +120,25 @@ async def dispatch(request: Request, runtime: Runtime, command: Command) -> Resp
     except REDIS_ERRORS as exc:
         log.warning("could not wait for %s: %r", command_id, exc)
         progress = None
-    response = outcome_response(command, progress)
+    response = outcome_response(command, aggregate, progress)
     response.headers["preference-applied"] = f"wait={bound:g}"
     return response
 
 
-def outcome_response(command: Command, progress: CommandProgress | None) -> Response:
+def outcome_response(
+    command: CommandBase, aggregate: Aggregate[Any], progress: CommandProgress | None
+) -> Response:
     """201 + Location for a visible create, 200 + the status for any other visible success,
     409 problem+json with the reason for a rejection or failure, else the plain 202."""
     if progress is None or not progress.settled:
-        return accepted_response(command)
+        return accepted_response(command, aggregate)
     if progress.status == CommandStatus.SUCCEEDED:
-        status = {**progress.to_json(), "type": command.type}
-        if command.type == "CreateOrder":
+        status = status_json(progress, aggregate, command.type)
+        if command.type in aggregate.creates and aggregate.location is not None:
             response = json_response(status, 201)
-            response.headers["location"] = f"/orders/{command.order_id}"
+            response.headers["location"] = aggregate.location(
+                str(getattr(command, aggregate.id_field))
+            )
             return response
         return json_response(status)
     rejected = progress.status == CommandStatus.REJECTED

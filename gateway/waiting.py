@@ -1,9 +1,10 @@
-"""Read-your-writes: wait until a command's outcome is visible or an order reaches a version.
+"""Read-your-writes: wait until a command's outcome is visible or a view reaches a version.
 
-One pub/sub connection per gateway, subscribed to the two channels of
-`common/readmodel/notifications.py` while anyone waits: from the first wait until `linger_s`
-pass without one. Every projected event publishes on both channels, so a gateway nobody asks
-to wait would otherwise spend a good part of its CPU reading and dropping them.
+One pub/sub connection per gateway, subscribed to the channels of
+`common/readmodel/notifications.py` (the commands channel, and the versions channel of each
+projection an aggregate is visible in) while anyone waits: from the first wait until
+`linger_s` pass without one. Every projected event publishes on two channels, so a gateway
+nobody asks to wait would otherwise spend a good part of its CPU reading and dropping them.
 
 A wait registers a future *before* it reads the current state: a change after the read
 arrives as a message, a change before it is in the read, so nothing slips between the two.
@@ -26,9 +27,10 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from starlette.requests import Request
 
+from common.domain import Registry
 from common.readmodel.keys import Keys
 from common.readmodel.notifications import CommandProgress
-from common.readmodel.order_queries import OrderQueries, ViewsUnavailable
+from common.readmodel.reading import ProjectionReader, ViewsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +41,27 @@ IDLE_CHECK_S = 1.0
 
 
 class Waiter:
-    """Futures keyed by command id and by (order id, version), resolved from pub/sub."""
+    """Futures keyed by command id and by (projection, stream, version), resolved from
+    pub/sub."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, linger_s: float = LINGER_S) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, registry: Registry, *, linger_s: float = LINGER_S
+    ) -> None:
         self._redis = redis
         self._linger_s = linger_s
         self._last_wait = 0.0
         self._closed = False
         self._keys = keys
-        self._queries = OrderQueries(redis, keys)
+        self._registry = registry
+        visible = sorted({a.visible_in for a in registry.aggregates.values()})
+        self._readers = {name: ProjectionReader(redis, keys.projection(name)) for name in visible}
         self._commands: dict[str, set[asyncio.Future[CommandProgress]]] = {}
         self._versions: dict[str, set[tuple[int, asyncio.Future[int]]]] = {}
-        self._channels = (keys.command_outcomes_channel, keys.order_versions_channel)
+        """Keyed by `projection name + " " + stream id`."""
+        self._projection_of_channel = {
+            keys.projection(name).versions_channel: name for name in visible
+        }
+        self._channels = (keys.command_outcomes_channel, *self._projection_of_channel)
         self._reader: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
         """Set while both channels are subscribed; waits still work (by reading) when not."""
@@ -87,13 +98,16 @@ class Waiter:
                 return await asyncio.wait_for(future, timeout_s)
         return await self._read_command(key)
 
-    async def wait_for_order_version(self, order_id: UUID, version: int, timeout_s: float) -> bool:
-        """Whether the order's view reached `version` within `timeout_s`."""
-        key = str(order_id)
+    async def wait_for_version(
+        self, projection: str, stream_id: str, version: int, timeout_s: float
+    ) -> bool:
+        """Whether the stream's view in `projection` (one some aggregate is visible in)
+        reached `version` within `timeout_s`."""
+        key = f"{projection} {stream_id}"
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         with _registered(self._versions, key, (version, future)):
             self._wanted()
-            if await self._order_version(key) >= version:
+            if await self._view_version(key) >= version:
                 return True
             if timeout_s <= 0:
                 return False
@@ -112,9 +126,11 @@ class Waiter:
         raw = await self._redis.hgetall(self._keys.command(command_id))
         return CommandProgress.from_hash(cast(dict[bytes, bytes], raw))
 
-    async def _order_version(self, order_id: str) -> int:
+    async def _view_version(self, key: str) -> int:
+        projection, _, stream_id = key.partition(" ")
+        view_key = self._registry.projections[projection].view_key(stream_id)
         try:
-            return await self._queries.order_version(order_id)
+            return await self._readers[projection].version(view_key)
         except ViewsUnavailable:
             return 0
 
@@ -175,7 +191,8 @@ class Waiter:
             if "generation" in body:
                 await self._recheck_all()
             else:
-                self._on_version(str(body["order_id"]), int(body["version"]))
+                projection = self._projection_of_channel.get(channel, "")
+                self._on_version(f"{projection} {body['stream_id']}", int(body["version"]))
 
     def _on_command(self, body: dict[str, Any]) -> None:
         futures = self._commands.get(str(body.get("command_id")))
@@ -187,8 +204,8 @@ class Waiter:
                 if not future.done():
                     future.set_result(progress)
 
-    def _on_version(self, order_id: str, version: int) -> None:
-        for wanted, future in self._versions.get(order_id, ()):
+    def _on_version(self, key: str, version: int) -> None:
+        for wanted, future in self._versions.get(key, ()):
             if wanted <= version and not future.done():
                 future.set_result(version)
 
@@ -200,8 +217,8 @@ class Waiter:
                 for future in self._commands.get(command_id, ()):
                     if not future.done():
                         future.set_result(progress)
-        for order_id in list(self._versions):
-            self._on_version(order_id, await self._order_version(order_id))
+        for key in list(self._versions):
+            self._on_version(key, await self._view_version(key))
 
 
 async def _close(pubsub: PubSub) -> None:
@@ -232,7 +249,7 @@ async def waiter_of(request: Request) -> Waiter:
     waiter = getattr(state, "waiter", None)
     if waiter is None:
         runtime = state.runtime
-        waiter = Waiter(runtime.redis, runtime.keys)
+        waiter = Waiter(runtime.redis, runtime.keys, runtime.registry)
         state.waiter = waiter
     return cast(Waiter, waiter)
 

@@ -1,1 +1,2 @@
-"""The projector: consumes committed events and keeps the order views in Redis."""
+"""The projector: runs the domains' projections, each consuming committed events from its own
+queue into its own views in Redis."""

@@ -1,8 +1,8 @@
-"""Applying one live event, catching its order up from the event store when events are missing.
+"""Applying one live event, catching its stream up from the event store when events are missing.
 
 An event whose predecessor is not in the views yet (redelivered out of order, or a rebuild's
-generation that has not reached this order) is never applied out of order: the order's stream is
-read from the event store and its missing events applied first, each with the same version-checked
+generation that has not reached this stream) is never applied out of order: the stream is read
+from the event store and its missing events applied first, each with the same version-checked
 script, so racing projectors and duplicates are harmless.
 """
 
@@ -12,14 +12,14 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
+from typing import Any
 
 from common.contracts.envelopes import RecordedEvent
-from common.contracts.orders import OrderEvent
+from common.domain import Registry, UnknownEvent
 from common.eventstore.store import EventStore
 from common.messaging.outcomes import RetryLater
 from common.observability import metrics
-from common.readmodel.order_view import OrderView
-from projector_worker.projection import ProjectionError, ViewChange, parse_payload, plan
+from common.readmodel.projection import Projection, ProjectionError, ViewChange
 from projector_worker.redis_views import ApplyResult, Generations, ViewWriter
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,9 @@ MAX_ROUNDS = 20
 """Generation changes tolerated while applying one event before giving it back for a retry."""
 
 
-class Outcome(StrEnum):
+class Applied(StrEnum):
+    """What applying one delivered event did."""
+
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     CAUGHT_UP = "caught-up"
@@ -36,27 +38,57 @@ class Outcome(StrEnum):
 
 
 class ViewCache:
-    """The latest view this process wrote per order (least recently used dropped first).
+    """The latest view this process wrote per stream (least recently used dropped first).
 
     A view at a given version is a pure function of the stream, so a cached view is never
     wrong, only possibly behind; the script's version check decides what is written."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, projection: Projection[Any], capacity: int) -> None:
+        self._version_of = projection.version_of
         self._capacity = capacity
-        self._views: OrderedDict[str, OrderView] = OrderedDict()
+        self._views: OrderedDict[str, Any] = OrderedDict()
 
-    def at(self, order_id: str, version: int) -> OrderView | None:
-        view = self._views.get(order_id)
-        if view is None or view.version != version:
+    def at(self, stream_id: str, version: int) -> Any | None:
+        """The cached view of the stream if it is at `version`."""
+        view = self._views.get(stream_id)
+        if view is None or self._version_of(view) != version:
             return None
-        self._views.move_to_end(order_id)
+        self._views.move_to_end(stream_id)
         return view
 
-    def put(self, view: OrderView) -> None:
-        self._views[view.order_id] = view
-        self._views.move_to_end(view.order_id)
+    def get(self, stream_id: str) -> Any | None:
+        return self._views.get(stream_id)
+
+    def put(self, stream_id: str, view: Any) -> None:
+        self._views[stream_id] = view
+        self._views.move_to_end(stream_id)
         if len(self._views) > self._capacity:
             self._views.popitem(last=False)
+
+    def forget(self, stream_id: str) -> None:
+        self._views.pop(stream_id, None)
+
+
+async def plan_stream(
+    projection: Projection[Any],
+    registry: Registry,
+    store: EventStore,
+    stream_id: str,
+    up_to_version: int,
+) -> tuple[list[tuple[RecordedEvent, ViewChange]], str | None]:
+    """The changes of a stream's first `up_to_version` events, read from the event store, each
+    planned on the view before it; and why planning stopped early, if it did."""
+    stream = await store.read_stream(stream_id)
+    changes: list[tuple[RecordedEvent, ViewChange]] = []
+    view: Any | None = None
+    for stored in map(registry.upcast, stream[:up_to_version]):
+        try:
+            change = projection.plan(view, stored, registry.parse_event(stored))
+        except (UnknownEvent, ProjectionError) as exc:
+            return changes, str(exc)
+        changes.append((stored, change))
+        view = change.view
+    return changes, None
 
 
 class _Known(StrEnum):
@@ -73,20 +105,24 @@ class _Gap:
 
 
 class LiveApplier:
-    """Applies delivered events to every generation being written."""
+    """Applies delivered events to every generation of one projection being written."""
 
     def __init__(
         self,
         writer: ViewWriter,
+        registry: Registry,
         store: EventStore,
         on_empty: Callable[[], Awaitable[None]],
         cache_size: int = 100_000,
     ) -> None:
         self._writer = writer
+        self._projection = writer.projection
+        self._registry = registry
         self._store = store
         self._on_empty = on_empty
         self._generations: Generations | None = None
-        self.cache = ViewCache(cache_size)
+        self.cache = ViewCache(writer.projection, cache_size)
+        self._projected = metrics.EVENTS_PROJECTED.labels(writer.projection.name)
 
     async def _current(self) -> Generations:
         if self._generations is None:
@@ -96,7 +132,7 @@ class LiveApplier:
     def forget_generations(self) -> None:
         self._generations = None
 
-    async def apply(self, event: RecordedEvent, payload: OrderEvent) -> Outcome:
+    async def apply(self, event: RecordedEvent, payload: Any) -> Applied:
         """Apply `event`; raises `ProjectionError` for an event that can never apply."""
         for _round in range(MAX_ROUNDS):
             generations = await self._current()
@@ -106,27 +142,27 @@ class LiveApplier:
                 continue
             before = await self._before(event, generations)
             if before is _Known.DUPLICATE:
-                return Outcome.DUPLICATE
+                return Applied.DUPLICATE
             if isinstance(before, _Gap):
                 await self._catch_up(event, before.lowest_version)
-                return Outcome.CAUGHT_UP
-            change = plan(before, event, payload)
+                return Applied.CAUGHT_UP
+            change = self._projection.plan(before, event, payload)
             result = await self._writer.apply_live(event, change, generations)
             if result.empty or result.stale:
                 self.forget_generations()
                 continue
             if result.applied:
-                metrics.EVENTS_PROJECTED.inc()
+                self._projected.inc()
             if result.gap:
                 await self._catch_up(event, result.lowest_version)
-                return Outcome.CAUGHT_UP
-            self.cache.put(change.view)
-            return Outcome.APPLIED if result.applied else Outcome.DUPLICATE
+                return Applied.CAUGHT_UP
+            self.cache.put(event.stream_id, change.view)
+            return Applied.APPLIED if result.applied else Applied.DUPLICATE
         raise RetryLater("the view generations kept changing")
 
     async def _before(
         self, event: RecordedEvent, generations: Generations
-    ) -> OrderView | _Known | _Gap | None:
+    ) -> Any | _Known | _Gap | None:
         """The view at `event.version - 1`, or whether the event is known or cannot apply yet."""
         if event.version == 1:
             return None
@@ -134,41 +170,39 @@ class LiveApplier:
         if cached is not None:
             return cached
         views = await self._writer.read_views(event.stream_id, generations.targets)
-        versions = [view.version if view is not None else 0 for view in views.values()]
+        version_of = self._projection.version_of
+        versions = [version_of(view) if view is not None else 0 for view in views.values()]
         if all(version >= event.version for version in versions):
             return _Known.DUPLICATE
-        for view in views.values():
-            if view is not None and view.version == event.version - 1:
+        for view, version in zip(views.values(), versions, strict=True):
+            if view is not None and version == event.version - 1:
                 return view
         return _Gap(min(versions))
 
     async def _catch_up(self, event: RecordedEvent, lowest_version: int) -> None:
-        """Apply the order's stream from the event store up to and including `event`; every
+        """Apply the stream from the event store up to and including `event`; every
         generation written to is known to hold at least `lowest_version` events."""
-        stream = await self._store.read_stream(event.stream_id)
-        if len(stream) < event.version or stream[event.version - 1].event_id != event.event_id:
+        changes, failure = await plan_stream(
+            self._projection, self._registry, self._store, event.stream_id, event.version
+        )
+        if len(changes) < event.version or changes[-1][0].event_id != event.event_id:
             raise ProjectionError(
-                f"event {event.event_id} ({event.stream_id}@{event.version}) "
+                failure
+                or f"event {event.event_id} ({event.stream_id}@{event.version}) "
                 "is not in the event store"
             )
-        changes: list[tuple[RecordedEvent, ViewChange]] = []
-        view: OrderView | None = None
-        for stored in stream[: event.version]:
-            change = plan(view, stored, parse_payload(stored))
-            changes.append((stored, change))
-            view = change.view
+        view = changes[-1][1].view
         log.info(
             "catching up %s to version %d from the event store",
             event.stream_id,
             event.version,
-            extra={"order_id": event.stream_id},
+            extra={"stream_id": event.stream_id, "projection": self._projection.name},
         )
         start = min(lowest_version, event.version - 1)
         for _round in range(MAX_ROUNDS):
             restart = await self._apply_from(changes, start)
             if restart is None:
-                if view is not None:
-                    self.cache.put(view)
+                self.cache.put(event.stream_id, view)
                 return
             start = restart
         raise RetryLater(f"could not catch up {event.stream_id}")
@@ -192,5 +226,5 @@ class LiveApplier:
             if result.gap:
                 return result.lowest_version
             if result.applied:
-                metrics.EVENTS_PROJECTED.inc()
+                self._projected.inc()
         return None

@@ -1,4 +1,4 @@
-"""Rebuilding the views from the event store into a new generation, without downtime.
+"""Rebuilding one projection from the event store into a new generation, without downtime.
 
 1. Take the rebuild lock (SET NX PX, renewed) so one process rebuilds at a time.
 2. Open generation n+1 and set the `rebuilding` marker naming it, in one script. From then on
@@ -12,8 +12,9 @@
    the replay, then switch the pointer and drop the marker atomically.
 5. Delete the old generation's keys in batches from its `members` set.
 
-On an empty Redis (no pointer) the same steps restore the views and the command statuses
-(from the `commands` table); projectors that start meanwhile wait for the pointer.
+On an empty Redis (no pointer) the same steps restore the views and, for a projection that
+aggregates are visible in, the command statuses (from the event store's command ledger);
+projectors that start meanwhile wait for the pointer.
 """
 
 from __future__ import annotations
@@ -21,176 +22,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-import sys
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TextIO
 
 import asyncpg
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from common.contracts.envelopes import RecordedEvent
-from common.contracts.orders import OrderEvent
+from common.domain import Registry
 from common.eventstore.store import EventStore, Partition
-from common.readmodel.keys import Keys
+from common.readmodel.commands import CommandStatus, status_fields
 from common.readmodel.notifications import generation_message
-from common.readmodel.order_view import OrderView
 from projector_worker import scripts
+from projector_worker.generations import (
+    LOCK_TTL_MS,
+    Progress,
+    RebuildAborted,
+    RebuildLock,
+    RebuildSummary,
+    drop_generation,
+)
 from projector_worker.helpers import Helper, Helpers
-from projector_worker.projection import ProjectionError, parse_payload, plan, plan_run
 from projector_worker.redis_views import ViewWriter
+from projector_worker.replay import GenerationReplay
 
 log = logging.getLogger(__name__)
 
-LOCK_TTL_MS = 30_000
-RENEW_EVERY_S = 5.0
-DELETE_BATCH = 500
 COMMAND_BATCH = 2_000
 
 
 class RebuildBusy(Exception):
     """Another process holds the rebuild lock."""
-
-
-class RebuildAborted(Exception):
-    """The rebuild lost its lock or its generation (Redis emptied meanwhile); nothing switched."""
-
-
-@dataclass
-class RebuildSummary:
-    generation: int
-    previous: int | None
-    events: int = 0
-    applied: int = 0
-    skipped: int = 0
-    commands_restored: int = 0
-    keys_deleted: int = 0
-    horizon: int = 0
-    switched_s: float = 0.0
-    """From the start to queries reading the new generation: the replay."""
-    seconds: float = 0.0
-    """From the start to the end, the old generation's keys deleted."""
-
-    def describe(self) -> str:
-        rate = self.events / self.switched_s if self.switched_s > 0 else 0.0
-        switched = (
-            f"g{self.previous} -> g{self.generation}"
-            if self.previous
-            else (f"g{self.generation} (Redis was empty)")
-        )
-        text = (
-            f"rebuild done: {switched}; {self.events} events read up to position "
-            f"{self.horizon}, {self.applied} applied, switched after {self.switched_s:.1f}s"
-            f" ({rate:.0f}/s)"
-        )
-        if self.skipped:
-            text += f"; {self.skipped} invalid events skipped"
-        if self.commands_restored:
-            text += f"; {self.commands_restored} command statuses restored"
-        if self.previous:
-            text += f"; {self.keys_deleted} keys of g{self.previous} deleted"
-        return text + f"; done in {self.seconds:.1f}s"
-
-
-class Progress:
-    """Events done, rate and ETA on a text stream, at most once a second."""
-
-    def __init__(self, stream: TextIO | None = sys.stderr, every_s: float = 1.0) -> None:
-        self._stream = stream
-        self._every_s = every_s
-        self._started = time.monotonic()
-        self._last = 0.0
-        self.done = 0
-        self.total = 0
-        self.label = "rebuild"
-
-    def advance(self, events: int) -> None:
-        self.done += events
-        now = time.monotonic()
-        if now - self._last >= self._every_s:
-            self._last = now
-            self.write(self.line(now))
-
-    def line(self, now: float) -> str:
-        elapsed = max(now - self._started, 1e-9)
-        rate = self.done / elapsed
-        text = f"{self.label}: {self.done} events, {rate:.0f}/s"
-        if self.total > 0:
-            share = min(self.done / self.total, 1.0)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            text += f", ~{share:.0%} of {self.total}, ETA {max(eta, 0):.0f}s"
-        return text
-
-    def write(self, text: str) -> None:
-        if self._stream is not None:
-            print(text, file=self._stream, flush=True)
-
-
-class RebuildLock:
-    """The one-rebuilder lock: a random token under a key with a TTL, renewed in the background
-    together with the `rebuilding` marker."""
-
-    def __init__(self, redis: Redis, keys: Keys) -> None:
-        self._redis = redis
-        self._keys = keys
-        self.token = secrets.token_hex(16)
-        self.generation: int | None = None
-        self.lost = False
-        self._renewer: asyncio.Task[None] | None = None
-        self._renew = redis.register_script(scripts.RENEW)
-        self._release = redis.register_script(scripts.RELEASE)
-
-    async def acquire(self) -> bool:
-        return bool(
-            await self._redis.set(self._keys.rebuild_lock, self.token, nx=True, px=LOCK_TTL_MS)
-        )
-
-    def start_renewing(self) -> None:
-        self._renewer = asyncio.create_task(self._renew_forever(), name="rebuild-lock")
-
-    async def _renew_forever(self) -> None:
-        while True:
-            await asyncio.sleep(RENEW_EVERY_S)
-            try:
-                kept = await self._renew(
-                    keys=[self._keys.rebuild_lock, self._keys.rebuilding],
-                    args=[self.token, LOCK_TTL_MS, str(self.generation or "")],
-                )
-            except Exception as exc:
-                log.warning("could not renew the rebuild lock: %r", exc)
-                continue
-            if not kept:
-                log.error("the rebuild lock or marker was lost")
-                self.lost = True
-                return
-
-    async def release(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-            self._renewer = None
-        with contextlib.suppress(Exception):
-            await self._release(keys=[self._keys.rebuild_lock], args=[self.token])
-
-
-async def drop_generation(redis: Redis, keys: Keys, generation: int) -> int:
-    """Delete every key of `generation` in batches, from its members set (no SCAN)."""
-    members = keys.views(generation).members
-    deleted = 0
-    while True:
-        batch = await redis.spop(members, DELETE_BATCH)
-        if not batch:
-            break
-        deleted += int(await redis.unlink(*batch))
-    await redis.unlink(members)
-    await redis.srem(keys.generations, generation)
-    return deleted
 
 
 class Rebuild:
@@ -199,6 +61,7 @@ class Rebuild:
     def __init__(
         self,
         writer: ViewWriter,
+        registry: Registry,
         pool: asyncpg.Pool,
         *,
         batch_size: int = 1000,
@@ -209,6 +72,8 @@ class Rebuild:
         helpers: Helpers | None = None,
     ) -> None:
         self._writer = writer
+        self._projection = writer.projection
+        self._registry = registry
         self._redis = writer.redis
         self._keys = writer.keys
         self._pool = pool
@@ -218,8 +83,7 @@ class Rebuild:
         self._restore_commands = restore_commands
         self._partitions = max(partitions, 1)
         self._helpers = helpers or Helpers()
-        self._views: OrderedDict[str, OrderView] = OrderedDict()
-        self._cache_size = cache_size
+        self._replay = GenerationReplay(writer, registry, self._store, cache_size)
         self._begin = self._redis.register_script(scripts.BEGIN_REBUILD)
         self._switch = self._redis.register_script(scripts.SWITCH)
         self._abandon = self._redis.register_script(scripts.ABANDON)
@@ -228,7 +92,7 @@ class Rebuild:
         """Take the lock and rebuild; `RebuildBusy` when another process is rebuilding."""
         lock = RebuildLock(self._redis, self._keys)
         if not await lock.acquire():
-            raise RebuildBusy("another process is rebuilding the views")
+            raise RebuildBusy(f"another process is rebuilding {self._projection.name}")
         return await self.run_locked(lock)
 
     async def run_locked(self, lock: RebuildLock) -> RebuildSummary:
@@ -251,9 +115,10 @@ class Rebuild:
             if generation < 0:
                 raise RebuildAborted("lost the rebuild lock before starting")
             lock.generation = generation
-            summary = RebuildSummary(generation=generation, previous=previous)
-            self._progress.label = f"rebuild g{generation}"
-            log.info("rebuilding the views into g%d (current: g%s)", generation, previous)
+            summary = RebuildSummary(generation, previous, self._projection.name)
+            name = self._projection.name
+            self._progress.label = f"rebuild {name} g{generation}"
+            log.info("rebuilding %s into g%d (current: g%s)", name, generation, previous)
             await self._drop_abandoned(keep={generation, previous})
             try:
                 await self._fill(lock, summary)
@@ -267,7 +132,7 @@ class Rebuild:
                         args=[
                             lock.token,
                             str(generation),
-                            self._keys.order_versions_channel,
+                            self._keys.versions_channel,
                             generation_message(generation),
                         ],
                     )
@@ -281,7 +146,7 @@ class Rebuild:
             if old < 0:
                 raise RebuildAborted("lost the rebuild lock or marker before switching")
             summary.switched_s = time.monotonic() - started
-            log.info("queries now read g%d", generation)
+            log.info("queries of %s now read g%d", name, generation)
             if old > 0:
                 summary.keys_deleted = await drop_generation(self._redis, self._keys, old)
             summary.seconds = time.monotonic() - started
@@ -298,7 +163,9 @@ class Rebuild:
 
     async def _fill(self, lock: RebuildLock, summary: RebuildSummary) -> None:
         generation = summary.generation
-        record = self._restore_commands or summary.previous is None
+        record = bool(self._writer.visible_for) and (
+            self._restore_commands or summary.previous is None
+        )
         if record:
             summary.commands_restored = await self._restore_command_statuses()
         async with self._pool.acquire() as conn:
@@ -314,7 +181,7 @@ class Rebuild:
                     up_to = await self._final_horizon(conn, after)
                     after = await self._replay_range(conn, after, up_to, summary, record, lock=lock)
         summary.horizon = after
-        log.info("g%d caught up to position %d", generation, after)
+        log.info("%s g%d caught up to position %d", self._projection.name, generation, after)
 
     async def _final_horizon(self, conn: asyncpg.Connection, after: int) -> int:
         """The gap-safe horizon once it is final; its positions past `after` join the total."""
@@ -341,6 +208,8 @@ class Rebuild:
                 helper = self._helpers.take()
                 taken.append(helper)
                 argv = [
+                    "--projection",
+                    self._projection.name,
                     "--generation",
                     str(summary.generation),
                     "--up-to",
@@ -380,6 +249,7 @@ class Rebuild:
             summary.events += report.get("events", 0)
             summary.applied += report.get("applied", 0)
             summary.skipped += report.get("skipped", 0)
+            summary.ignored += report.get("ignored", 0)
             self._progress.advance(report.get("events", 0))
             if lock.lost:
                 raise RebuildAborted("lost the rebuild lock")
@@ -396,7 +266,7 @@ class Rebuild:
         report: Callable[[dict[str, int]], None],
     ) -> RebuildSummary:
         """A helper's part of `_replay_partitioned`: `report` gets the counts of every batch."""
-        summary = RebuildSummary(generation=generation, previous=None)
+        summary = RebuildSummary(generation, None, self._projection.name)
         async with self._pool.acquire() as conn:
             await self._replay_range(
                 conn, 0, up_to, summary, record, partition=partition, report=report
@@ -434,15 +304,16 @@ class Rebuild:
                     break
                 after = events[-1].position
                 reading = read_after(after)
-                applied, skipped = summary.applied, summary.skipped
-                await self._apply_batch(events, summary, record)
+                before = (summary.applied, summary.skipped, summary.ignored)
+                await self._replay.apply(events, summary, record)
                 summary.events += len(events)
                 if report is not None:
                     report(
                         {
                             "events": len(events),
-                            "applied": summary.applied - applied,
-                            "skipped": summary.skipped - skipped,
+                            "applied": summary.applied - before[0],
+                            "skipped": summary.skipped - before[1],
+                            "ignored": summary.ignored - before[2],
                         }
                     )
                 else:
@@ -456,187 +327,36 @@ class Rebuild:
                     await reading
         return max(after, up_to)
 
-    async def _apply_batch(
-        self, events: list[RecordedEvent], summary: RebuildSummary, record: bool
-    ) -> None:
-        generation = summary.generation
-        parsed: list[tuple[RecordedEvent, OrderEvent]] = []
-        for event in events:
-            try:
-                parsed.append((event, parse_payload(event)))
-            except ProjectionError as exc:
-                summary.skipped += 1
-                log.error("skipping event %s at %d: %s", event.event_id, event.position, exc)
-        await self._load_views(parsed, generation)
-
-        # Each order's events here that follow its known view without a gap form its run.
-        runs: dict[str, list[tuple[RecordedEvent, OrderEvent]]] = {}
-        gaps: dict[str, int] = {}
-        for event, payload in parsed:
-            stream_id = event.stream_id
-            if stream_id in gaps:
-                gaps[stream_id] = event.version
-                continue
-            run = runs.get(stream_id)
-            if run is not None:
-                known = run[-1][0].version
-            else:
-                before = self._views.get(stream_id)
-                known = before.version if before is not None else 0
-            if known >= event.version:
-                continue
-            if known != event.version - 1:
-                gaps[stream_id] = event.version
-                continue
-            runs.setdefault(stream_id, []).append((event, payload))
-
-        queued: list[tuple[RecordedEvent, int]] = []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for run in runs.values():
-                queued += await self._queue_run(pipe, run, generation, record, summary, gaps)
-            replies = await pipe.execute() if queued else []
-        for (event, count), reply in zip(queued, replies, strict=True):
-            result = self._writer.result_of(reply, generation)
-            if result.empty or result.stale:
-                raise RebuildAborted("the views were emptied or the rebuild was replaced")
-            if result.gap:
-                # Also a run that live projectors entered midway: the catch-up below applies
-                # what is missing, event by event.
-                gaps[event.stream_id] = max(gaps.get(event.stream_id, 0), event.version)
-                self._views.pop(event.stream_id, None)
-            elif result.applied:
-                summary.applied += count
-        for stream_id, version in gaps.items():
-            summary.applied += await self._catch_up_stream(stream_id, version, generation, record)
-
-    async def _queue_run(
-        self,
-        pipe: Pipeline,
-        run: list[tuple[RecordedEvent, OrderEvent]],
-        generation: int,
-        record: bool,
-        summary: RebuildSummary,
-        gaps: dict[str, int],
-    ) -> list[tuple[RecordedEvent, int]]:
-        """Queue one order's run: as one call (`plan_run`), or event by event when command
-        statuses are restored (they are recorded per event) or an event cannot apply. An
-        event that cannot apply is skipped, and the rest of the run is left to the catch-up."""
-        stream_id = run[0][0].stream_id
-        before = self._views.get(stream_id)
-        last = run[-1][0]
-        if not record and len(run) > 1:
-            try:
-                folded = plan_run(before, run)
-            except ProjectionError:
-                pass  # planned again below, event by event, to skip just the bad one
-            else:
-                await self._writer.replay_into(
-                    pipe, last, folded.change, generation, record_commands=False, run=folded
-                )
-                self._remember(folded.change.view)
-                return [(last, len(run))]
-        queued: list[tuple[RecordedEvent, int]] = []
-        for event, payload in run:
-            try:
-                change = plan(before, event, payload)
-            except ProjectionError as exc:
-                summary.skipped += 1
-                log.error("skipping event %s at %d: %s", event.event_id, event.position, exc)
-                if event is not last:
-                    gaps[stream_id] = max(gaps.get(stream_id, 0), last.version)
-                break
-            await self._writer.replay_into(pipe, event, change, generation, record_commands=record)
-            queued.append((event, 1))
-            before = change.view
-            self._remember(before)
-        return queued
-
-    async def _load_views(
-        self, parsed: list[tuple[RecordedEvent, OrderEvent]], generation: int
-    ) -> None:
-        """Read from Redis the views of orders that continue in this batch and are not cached."""
-        missing: dict[str, None] = {}
-        for event, _payload in parsed:
-            if event.version > 1 and event.stream_id not in self._views:
-                missing.setdefault(event.stream_id, None)
-        if not missing:
-            return
-        view_keys = self._keys.views(generation)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for order_id in missing:
-                pipe.hgetall(view_keys.order(order_id))
-            raws = await pipe.execute()
-        for raw in raws:
-            if raw:
-                self._remember(OrderView.from_hash(raw))
-
-    def _remember(self, view: OrderView) -> None:
-        self._views[view.order_id] = view
-        self._views.move_to_end(view.order_id)
-        if len(self._views) > self._cache_size:
-            self._views.popitem(last=False)
-
-    async def _catch_up_stream(
-        self, stream_id: str, up_to_version: int, generation: int, record: bool
-    ) -> int:
-        """Apply a stream's events from the store, in version order, up to `up_to_version`."""
-        stream = await self._store.read_stream(stream_id)
-        view: OrderView | None = None
-        applied = 0
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for event in stream[:up_to_version]:
-                try:
-                    change = plan(view, event, parse_payload(event))
-                except ProjectionError as exc:
-                    log.error("cannot replay %s past version %d: %s", stream_id, event.version, exc)
-                    break
-                await self._writer.replay_into(
-                    pipe, event, change, generation, record_commands=record
-                )
-                view = change.view
-            replies = await pipe.execute()
-        for reply in replies:
-            result = self._writer.result_of(reply, generation)
-            if result.empty or result.stale:
-                raise RebuildAborted("the views were emptied or the rebuild was replaced")
-            applied += int(result.applied)
-        if view is not None:
-            self._remember(view)
-        return applied
-
     async def _restore_command_statuses(self) -> int:
-        """Write every command's recorded outcome from PostgreSQL back to its status hash."""
+        """Write the recorded outcome of every command on a stream this projection makes
+        visible back to its status hash, from the event store's command ledger."""
         restored = 0
         last = None
         while True:
-            rows = await self._pool.fetch(
-                "SELECT command_id, type, stream_id, status, reason, version FROM commands"
-                " WHERE $1::uuid IS NULL OR command_id > $1 ORDER BY command_id LIMIT $2",
-                last,
-                COMMAND_BATCH,
-            )
-            if not rows:
+            records = await self._store.read_commands(last, COMMAND_BATCH)
+            if not records:
                 return restored
             async with self._redis.pipeline(transaction=False) as pipe:
-                for row in rows:
-                    pipe.hset(
-                        self._keys.command(row["command_id"]),
-                        mapping={
-                            "command_id": str(row["command_id"]),
-                            "type": row["type"],
-                            "order_id": row["stream_id"],
-                            "status": row["status"],
-                            "reason": row["reason"] or "",
-                            "version": row["version"],
-                        },
+                for record in records:
+                    if not self._writer.makes_visible(record.stream_id):
+                        continue
+                    fields = status_fields(
+                        record.command_id,
+                        record.type,
+                        record.stream_id,
+                        status=CommandStatus(record.status),
+                        reason=record.reason,
+                        version=record.version,
                     )
+                    pipe.hset(self._writer.root_keys.command(record.command_id), mapping=fields)  # type: ignore[arg-type]
+                    restored += 1
                 await pipe.execute()
-            restored += len(rows)
-            last = rows[-1]["command_id"]
+            last = records[-1].command_id
 
 
 async def ensure_views(
     writer: ViewWriter,
+    registry: Registry,
     pool: asyncpg.Pool,
     *,
     batch_size: int = 1000,
@@ -653,8 +373,11 @@ async def ensure_views(
             if (await writer.generations()).live is not None:
                 await lock.release()
                 return None
-            log.warning("no views in Redis: rebuilding them from the event store")
-            rebuild = Rebuild(writer, pool, batch_size=batch_size, progress=progress)
+            log.warning(
+                "no views of %s in Redis: rebuilding them from the event store",
+                writer.projection.name,
+            )
+            rebuild = Rebuild(writer, registry, pool, batch_size=batch_size, progress=progress)
             summary = await rebuild.run_locked(lock)
             log.info(summary.describe())
             return summary

@@ -1,4 +1,5 @@
-"""Writing view changes to Redis: one APPLY script call per event, pipelined where it can be."""
+"""Writing one projection's changes to Redis: one APPLY script call per event, pipelined where
+it can be."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from common.contracts.envelopes import RecordedEvent
+from common.domain import split_stream_id
+from common.readmodel.commands import PROJECTED_VERSION_FIELD, status_fields
 from common.readmodel.keys import Keys
-from common.readmodel.notifications import order_version_message, projected_command_message
-from common.readmodel.order_view import OrderView
+from common.readmodel.notifications import projected_command_message, stream_version_message
 from common.readmodel.pipelining import AutoPipeline
+from common.readmodel.projection import Projection, ViewChange
 from common.settings import Settings
 from projector_worker import scripts
-from projector_worker.projection import COMMAND_OF_EVENT, RunChange, ViewChange
 
 REDIS_CONNECTIONS = 32
 """Redis connections per projector; handlers beyond that queue for one instead of opening more."""
@@ -88,31 +90,55 @@ def _int(value: bytes | str | None) -> int | None:
 
 
 class ViewWriter:
-    """The projector's access to the views; one per process, shared by every handler."""
+    """A projector's access to one projection's views; one per projection and process, shared
+    by every handler.
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    When the projection is the one an event's aggregate is `visible_in`, applying the event to
+    the generation queries read also records it on the command's status hash and notifies
+    waiting gateways (see `common/readmodel/notifications.py`)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        projection: Projection[Any],
+        visible_for: Iterable[str] = (),
+    ) -> None:
         self.redis = redis
-        self.keys = keys
+        self.root_keys = keys
+        self.keys = keys.projection(projection.name)
+        self.projection = projection
+        self.visible_for = frozenset(visible_for)
+        """The stream types whose aggregate is visible in this projection."""
         self._apply = redis.register_script(scripts.APPLY)
+        self._advance = redis.register_script(scripts.ADVANCE)
         self._pipeline = AutoPipeline(redis)
 
     async def generations(self) -> Generations:
         live, building = await self.redis.mget(self.keys.generation, self.keys.rebuilding)
         return Generations(_int(live), _int(building))
 
-    async def read_views(
-        self, order_id: str, generations: Iterable[int]
-    ) -> dict[int, OrderView | None]:
-        """The order's view in each generation (None where it does not exist), one round trip."""
+    async def read_views(self, stream_id: str, generations: Iterable[int]) -> dict[int, Any]:
+        """The stream's view in each generation (None where it does not exist), one round
+        trip."""
         targets = list(generations)
+        key = self.projection.view_key(stream_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             for generation in targets:
-                pipe.hgetall(self.keys.views(generation).order(order_id))
+                pipe.hgetall(self.keys.views(generation).key(key))
             raws = await pipe.execute()
         return {
-            g: (OrderView.from_hash(raw) if raw else None)
+            g: (self.projection.from_hash(raw) if raw else None)
             for g, raw in zip(targets, raws, strict=True)
         }
+
+    def makes_visible(self, stream_id: str) -> bool:
+        """Whether clients wait for this projection to show the stream's commands."""
+        return split_stream_id(stream_id)[0] in self.visible_for
+
+    def records(self, event: RecordedEvent) -> bool:
+        """Whether applying `event` records it on its command's status."""
+        return self.makes_visible(event.stream_id)
 
     def _call(
         self,
@@ -123,10 +149,10 @@ class ViewWriter:
         expect_live: str,
         expect_building: str,
         live_block: int,
-        flags: int,
-        run: RunChange | None = None,
+        record_command: bool,
+        notify: bool,
     ) -> tuple[list[str], list[Any]]:
-        order_id = change.view.order_id
+        stream_id = change.stream_id
         command_id = str(event.metadata.command_id)
         index_keys = change.index_keys()
         position_of = {
@@ -134,19 +160,19 @@ class ViewWriter:
         }
         per_block = scripts.BLOCK_FIXED_KEYS + len(index_keys)
 
-        keys = [self.keys.generation, self.keys.rebuilding, self.keys.command(command_id)]
+        keys = [self.keys.generation, self.keys.rebuilding, self.root_keys.command(command_id)]
         for generation in targets:
             view_keys = self.keys.views(generation)
             keys += [
-                view_keys.key(change.order_key),
+                view_keys.key(change.view_key),
                 view_keys.checkpoint,
                 view_keys.members,
-                view_keys.key(change.history_key),
+                view_keys.key(change.history_key or change.view_key),
             ]
             keys += [view_keys.key(suffix) for suffix in index_keys]
 
         fields: list[str] = []
-        for name, value in change.view.to_hash().items():
+        for name, value in change.fields.items():
             fields += [name, value]
         added: list[str | int] = []
         for suffix, score, member in change.zadd:
@@ -154,35 +180,52 @@ class ViewWriter:
         removed: list[str | int] = []
         for suffix, member in change.zrem:
             removed += [position_of[suffix], member]
-        history = run.history if run is not None else (change.history_entry,)
-        encoded = orjson.dumps([fields, [entry.decode() for entry in history], added, removed])
-        publish = flags & scripts.FLAG_PUBLISH
-        args: list[Any] = [
-            expect_live,
-            expect_building,
-            event.version,
-            event.position,
-            len(targets),
-            per_block,
-            live_block,
-            flags,
-            command_id,
-            COMMAND_OF_EVENT.get(event.type, event.type),
-            order_id,
-            self.keys.command_outcomes_channel,
-            projected_command_message(command_id, order_id, event.version) if publish else b"",
-            self.keys.order_versions_channel,
-            order_version_message(order_id, event.version) if publish else b"",
-            encoded,
-        ]
-        if run is not None:
-            args.append(run.first_version)
-        return keys, args
+        counted: list[str | int] = []
+        for suffix, name, delta in change.hincrby:
+            counted += [position_of[suffix], name, delta]
+        ranked: list[str | int] = []
+        for suffix, member, delta in change.zincrby:
+            ranked += [position_of[suffix], member, delta]
+        history = [entry.decode() for entry in change.history]
+        encoded = orjson.dumps([fields, history, added, removed, counted, ranked])
+        named: dict[str, Any] = {
+            "expect_live": expect_live,
+            "expect_building": expect_building,
+            "version": change.version,
+            "first": change.first_version,
+            "position": event.position,
+            "blocks": len(targets),
+            "per_block": per_block,
+            "live_block": live_block,
+        }
+        if record_command:
+            metadata = event.metadata
+            status = status_fields(
+                command_id,
+                metadata.command_type or event.type,
+                stream_id,
+                version=change.version,
+            )
+            named["command"] = [item for pair in status.items() for item in pair]
+            named["projected_field"] = PROJECTED_VERSION_FIELD
+        if notify:
+            named["notify"] = [
+                [
+                    self.root_keys.command_outcomes_channel,
+                    projected_command_message(command_id, stream_id, change.version).decode(),
+                ],
+                [
+                    self.keys.versions_channel,
+                    stream_version_message(stream_id, change.version).decode(),
+                ],
+            ]
+        return keys, [orjson.dumps(named), encoded]
 
     async def apply_live(
         self, event: RecordedEvent, change: ViewChange, generations: Generations
     ) -> ApplyResult:
         """Apply to every current target, notify waiters, record the command's projection."""
+        records = self.records(event)
         keys, args = self._call(
             event,
             change,
@@ -190,7 +233,8 @@ class ViewWriter:
             expect_live=str(generations.live or ""),
             expect_building=str(generations.building or ""),
             live_block=1 if generations.live is not None else 0,
-            flags=scripts.FLAG_PUBLISH | scripts.FLAG_RECORD_COMMAND,
+            record_command=records,
+            notify=records,
         )
         raw = await self._apply_script(keys, args)
         return self._result(raw, generations.targets)
@@ -217,12 +261,11 @@ class ViewWriter:
         generation: int,
         *,
         record_commands: bool,
-        run: RunChange | None = None,
     ) -> None:
         """Queue an apply into the generation a rebuild fills (valid while its marker is set).
-        With `run`, a run of consecutive events of one order goes as one apply (`event` its
-        last, `change` its folded change); a run records no command status."""
-        assert run is None or not record_commands, "a run records no command status"
+        A change may fold a run of consecutive events of one stream (`event` its last); such a
+        run records no command status."""
+        assert change.first_version == change.version or not record_commands
         keys, args = self._call(
             event,
             change,
@@ -230,8 +273,8 @@ class ViewWriter:
             expect_live="*",
             expect_building=str(generation),
             live_block=0,
-            flags=scripts.FLAG_RECORD_COMMAND if record_commands else 0,
-            run=run,
+            record_command=record_commands and self.records(event),
+            notify=False,
         )
         await self._apply(keys=keys, args=args, client=pipe)
 
@@ -253,6 +296,13 @@ class ViewWriter:
 
     async def close(self) -> None:
         await self._pipeline.close()
+
+    async def advance(self, position: int) -> None:
+        """Move the checkpoints of the generations being written up to `position`, which the
+        projection passed without a change."""
+        await self._advance(
+            keys=[self.keys.generation, self.keys.rebuilding], args=[self.keys.prefix, position]
+        )
 
     async def checkpoint(self, generation: int) -> int:
         value = await self.redis.get(self.keys.views(generation).checkpoint)

@@ -1,32 +1,36 @@
-"""The projector process: consumes `orders.projector` and keeps the order views in Redis."""
+"""The projector process: runs one or more named projections, each consuming its own queue and
+keeping its own views, checkpoint, generation and lag."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
 from common.contracts.envelopes import RecordedEvent
+from common.domain import Registry, UnknownEvent
 from common.eventstore.database import create_pool, prepare_database
 from common.eventstore.store import EventStore
 from common.messaging.connection import SupervisedConnection
 from common.messaging.consuming import QueueConsumer
 from common.messaging.outcomes import RejectMessage
-from common.messaging.topology import PROJECTOR_QUEUE, declare_topology
+from common.messaging.topology import Topology, declare_topology
 from common.observability import metrics
 from common.observability.logging import correlation_id
 from common.observability.server import HealthServer
 from common.process import settle_heap
 from common.readmodel.keys import Keys
+from common.readmodel.projection import Projection, ProjectionError
 from common.settings import Settings
-from projector_worker.catchup import LiveApplier, Outcome
-from projector_worker.projection import ProjectionError, parse_payload
+from projector_worker.catchup import Applied, LiveApplier
 from projector_worker.rebuild import ensure_views
 from projector_worker.redis_views import ViewWriter, open_redis
 
@@ -37,13 +41,25 @@ VIEWS_CHECK_S = 1.0
 """How often a projector checks that Redis still holds the views: an emptied Redis must get
 them back even when no event comes along to notice it."""
 VIEW_CACHE_SIZE = 20_000
-"""Views kept to continue from without reading Redis: enough for the orders that are active,
-small enough that a full garbage collection stays short."""
-_OUTCOME_MESSAGES = {
-    Outcome.APPLIED: "event applied to the views",
-    Outcome.DUPLICATE: "event already in the views",
-    Outcome.CAUGHT_UP: "event applied after catching up from the event store",
+"""Views kept per projection to continue from without reading Redis: enough for the streams
+that are active, small enough that a full garbage collection stays short."""
+_APPLIED_MESSAGES = {
+    Applied.APPLIED: "event applied to the views",
+    Applied.DUPLICATE: "event already in the views",
+    Applied.CAUGHT_UP: "event applied after catching up from the event store",
 }
+
+
+def writer_for(
+    redis: Redis, keys: Keys, registry: Registry, projection: Projection[object]
+) -> ViewWriter:
+    """The writer of `projection`, recording command statuses for the aggregates visible in it."""
+    visible_for = [
+        stream_type
+        for stream_type, aggregate in registry.aggregates.items()
+        if aggregate.visible_in == projection.name
+    ]
+    return ViewWriter(redis, keys, projection, visible_for)
 
 
 class KeyedLocks:
@@ -70,23 +86,169 @@ class KeyedLocks:
         return len(self._locks)
 
 
-class Projector:
-    """One projector process: views first (rebuilt if Redis is empty), then live events."""
+class ProjectionRunner:
+    """One projection inside a projector process: its views first (rebuilt if Redis has none),
+    then its queue's events."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.keys = Keys(settings.redis_key_prefix)
-        self.redis = open_redis(settings)
-        self.writer = ViewWriter(self.redis, self.keys)
+    def __init__(
+        self,
+        projector: Projector,
+        projection: Projection[object],
+    ) -> None:
+        self.projector = projector
+        self.projection = projection
+        self.name = projection.name
+        self.writer = writer_for(projector.redis, projector.keys, projector.registry, projection)
         self.locks = KeyedLocks()
         self.views_ready = asyncio.Event()
+        self.consumer: QueueConsumer | None = None
+        self._applier: LiveApplier | None = None
+        self._ensuring: asyncio.Task[None] | None = None
+        self._ignored = metrics.EVENTS_IGNORED.labels(self.name)
+        self._ignored_up_to = 0
+        """The highest position of an event acked without a change; the checkpoints follow it
+        (at the lag's pace), so a projection that follows few streams is not shown behind."""
+        metrics.init_projection_series(self.name)
+
+    @property
+    def queue(self) -> str:
+        return self.projector.topology.projection_queue(self.name)
+
+    def open(self, pool: asyncpg.Pool) -> None:
+        self._applier = LiveApplier(
+            self.writer,
+            self.projector.registry,
+            EventStore(pool),
+            self.views_missing,
+            cache_size=VIEW_CACHE_SIZE,
+        )
+
+    async def start_consuming(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        settings = self.projector.settings
+        consumer = QueueConsumer(
+            self.queue,
+            self.handle,
+            topology=self.projector.topology,
+            prefetch=settings.projector_prefetch,
+            max_attempts=settings.max_delivery_attempts,
+            retry_base_delay_ms=settings.retry_base_delay_ms,
+        )
+        await consumer.start(connection, settings.publish_timeout_s)
+        self.consumer = consumer
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        """Apply one event; poison goes to the dead-letter queue, anything else is retried.
+        An event of a stream the projection does not follow is acked and counted."""
+        headers = message.headers or {}
+        stream_hint = headers.get("stream_id")
+        if isinstance(stream_hint, str) and not self.projection.follows(stream_hint):
+            position = headers.get("position")
+            self._ignore(position if isinstance(position, int) else 0)
+            return
+        try:
+            event = RecordedEvent.model_validate_json(message.body)
+        except ValidationError as exc:
+            raise RejectMessage(f"not a recorded event: {exc}") from exc
+        try:
+            event = self.projector.registry.upcast(event)
+        except UnknownEvent as exc:
+            raise RejectMessage(str(exc)) from exc
+        if not self.projection.follows(event.stream_id):
+            self._ignore(event.position)
+            return
+        token = correlation_id.set(str(event.metadata.correlation_id))
+        try:
+            payload = self.projector.registry.parse_event(event)
+            assert self._applier is not None
+            async with self.locks.hold(event.stream_id):
+                applied = await self._applier.apply(event, payload)
+            log.info(
+                _APPLIED_MESSAGES[applied],
+                extra={
+                    "projection": self.name,
+                    "stream_id": event.stream_id,
+                    "version": event.version,
+                    "position": event.position,
+                    "event_type": event.type,
+                    "command_id": str(event.metadata.command_id),
+                },
+            )
+        except (ProjectionError, UnknownEvent) as exc:
+            raise RejectMessage(str(exc)) from exc
+        finally:
+            correlation_id.reset(token)
+
+    def _ignore(self, position: int) -> None:
+        self._ignored.inc()
+        self._ignored_up_to = max(self._ignored_up_to, position)
+
+    async def views_missing(self) -> None:
+        """Make sure queries have views; one run at a time, shared by every waiting handler."""
+        if self._ensuring is None or self._ensuring.done():
+            self.views_ready.clear()
+            self._ensuring = asyncio.create_task(self._ensure(), name=f"ensure-{self.name}")
+        await asyncio.shield(self._ensuring)
+
+    def cancel_ensuring(self) -> None:
+        if self._ensuring is not None:
+            self._ensuring.cancel()
+
+    async def _ensure(self) -> None:
+        assert self.projector.pool is not None
+        await ensure_views(self.writer, self.projector.registry, self.projector.pool)
+        self.views_ready.set()
+
+    async def watch_views(self) -> None:
+        while True:
+            await asyncio.sleep(VIEWS_CHECK_S)
+            try:
+                if (await self.writer.generations()).empty:
+                    log.warning(
+                        "no views of %s in Redis (emptied or restarted): rebuilding", self.name
+                    )
+                    await self.views_missing()
+            except Exception as exc:
+                log.debug("could not check the views of %s: %r", self.name, exc)
+
+    async def track_lag(self) -> None:
+        """Every LAG_EVERY_S, how far the live views are behind the event store. Sampled, not
+        set per event, so the lag keeps growing when nothing is applied at all."""
+        positions = metrics.PROJECTION_LAG_POSITIONS.labels(self.name)
+        seconds = metrics.PROJECTION_LAG_SECONDS.labels(self.name)
+        advanced = 0
+        while True:
+            try:
+                if self._ignored_up_to > advanced:
+                    passed = self._ignored_up_to
+                    await self.writer.advance(passed)
+                    advanced = passed
+                live = (await self.writer.generations()).live
+                pool = self.projector.pool
+                if live is not None and pool is not None:
+                    checkpoint = await self.writer.checkpoint(live)
+                    backlog = await EventStore(pool).backlog_after(checkpoint)
+                    positions.set(backlog.positions)
+                    seconds.set(backlog.oldest_age_s)
+            except Exception as exc:
+                log.debug("could not measure the lag of %s: %r", self.name, exc)
+            await asyncio.sleep(LAG_EVERY_S)
+
+
+class Projector:
+    """One projector process: the projections it runs, sharing one AMQP connection, one Redis
+    client and one PostgreSQL pool."""
+
+    def __init__(self, settings: Settings, registry: Registry, names: Sequence[str]) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.topology = Topology(settings.app_prefix, tuple(registry.projections))
+        self.keys = Keys(settings.redis_key_prefix)
+        self.redis = open_redis(settings)
+        self.pool: asyncpg.Pool | None = None
+        self.runners = [ProjectionRunner(self, registry.projections[name]) for name in names]
         self.connection = SupervisedConnection(
             settings.amqp_url, name="projector", on_connected=self._on_connected
         )
-        self._consumer: QueueConsumer | None = None
-        self._applier: LiveApplier | None = None
-        self._ensuring: asyncio.Task[None] | None = None
-        self._pool: asyncpg.Pool | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -96,44 +258,50 @@ class Projector:
             health = HealthServer(settings.metrics_port, self.readiness)
             await health.start()
         await prepare_database(settings.database_url)
-        pool = await create_pool(settings.database_url, settings.db_pool_size)
-        self._pool = pool
-        self._applier = LiveApplier(
-            self.writer, EventStore(pool), self._views_missing, cache_size=VIEW_CACHE_SIZE
-        )
-        lag = asyncio.create_task(self._track_lag(), name="projection-lag")
-        watch = asyncio.create_task(self._watch_views(), name="views-watch")
+        self.pool = await create_pool(settings.database_url, settings.db_pool_size)
+        for runner in self.runners:
+            runner.open(self.pool)
+        background = [
+            asyncio.create_task(task, name=f"{name}-{runner.name}")
+            for runner in self.runners
+            for name, task in (("lag", runner.track_lag()), ("watch", runner.watch_views()))
+        ]
         try:
             if await self._views_before_consuming(stop):
                 await self.connection.start()
                 settle_heap()
                 await stop.wait()
                 log.info("stopping: draining in-flight events")
-                if self._consumer is not None:
-                    await self._consumer.stop(settings.shutdown_timeout_s)
+                for runner in self.runners:
+                    if runner.consumer is not None:
+                        await runner.consumer.stop(settings.shutdown_timeout_s)
         finally:
-            lag.cancel()
-            watch.cancel()
+            for task in background:
+                task.cancel()
             await self.connection.close()
             if health is not None:
                 await health.close()
-            await pool.close()
-            await self.writer.close()
+            await self.pool.close()
+            for runner in self.runners:
+                await runner.writer.close()
             await self.redis.aclose()
         log.info("stopped")
 
     async def _views_before_consuming(self, stop: asyncio.Event) -> bool:
-        """Views first: rebuild (or wait for another projector's rebuild) when Redis is empty,
-        retrying while Redis or PostgreSQL are unreachable. False when stopped meanwhile."""
+        """Views first: rebuild (or wait for another projector's rebuild) each projection whose
+        views Redis lacks, retrying while Redis or PostgreSQL are unreachable. False when
+        stopped meanwhile."""
         backoff = 0.2
         while not stop.is_set():
-            ensuring = asyncio.ensure_future(self._views_missing())
-            stopping = asyncio.ensure_future(stop.wait())
+            ensuring: asyncio.Future[list[None]] = asyncio.ensure_future(
+                asyncio.gather(*(runner.views_missing() for runner in self.runners))
+            )
+            stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
             await asyncio.wait({ensuring, stopping}, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
             if not ensuring.done():
-                if self._ensuring is not None:
-                    self._ensuring.cancel()
+                for runner in self.runners:
+                    runner.cancel_ensuring()
                 ensuring.cancel()
                 with contextlib.suppress(BaseException):
                     await ensuring
@@ -152,87 +320,17 @@ class Projector:
         except Exception:
             redis_ok = False
         return {
-            "rabbitmq": self.connection.ready.is_set() and self._consumer is not None,
+            "rabbitmq": self.connection.ready.is_set()
+            and all(r.consumer is not None for r in self.runners),
             "redis": redis_ok,
-            "views": self.views_ready.is_set(),
+            "views": all(r.views_ready.is_set() for r in self.runners),
         }
 
     async def _on_connected(self, connection: aio_pika.abc.AbstractConnection) -> None:
         channel = await connection.channel()
         try:
-            await declare_topology(channel, self.settings.retry_base_delay_ms)
+            await declare_topology(channel, self.topology, self.settings.retry_base_delay_ms)
         finally:
             await channel.close()
-        consumer = QueueConsumer(
-            PROJECTOR_QUEUE,
-            self.handle,
-            prefetch=self.settings.projector_prefetch,
-            max_attempts=self.settings.max_delivery_attempts,
-            retry_base_delay_ms=self.settings.retry_base_delay_ms,
-        )
-        await consumer.start(connection, self.settings.publish_timeout_s)
-        self._consumer = consumer
-
-    async def handle(self, message: AbstractIncomingMessage) -> None:
-        """Apply one event; poison goes to the dead-letter queue, anything else is retried."""
-        try:
-            event = RecordedEvent.model_validate_json(message.body)
-        except ValidationError as exc:
-            raise RejectMessage(f"not a recorded event: {exc}") from exc
-        token = correlation_id.set(str(event.metadata.correlation_id))
-        try:
-            payload = parse_payload(event)
-            assert self._applier is not None
-            async with self.locks.hold(event.stream_id):
-                outcome = await self._applier.apply(event, payload)
-            log.info(
-                _OUTCOME_MESSAGES[outcome],
-                extra={
-                    "order_id": event.stream_id,
-                    "version": event.version,
-                    "position": event.position,
-                    "event_type": event.type,
-                    "command_id": str(event.metadata.command_id),
-                },
-            )
-        except ProjectionError as exc:
-            raise RejectMessage(str(exc)) from exc
-        finally:
-            correlation_id.reset(token)
-
-    async def _views_missing(self) -> None:
-        """Make sure queries have views; one run at a time, shared by every waiting handler."""
-        if self._ensuring is None or self._ensuring.done():
-            self.views_ready.clear()
-            self._ensuring = asyncio.create_task(self._ensure(), name="ensure-views")
-        await asyncio.shield(self._ensuring)
-
-    async def _ensure(self) -> None:
-        assert self._pool is not None
-        await ensure_views(self.writer, self._pool)
-        self.views_ready.set()
-
-    async def _watch_views(self) -> None:
-        while True:
-            await asyncio.sleep(VIEWS_CHECK_S)
-            try:
-                if (await self.writer.generations()).empty:
-                    log.warning("no views in Redis (emptied or restarted): rebuilding them")
-                    await self._views_missing()
-            except Exception as exc:
-                log.debug("could not check the views: %r", exc)
-
-    async def _track_lag(self) -> None:
-        """Every LAG_EVERY_S, how far the live views are behind the event store. Sampled, not
-        set per event, so the lag keeps growing when nothing is applied at all."""
-        while True:
-            try:
-                live = (await self.writer.generations()).live
-                if live is not None and self._pool is not None:
-                    checkpoint = await self.writer.checkpoint(live)
-                    backlog = await EventStore(self._pool).backlog_after(checkpoint)
-                    metrics.PROJECTION_LAG_POSITIONS.set(backlog.positions)
-                    metrics.PROJECTION_LAG_SECONDS.set(backlog.oldest_age_s)
-            except Exception as exc:
-                log.debug("could not measure the projection lag: %r", exc)
-            await asyncio.sleep(LAG_EVERY_S)
+        for runner in self.runners:
+            await runner.start_consuming(connection)

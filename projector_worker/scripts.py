@@ -1,18 +1,18 @@
 """The projector's Lua scripts. Each runs atomically in Redis; Python computes everything else.
 
 APPLY is the only script on the hot path: one call per event, covering one or two generations
-(the one queries read and, during a rebuild, the one being built). Its key layout:
+of one projection (the one queries read and, during a rebuild, the one being built). Its keys:
 
     KEYS[1] generation pointer, KEYS[2] rebuilding marker, KEYS[3] the command's status hash,
-    then one block of `ARGV[6]` keys per generation:
-    block+1 order hash, block+2 checkpoint, block+3 members set, block+4 history list,
-    block+5.. the sorted sets the change touches (referenced by their index in the change).
+    then one block of `per_block` keys per generation:
+    block+1 view hash, block+2 checkpoint, block+3 members set, block+4 history list,
+    block+5.. the shared keys the change touches (referenced by their index in the change).
 
-ARGV carries the expectations, the event's version and position, the command's fields, the
-notifications, and the change itself as one JSON array (one argument instead of a hundred:
-encoding arguments is the client's main cost). A rebuild may apply a run of consecutive
-events of one order in one call: ARGV[3] is then the run's last version, ARGV[17] its first,
-the history entries are all of the run's, and the sorted-set changes are the run's net effect.
+ARGV[1] is a JSON object of named arguments (`APPLY_ARGS` lists them), ARGV[2] the change as
+one JSON array, decoded only when a block applies (encoding arguments is the client's main
+cost; one argument is cheaper than a hundred). A rebuild may apply a run of consecutive events
+of one stream in one call: `version` is then the run's last version and `first` its first,
+the history entries are all of the run's, and the shared keys change by the run's net effect.
 A block whose version is inside the run (neither before it nor past it) answers gap.
 
 It returns `{-2}` when neither a pointer nor a marker exists (Redis was emptied), `{-1}` when
@@ -28,45 +28,56 @@ BLOCK_DUPLICATE = 0
 BLOCK_APPLIED = 1
 BLOCK_GAP = 2
 
-FLAG_PUBLISH = 1
-"""Publish the read-your-writes notifications when the block queries read applied the event."""
-FLAG_RECORD_COMMAND = 2
-"""Record `projected_version` on the command's status hash when any block applied the event."""
-
 FIXED_KEYS = 3
 BLOCK_FIXED_KEYS = 4
 
+APPLY_ARGS = (
+    "expect_live",  # the pointer the caller saw, '' for none, '*' for any
+    "expect_building",  # the marker the caller saw, '' for none
+    "version",  # the view's version after the change
+    "first",  # the version of the change's first event
+    "position",  # the global position of its last event
+    "blocks",  # generations written
+    "per_block",  # keys per generation
+    "live_block",  # 1-based block of the generation queries read; 0 if none is written
+    "command",  # [field, value, ...] of the command's status hash, when it is recorded
+    "projected_field",  # the status hash's field for the version visible to queries
+    "notify",  # [[channel, message], ...] published when the live block applied
+)
+"""The named arguments of APPLY, in ARGV[1]; `ViewWriter` builds them."""
+
 APPLY = """
+local a = cjson.decode(ARGV[1])
 local pointer = redis.call('GET', KEYS[1])
 local marker = redis.call('GET', KEYS[2])
 if not pointer and not marker then return {-2} end
-if (ARGV[1] ~= '*' and (pointer or '') ~= ARGV[1]) or (marker or '') ~= ARGV[2] then
+if (a.expect_live ~= '*' and (pointer or '') ~= a.expect_live)
+    or (marker or '') ~= a.expect_building then
   return {-1}
 end
-local version = tonumber(ARGV[3])
-local first = tonumber(ARGV[17] or ARGV[3])
-local position = tonumber(ARGV[4])
-local nblocks = tonumber(ARGV[5])
-local per_block = tonumber(ARGV[6])
-local live = tonumber(ARGV[7])
-local flags = tonumber(ARGV[8])
+local version = a.version
 local change = nil
 local out = {}
 local any_applied = false
 local live_applied = false
-for b = 0, nblocks - 1 do
-  local base = 3 + b * per_block
+for b = 0, a.blocks - 1 do
+  local base = 3 + b * a.per_block
   local current = tonumber(redis.call('HGET', KEYS[base + 1], 'version') or '0')
   local code = 1
   if current >= version then
     code = 0
-  elseif current ~= first - 1 then
+  elseif current ~= a.first - 1 then
     code = 2
   else
-    -- {hash fields and values, {history entries}, {index, score, member...}, {index, member...}}
-    change = change or cjson.decode(ARGV[16])
+    -- {hash fields and values, {history entries}, {index, score, member...},
+    --  {index, member...}, {index, field, delta...}, {index, member, delta...}}
+    change = change or cjson.decode(ARGV[2])
     redis.call('HSET', KEYS[base + 1], unpack(change[1]))
-    redis.call('RPUSH', KEYS[base + 4], unpack(change[2]))
+    local members = {KEYS[base + 1], KEYS[base + 2]}
+    if #change[2] > 0 then
+      redis.call('RPUSH', KEYS[base + 4], unpack(change[2]))
+      members[#members + 1] = KEYS[base + 4]
+    end
     local removed = change[4]
     for i = 1, #removed, 2 do
       redis.call('ZREM', KEYS[base + removed[i]], removed[i + 1])
@@ -75,30 +86,33 @@ for b = 0, nblocks - 1 do
     for i = 1, #added, 3 do
       redis.call('ZADD', KEYS[base + added[i]], added[i + 1], added[i + 2])
     end
+    local counted = change[5]
+    for i = 1, #counted, 3 do
+      redis.call('HINCRBY', KEYS[base + counted[i]], counted[i + 1], counted[i + 2])
+    end
+    local ranked = change[6]
+    for i = 1, #ranked, 3 do
+      redis.call('ZINCRBY', KEYS[base + ranked[i]], ranked[i + 2], ranked[i + 1])
+    end
     local checkpoint = tonumber(redis.call('GET', KEYS[base + 2]) or '0')
-    if position > checkpoint then redis.call('SET', KEYS[base + 2], ARGV[4]) end
-    local members = {KEYS[base + 1], KEYS[base + 2], KEYS[base + 4]}
-    for k = base + 5, base + per_block do members[#members + 1] = KEYS[k] end
+    if a.position > checkpoint then redis.call('SET', KEYS[base + 2], a.position) end
+    for k = base + 5, base + a.per_block do members[#members + 1] = KEYS[k] end
     redis.call('SADD', KEYS[base + 3], unpack(members))
     any_applied = true
-    if b + 1 == live then live_applied = true end
+    if b + 1 == a.live_block then live_applied = true end
   end
   out[#out + 1] = code
   out[#out + 1] = current
 end
-if any_applied and flags >= 2 then
-  redis.call('HSETNX', KEYS[3], 'command_id', ARGV[9])
-  redis.call('HSETNX', KEYS[3], 'type', ARGV[10])
-  redis.call('HSETNX', KEYS[3], 'order_id', ARGV[11])
-  redis.call('HSETNX', KEYS[3], 'version', ARGV[3])
-  redis.call('HSETNX', KEYS[3], 'reason', '')
+if any_applied and a.command then
+  local fields = a.command
+  for i = 1, #fields, 2 do redis.call('HSETNX', KEYS[3], fields[i], fields[i + 1]) end
   redis.call('HSET', KEYS[3], 'status', 'succeeded')
-  local projected = tonumber(redis.call('HGET', KEYS[3], 'projected_version') or '0')
-  if version > projected then redis.call('HSET', KEYS[3], 'projected_version', ARGV[3]) end
+  local projected = tonumber(redis.call('HGET', KEYS[3], a.projected_field) or '0')
+  if version > projected then redis.call('HSET', KEYS[3], a.projected_field, version) end
 end
-if live_applied and flags % 2 == 1 then
-  redis.call('PUBLISH', ARGV[12], ARGV[13])
-  redis.call('PUBLISH', ARGV[14], ARGV[15])
+if live_applied and a.notify then
+  for _, note in ipairs(a.notify) do redis.call('PUBLISH', note[1], note[2]) end
 end
 return out
 """
@@ -150,4 +164,22 @@ RELEASE = """
 -- KEYS: lock; ARGV: token
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+ADVANCE = """
+-- KEYS: pointer, marker; ARGV: projection prefix, position
+-- Move the checkpoint of every generation being written up to a position the projection has
+-- passed without a change (events of streams it does not follow), so its lag can reach 0.
+local position = tonumber(ARGV[2])
+for _, generation in ipairs({redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}) do
+  if generation then
+    local base = ARGV[1] .. 'g' .. generation .. ':'
+    local checkpoint = tonumber(redis.call('GET', base .. 'checkpoint') or '0')
+    if position > checkpoint then
+      redis.call('SET', base .. 'checkpoint', position)
+      redis.call('SADD', base .. 'members', base .. 'checkpoint')
+    end
+  end
+end
+return 1
 """

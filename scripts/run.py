@@ -74,8 +74,9 @@ class Output:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Run the gateway, command workers and projectors in the foreground.",
-        epilog="Service locations come from the environment (AMQP_URL, DATABASE_URL, "
-        "REDIS_URL, ...); the defaults point at 127.0.0.1.",
+        epilog="Every process gets this environment: the domains from DOMAINS (every "
+        "projector runs all their projections), the services from AMQP_URL, DATABASE_URL, "
+        "REDIS_URL, ...; the defaults point at 127.0.0.1.",
     )
     parser.add_argument("--command-workers", type=int, default=1, metavar="N", help="(%(default)s)")
     parser.add_argument(

@@ -33,6 +33,8 @@ def isolated_settings(services: Endpoints) -> Iterator[Settings]:
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a process use `settings`."""
     return {
+        "DOMAINS": settings.domains,
+        "APP_PREFIX": settings.app_prefix,
         "AMQP_URL": settings.amqp_url,
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,

@@ -34,6 +34,7 @@ from bench.stats import (
 )
 from bench.system import CpuSnapshot, cpu_shares
 from bench.wire import ProtocolError, http_request, parse_resp, resp_command, split_response
+from projector_worker.generations import RebuildSummary
 
 # --- statistics ------------------------------------------------------------------------------
 
@@ -495,8 +496,17 @@ def test_merging_generators_sums_counts_and_series() -> None:
 
 def test_the_rebuild_summary_line_is_parsed() -> None:
     log = (
-        "noise\nrebuild done: g1 -> g2; 50210 events read up to position 50210, 50210 applied,"
-        " switched after 12.5s (4017/s); 61234 keys of g1 deleted; done in 13.1s\n"
+        "noise\nrebuild of order_views done: g1 -> g2; 50210 events read up to position 50210,"
+        " 50210 applied, switched after 12.5s (4017/s); 61234 keys of g1 deleted; done in 13.1s\n"
     )
     assert parse_rebuild_summary(log) == {"events": 50210, "seconds": 12.5}
     assert parse_rebuild_summary("nothing here") is None
+
+
+def test_the_rebuild_summary_line_is_the_one_projector_worker_prints() -> None:
+    summary = RebuildSummary(generation=2, previous=1, projection="order_views")
+    summary.events, summary.switched_s = 50210, 12.5
+    assert parse_rebuild_summary(f"noise\n{summary.describe()}\n") == {
+        "events": 50210,
+        "seconds": 12.5,
+    }

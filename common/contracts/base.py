@@ -7,8 +7,6 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-SCHEMA_VERSION = 1
-
 
 class Contract(BaseModel):
     """A message or payload that crosses a boundary: unknown fields are an error."""
@@ -20,7 +18,7 @@ Money = Annotated[
     Decimal,
     Field(ge=Decimal(0), le=Decimal("1000000000"), max_digits=12, decimal_places=2),
 ]
-"""An exact amount in the order's currency: at most two decimals, never negative."""
+"""An exact amount in the deployment's currency: at most two decimals, never negative."""
 
 Slug = Annotated[
     str,

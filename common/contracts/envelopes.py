@@ -13,6 +13,8 @@ class EventMetadata(Contract):
     """Who caused an event and when."""
 
     command_id: UUID
+    command_type: str | None = None
+    """The type of the command that caused it (absent on events stored before it was kept)."""
     correlation_id: UUID
     causation_id: UUID
     occurred_at: datetime
@@ -26,6 +28,8 @@ class RecordedEvent(Contract):
     stream_id: str
     version: int
     type: str
+    schema_version: int = 1
+    """The version of `type`'s schema that `data` follows; see `common.domain.Aggregate`."""
     data: dict[str, Any]
     metadata: EventMetadata
     recorded_at: datetime

@@ -120,4 +120,65 @@ MIGRATIONS: tuple[str, ...] = (
     END
     $$;
     """,
+    # 5: each event records the schema version of its type that its data follows, so domains
+    # can change an event's shape and upcast the old ones when they are read.
+    """
+    ALTER TABLE events ADD COLUMN schema_version integer NOT NULL DEFAULT 1;
+
+    DROP FUNCTION append_to_stream(uuid, text, text, integer, text, uuid[], text[], jsonb[],
+                                   jsonb[]);
+    CREATE FUNCTION append_to_stream(
+        p_command_id uuid, p_command_type text, p_stream_id text, p_expected_version integer,
+        p_fingerprint text, p_event_ids uuid[], p_types text[], p_schema_versions integer[],
+        p_data jsonb[], p_metadata jsonb[]
+    ) RETURNS bigint[] LANGUAGE plpgsql AS $$
+    DECLARE
+        positions bigint[];
+        n integer := cardinality(p_event_ids);
+    BEGIN
+        INSERT INTO commands (command_id, type, stream_id, status, version, fingerprint)
+        VALUES (p_command_id, p_command_type, p_stream_id, 'succeeded',
+                p_expected_version + n, p_fingerprint);
+        WITH inserted AS (
+            INSERT INTO events (stream_id, version, event_id, type, schema_version, data,
+                                metadata)
+            SELECT p_stream_id, p_expected_version + e.ord, e.event_id, e.type,
+                   e.schema_version, e.data, e.metadata
+            FROM unnest(p_event_ids, p_types, p_schema_versions, p_data, p_metadata)
+                 WITH ORDINALITY AS e(event_id, type, schema_version, data, metadata, ord)
+            ORDER BY e.ord
+            RETURNING position
+        )
+        SELECT array_agg(position ORDER BY position) INTO positions FROM inserted;
+        PERFORM pg_notify('events_appended', '');
+        RETURN positions;
+    END
+    $$;
+
+    DROP FUNCTION append_batch(uuid[], text[], text[], text[], text[], integer[], text[],
+                               text[], integer[], uuid[], text[], jsonb[], jsonb[]);
+    CREATE FUNCTION append_batch(
+        p_command_ids uuid[], p_command_types text[], p_stream_ids text[], p_statuses text[],
+        p_reasons text[], p_versions integer[], p_fingerprints text[],
+        p_event_streams text[], p_event_versions integer[], p_event_ids uuid[],
+        p_event_types text[], p_schema_versions integer[], p_data jsonb[], p_metadata jsonb[]
+    ) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO commands (command_id, type, stream_id, status, reason, version, fingerprint)
+        SELECT * FROM unnest(p_command_ids, p_command_types, p_stream_ids, p_statuses,
+                             p_reasons, p_versions, p_fingerprints);
+        IF cardinality(p_event_ids) > 0 THEN
+            INSERT INTO events (stream_id, version, event_id, type, schema_version, data,
+                                metadata)
+            SELECT e.stream_id, e.version, e.event_id, e.type, e.schema_version, e.data,
+                   e.metadata
+            FROM unnest(p_event_streams, p_event_versions, p_event_ids, p_event_types,
+                        p_schema_versions, p_data, p_metadata) WITH ORDINALITY
+                 AS e(stream_id, version, event_id, type, schema_version, data, metadata, ord)
+            ORDER BY e.ord;
+            PERFORM pg_notify('events_appended', '');
+        END IF;
+    END
+    $$;
+    """,
 )

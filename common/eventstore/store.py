@@ -50,6 +50,7 @@ class NewEvent:
     type: str
     data: dict[str, Any]
     metadata: EventMetadata
+    schema_version: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class StoredEvent:
     version: int
     type: str
     data: dict[str, Any]
+    schema_version: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,12 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _stored(row: asyncpg.Record) -> StoredEvent:
+    return StoredEvent(
+        row["version"], row["type"], orjson.loads(row["data"]), row["schema_version"]
+    )
+
+
 def _record(row: asyncpg.Record) -> RecordedEvent:
     return RecordedEvent(
         event_id=row["event_id"],
@@ -142,6 +150,7 @@ def _record(row: asyncpg.Record) -> RecordedEvent:
         stream_id=row["stream_id"],
         version=row["version"],
         type=row["type"],
+        schema_version=row["schema_version"],
         data=orjson.loads(row["data"]),
         metadata=EventMetadata.model_validate_json(row["metadata"]),
         recorded_at=row["recorded_at"],
@@ -155,7 +164,9 @@ any user, from the id the backend holds, not from a snapshot. Transactions of ot
 on the server cannot take our positions, and are left out: one left open there (a report, a
 forgotten session, another application) would otherwise stop the relay."""
 
-EVENT_COLUMNS = "position, stream_id, version, event_id, type, data, metadata, recorded_at"
+EVENT_COLUMNS = (
+    "position, stream_id, version, event_id, type, schema_version, data, metadata, recorded_at"
+)
 
 
 class EventStore:
@@ -166,10 +177,11 @@ class EventStore:
 
     async def load_stream(self, stream_id: str) -> list[StoredEvent]:
         rows = await self.pool.fetch(
-            "SELECT version, type, data FROM events WHERE stream_id = $1 ORDER BY version",
+            "SELECT version, type, data, schema_version FROM events WHERE stream_id = $1"
+            " ORDER BY version",
             stream_id,
         )
-        return [StoredEvent(r["version"], r["type"], orjson.loads(r["data"])) for r in rows]
+        return [_stored(r) for r in rows]
 
     async def append_to_stream(
         self,
@@ -185,7 +197,8 @@ class EventStore:
         Returns the events' global positions."""
         try:
             positions = await self.pool.fetchval(
-                "SELECT append_to_stream($1, $2, $3, $4, $5, $6, $7, $8::jsonb[], $9::jsonb[])",
+                "SELECT append_to_stream($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb[],"
+                " $10::jsonb[])",
                 command_id,
                 command_type,
                 stream_id,
@@ -193,6 +206,7 @@ class EventStore:
                 fingerprint,
                 [e.event_id for e in events],
                 [e.type for e in events],
+                [e.schema_version for e in events],
                 [_json(e.data) for e in events],
                 [e.metadata.model_dump_json() for e in events],
             )
@@ -209,15 +223,13 @@ class EventStore:
     ) -> dict[str, list[StoredEvent]]:
         """Every event of each stream, in version order; one round trip."""
         rows = await conn.fetch(
-            "SELECT stream_id, version, type, data FROM events WHERE stream_id = ANY($1::text[])"
-            " ORDER BY stream_id, version",
+            "SELECT stream_id, version, type, data, schema_version FROM events"
+            " WHERE stream_id = ANY($1::text[]) ORDER BY stream_id, version",
             list(stream_ids),
         )
         streams: dict[str, list[StoredEvent]] = {sid: [] for sid in stream_ids}
         for r in rows:
-            streams[r["stream_id"]].append(
-                StoredEvent(r["version"], r["type"], orjson.loads(r["data"]))
-            )
+            streams[r["stream_id"]].append(_stored(r))
         return streams
 
     async def get_commands(
@@ -243,8 +255,8 @@ class EventStore:
         ]
         try:
             await conn.execute(
-                "SELECT append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
-                " $12::jsonb[], $13::jsonb[])",
+                "SELECT append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
+                " $13::jsonb[], $14::jsonb[])",
                 [o.command_id for o in outcomes],
                 [o.command_type for o in outcomes],
                 [o.stream_id for o in outcomes],
@@ -256,6 +268,7 @@ class EventStore:
                 [version for _, version, _ in event_rows],
                 [e.event_id for _, _, e in event_rows],
                 [e.type for _, _, e in event_rows],
+                [e.schema_version for _, _, e in event_rows],
                 [_json(e.data) for _, _, e in event_rows],
                 [e.metadata.model_dump_json() for _, _, e in event_rows],
             )
@@ -266,7 +279,7 @@ class EventStore:
                 raise WrongExpectedVersion(exc.detail or "") from exc
             raise
 
-    async def record_outcome(
+    async def record_command(
         self,
         *,
         command_id: UUID,
@@ -292,6 +305,18 @@ class EventStore:
         record = await self.get_command(command_id)
         assert record is not None
         return record
+
+    async def read_commands(self, after: UUID | None, limit: int) -> list[CommandRecord]:
+        """Up to `limit` recorded commands with ids after `after`, in id order (to page through
+        them all)."""
+        rows = await self.pool.fetch(
+            "SELECT command_id, type, stream_id, status, reason, version, fingerprint,"
+            " recorded_at FROM commands WHERE $1::uuid IS NULL OR command_id > $1"
+            " ORDER BY command_id LIMIT $2",
+            after,
+            limit,
+        )
+        return [CommandRecord(**dict(r)) for r in rows]
 
     async def get_command(self, command_id: UUID) -> CommandRecord | None:
         row = await self.pool.fetchrow(

@@ -28,8 +28,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from common.messaging.outcomes import FailureKind, RejectMessage, RetryLater
 from common.messaging.publishing import ConfirmedPublisher
 from common.messaging.topology import (
-    DEAD_LETTER_EXCHANGE,
-    RETRY_EXCHANGE,
+    Topology,
     dlq_name,
     retry_delay_for,
     retry_queue_name,
@@ -159,11 +158,13 @@ class QueueConsumer:
         queue_name: str,
         handler: Handler,
         *,
+        topology: Topology,
         prefetch: int,
         max_attempts: int,
         retry_base_delay_ms: int,
     ) -> None:
         self.queue_name = queue_name
+        self._topology = topology
         self._handler = handler
         self._prefetch = prefetch
         self._max_attempts = max_attempts
@@ -268,7 +269,7 @@ class QueueConsumer:
         }
         await self._forward(
             message,
-            RETRY_EXCHANGE,
+            self._topology.retry_exchange,
             retry_queue_name(self.queue_name, delay_ms),
             copy_message(message, **retry_headers),
         )
@@ -285,7 +286,9 @@ class QueueConsumer:
             "x-failed-at": datetime.now(UTC).isoformat(),
         }
         copy = copy_message(message, **failure)
-        await self._forward(message, DEAD_LETTER_EXCHANGE, dlq_name(self.queue_name), copy)
+        await self._forward(
+            message, self._topology.dead_letter_exchange, dlq_name(self.queue_name), copy
+        )
 
     async def _forward(
         self,

@@ -12,7 +12,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from common.messaging.consuming import ATTEMPT_HEADER, KIND_HEADER, QUEUE_HEADER, REASON_HEADER
 from common.messaging.publishing import ConfirmedPublisher
-from common.messaging.topology import declare_topology, dlq_name
+from common.messaging.topology import Topology, declare_topology, dlq_name
 from common.settings import Settings
 
 
@@ -72,12 +72,14 @@ def replay_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
     )
 
 
-async def list_dead_letters(settings: Settings, queue: str, limit: int) -> list[DeadLetter]:
+async def list_dead_letters(
+    settings: Settings, topology: Topology, queue: str, limit: int
+) -> list[DeadLetter]:
     """Up to `limit` dead letters, oldest first; they stay in the queue."""
     connection = await aio_pika.connect(settings.amqp_url)
     try:
         channel = await connection.channel()
-        await declare_topology(channel, settings.retry_base_delay_ms)
+        await declare_topology(channel, topology, settings.retry_base_delay_ms)
         dlq = await channel.get_queue(dlq_name(queue))
         found: list[DeadLetter] = []
         while len(found) < limit:
@@ -93,14 +95,18 @@ async def list_dead_letters(settings: Settings, queue: str, limit: int) -> list[
 
 
 async def replay_dead_letters(
-    settings: Settings, queue: str, limit: int, message_id: str | None = None
+    settings: Settings,
+    topology: Topology,
+    queue: str,
+    limit: int,
+    message_id: str | None = None,
 ) -> int:
     """Move up to `limit` dead letters (or only `message_id`) back to `queue`."""
     connection = await aio_pika.connect(settings.amqp_url)
     moved = 0
     try:
         channel = await connection.channel()
-        await declare_topology(channel, settings.retry_base_delay_ms)
+        await declare_topology(channel, topology, settings.retry_base_delay_ms)
         publisher = await ConfirmedPublisher.open(connection, settings.publish_timeout_s)
         dlq = await channel.get_queue(dlq_name(queue))
         while moved < limit:
@@ -118,7 +124,7 @@ async def replay_dead_letters(
         await connection.close()
 
 
-def add_dlq_parser(subparsers: Any, queue: str) -> None:
+def add_dlq_parser(subparsers: Any, queue: str) -> Any:
     dlq = subparsers.add_parser("dlq", help=f"inspect or replay the dead letters of {queue}")
     actions = dlq.add_subparsers(dest="action", required=True)
     show = actions.add_parser("list", help="show dead letters with their reasons")
@@ -126,11 +132,14 @@ def add_dlq_parser(subparsers: Any, queue: str) -> None:
     replay = actions.add_parser("replay", help=f"move dead letters back to {queue}")
     replay.add_argument("--limit", type=int, default=1_000_000)
     replay.add_argument("--message-id", help="replay only this message")
+    return dlq
 
 
-def run_dlq_command(args: argparse.Namespace, settings: Settings, queue: str) -> int:
+def run_dlq_command(
+    args: argparse.Namespace, settings: Settings, topology: Topology, queue: str
+) -> int:
     if args.action == "list":
-        letters = asyncio.run(list_dead_letters(settings, queue, args.limit))
+        letters = asyncio.run(list_dead_letters(settings, topology, queue, args.limit))
         print(f"{len(letters)} dead letter(s) in {dlq_name(queue)}")
         for letter in letters:
             print(
@@ -138,6 +147,6 @@ def run_dlq_command(args: argparse.Namespace, settings: Settings, queue: str) ->
                 f"size={letter.size}B  failed_at={letter.failed_at}\n  reason: {letter.reason}"
             )
         return 0
-    moved = asyncio.run(replay_dead_letters(settings, queue, args.limit, args.message_id))
+    moved = asyncio.run(replay_dead_letters(settings, topology, queue, args.limit, args.message_id))
     print(f"moved {moved} dead letter(s) from {dlq_name(queue)} back to {queue}")
     return 0

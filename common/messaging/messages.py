@@ -7,14 +7,15 @@ from datetime import UTC, datetime
 
 import aio_pika
 
-from common.contracts.base import SCHEMA_VERSION
+from common.contracts.commands import CommandBase
 from common.contracts.envelopes import RecordedEvent
-from common.contracts.orders import Command
 
 JSON = "application/json"
 
 
-def command_message(command: Command, app_id: str = "gateway") -> aio_pika.Message:
+def command_message(
+    command: CommandBase, stream_id: str, app_id: str = "gateway"
+) -> aio_pika.Message:
     return aio_pika.Message(
         body=command.model_dump_json().encode(),
         content_type=JSON,
@@ -25,8 +26,8 @@ def command_message(command: Command, app_id: str = "gateway") -> aio_pika.Messa
         timestamp=command.issued_at,
         app_id=app_id,
         headers={
-            "schema_version": SCHEMA_VERSION,
-            "order_id": str(command.order_id),
+            "schema_version": command.schema_version,
+            "stream_id": stream_id,
         },
     )
 
@@ -42,7 +43,7 @@ def event_message(event: RecordedEvent, app_id: str = "relay") -> aio_pika.Messa
         timestamp=datetime.now(UTC),
         app_id=app_id,
         headers={
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": event.schema_version,
             "stream_id": event.stream_id,
             "version": event.version,
             "position": event.position,

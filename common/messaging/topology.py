@@ -1,28 +1,60 @@
 """Every exchange and queue of the system, declared idempotently by whichever process starts.
 
-Names all start with `orders.` so they group together in the management console:
+Names all start with the application prefix (`APP_PREFIX`, default `orders`), so they group
+together in the management console:
 
-- `orders.commands` (direct exchange) -> `orders.commands` (quorum queue), read by command workers.
-- `orders.events` (fanout exchange) -> `orders.projector` (quorum queue), read by projectors.
-- `orders.dead-letter` (direct exchange) -> `<queue>.dlq` for each work queue.
-- `orders.retry` (direct exchange) -> `<queue>.retry.<delay>ms` delay queues whose TTL dead-letters
+- `<app>.commands` (direct exchange) -> `<app>.commands` (quorum queue), read by command workers.
+- `<app>.events` (fanout exchange) -> `<app>.projection.<name>` (quorum queue), one per
+  projection, read by the projectors running it.
+- `<app>.dead-letter` (direct exchange) -> `<queue>.dlq` for each work queue.
+- `<app>.retry` (direct exchange) -> `<queue>.retry.<delay>ms` delay queues whose TTL dead-letters
   the message back to its work queue, giving exponential backoff without a hot requeue loop.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
-COMMANDS_EXCHANGE = "orders.commands"
-COMMANDS_QUEUE = "orders.commands"
-EVENTS_EXCHANGE = "orders.events"
-PROJECTOR_QUEUE = "orders.projector"
-DEAD_LETTER_EXCHANGE = "orders.dead-letter"
-RETRY_EXCHANGE = "orders.retry"
-WORK_QUEUES = (COMMANDS_QUEUE, PROJECTOR_QUEUE)
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """The names of one deployment's exchanges and queues."""
+
+    prefix: str = "orders"
+    projections: Sequence[str] = ()
+    """The names of the projections, each with its own queue."""
+
+    @property
+    def commands_exchange(self) -> str:
+        return f"{self.prefix}.commands"
+
+    @property
+    def commands_queue(self) -> str:
+        return f"{self.prefix}.commands"
+
+    @property
+    def events_exchange(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.prefix}.dead-letter"
+
+    @property
+    def retry_exchange(self) -> str:
+        return f"{self.prefix}.retry"
+
+    def projection_queue(self, name: str) -> str:
+        return f"{self.prefix}.projection.{name}"
+
+    @property
+    def work_queues(self) -> tuple[str, ...]:
+        return (self.commands_queue, *(self.projection_queue(p) for p in self.projections))
+
 
 RETRY_TIERS = 6
 """Delay queues per work queue: base delay x 1, 2, 4, ... 32."""
@@ -58,18 +90,20 @@ class Exchanges:
     retry: AbstractExchange
 
 
-async def declare_topology(channel: AbstractChannel, retry_base_delay_ms: int) -> Exchanges:
+async def declare_topology(
+    channel: AbstractChannel, topology: Topology, retry_base_delay_ms: int
+) -> Exchanges:
     """Declare (or confirm) every exchange, queue and binding. Safe to run concurrently."""
     direct, fanout = aio_pika.ExchangeType.DIRECT, aio_pika.ExchangeType.FANOUT
-    commands = await channel.declare_exchange(COMMANDS_EXCHANGE, direct, durable=True)
-    events = await channel.declare_exchange(EVENTS_EXCHANGE, fanout, durable=True)
-    dead_letter = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, direct, durable=True)
-    retry = await channel.declare_exchange(RETRY_EXCHANGE, direct, durable=True)
+    names = topology
+    commands = await channel.declare_exchange(names.commands_exchange, direct, durable=True)
+    events = await channel.declare_exchange(names.events_exchange, fanout, durable=True)
+    dead_letter = await channel.declare_exchange(names.dead_letter_exchange, direct, durable=True)
+    retry = await channel.declare_exchange(names.retry_exchange, direct, durable=True)
 
-    for queue_name, source, routing_key in (
-        (COMMANDS_QUEUE, commands, COMMANDS_QUEUE),
-        (PROJECTOR_QUEUE, events, ""),
-    ):
+    sources = [(names.commands_queue, commands, names.commands_queue)]
+    sources += [(names.projection_queue(p), events, "") for p in names.projections]
+    for queue_name, source, routing_key in sources:
         dlq = await channel.declare_queue(
             dlq_name(queue_name), durable=True, arguments={"x-queue-type": "quorum"}
         )
@@ -79,7 +113,7 @@ async def declare_topology(channel: AbstractChannel, retry_base_delay_ms: int) -
             durable=True,
             arguments={
                 "x-queue-type": "quorum",
-                "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+                "x-dead-letter-exchange": names.dead_letter_exchange,
                 "x-dead-letter-routing-key": dlq_name(queue_name),
                 "x-delivery-limit": DELIVERY_LIMIT,
             },

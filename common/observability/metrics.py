@@ -15,7 +15,10 @@ from collections.abc import Iterable
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
 
-from common.contracts.orders import COMMAND_TYPES
+from common.settings import get_settings
+
+NAMESPACE = get_settings().app_prefix.replace("-", "_")
+"""Every metric's name starts with the application prefix (`APP_PREFIX`, default `orders`)."""
 
 WORKER_OUTCOMES = ("succeeded", "rejected", "failed")
 """Outcomes a command worker records; the gateway counts `accepted`."""
@@ -23,95 +26,128 @@ WORKER_OUTCOMES = ("succeeded", "rejected", "failed")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 COMMANDS = Counter(
-    "orders_commands_total",
+    "commands_total",
     "Commands by type and outcome (accepted at the gateway; succeeded/rejected/failed by workers).",
     ["type", "outcome"],
+    namespace=NAMESPACE,
     registry=None,
 )
 COMMAND_LATENCY = Histogram(
-    "orders_command_latency_seconds",
+    "command_latency_seconds",
     "From a command's acceptance at the gateway to its outcome committed by a worker, by type.",
     ["type"],
     buckets=LATENCY_BUCKETS,
+    namespace=NAMESPACE,
     registry=None,
 )
 HANDLING_SECONDS = Histogram(
-    "orders_message_handling_seconds",
+    "message_handling_seconds",
     "Time to handle one message, by queue.",
     ["queue"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    namespace=NAMESPACE,
     registry=None,
 )
 EVENTS_APPENDED = Counter(
-    "orders_events_appended_total", "Events appended to the event store.", registry=None
+    "events_appended_total",
+    "Events appended to the event store.",
+    namespace=NAMESPACE,
+    registry=None,
 )
 VERSION_CONFLICTS = Counter(
-    "orders_version_conflicts_total",
+    "version_conflicts_total",
     "Appends refused because another writer got there first. scope=batch: a micro-batch's "
     "transaction (its commands are re-run one at a time); scope=command: one command's append "
     "(re-run on a fresh load).",
     ["scope"],
+    namespace=NAMESPACE,
     registry=None,
 )
 EVENTS_RELAYED = Counter(
-    "orders_events_relayed_total", "Events published to orders.events.", registry=None
+    "events_relayed_total",
+    "Events published to the events exchange.",
+    namespace=NAMESPACE,
+    registry=None,
 )
 RELAY_LEADER = Gauge(
-    "orders_relay_leader",
+    "relay_leader",
     "1 while this command worker's relay holds the leader lock, else 0.",
+    namespace=NAMESPACE,
     registry=None,
 )
 RELAY_LAG = Gauge(
-    "orders_relay_lag_positions",
-    "Committed positions not yet published to orders.events (reported by the relay leader).",
+    "relay_lag_positions",
+    "Committed positions not yet published to the events exchange (reported by the relay leader).",
+    namespace=NAMESPACE,
     registry=None,
 )
 EVENTS_PROJECTED = Counter(
-    "orders_events_projected_total", "Events applied to the Redis views.", registry=None
+    "events_projected_total",
+    "Events applied to a projection's Redis views.",
+    ["projection"],
+    namespace=NAMESPACE,
+    registry=None,
+)
+EVENTS_IGNORED = Counter(
+    "events_ignored_total",
+    "Events acked without a change: of a stream type the projection does not follow.",
+    ["projection"],
+    namespace=NAMESPACE,
+    registry=None,
 )
 PROJECTION_LAG_POSITIONS = Gauge(
-    "orders_projection_lag_positions",
-    "Event store head position minus the highest position applied to the live views.",
+    "projection_lag_positions",
+    "Event store head position minus the highest position applied to a projection's live views.",
+    ["projection"],
+    namespace=NAMESPACE,
     registry=None,
 )
 PROJECTION_LAG_SECONDS = Gauge(
-    "orders_projection_lag_seconds",
-    "How long the oldest event not yet in the live views has been committed (0 when caught up).",
+    "projection_lag_seconds",
+    "How long the oldest event not yet in a projection's live views has been committed "
+    "(0 when caught up).",
+    ["projection"],
+    namespace=NAMESPACE,
     registry=None,
 )
 RETRIES = Counter(
-    "orders_retries_total",
+    "retries_total",
     "Messages sent to a delay queue for a retry.",
     ["queue"],
+    namespace=NAMESPACE,
     registry=None,
 )
 ACK_FRAMES = Counter(
-    "orders_ack_frames_total",
+    "ack_frames_total",
     "basic.ack frames sent; one acknowledges every message finished in the same turn of the "
     "event loop, so fewer frames than handled messages means acks are being coalesced.",
     ["queue"],
+    namespace=NAMESPACE,
     registry=None,
 )
 DEAD_LETTERS = Counter(
-    "orders_dead_letters_total",
+    "dead_letters_total",
     "Messages sent to a dead-letter queue, by queue and kind (poison or exhausted).",
     ["queue", "kind"],
+    namespace=NAMESPACE,
     registry=None,
 )
 HTTP_REQUESTS = Histogram(
-    "orders_http_request_seconds",
+    "http_request_seconds",
     "Gateway request latency by route and status.",
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    namespace=NAMESPACE,
     registry=None,
 )
 
 GC_PAUSES = Histogram(
-    "orders_gc_pause_seconds",
+    "gc_pause_seconds",
     "CPU time of each run of Python's cyclic garbage collector over generation 1 or 2, by "
     "generation (the process stands still meanwhile).",
     ["generation"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+    namespace=NAMESPACE,
     registry=None,
 )
 
@@ -162,6 +198,7 @@ COMMAND_WORKER: tuple[Collector, ...] = (
 )
 PROJECTOR: tuple[Collector, ...] = (
     EVENTS_PROJECTED,
+    EVENTS_IGNORED,
     PROJECTION_LAG_POSITIONS,
     PROJECTION_LAG_SECONDS,
     GC_PAUSES,
@@ -179,15 +216,23 @@ def register(collectors: Iterable[Collector]) -> None:
             _registered.add(id(collector))
 
 
-def init_command_series() -> None:
+def init_command_series(command_types: Iterable[str]) -> None:
     """Export every command type and worker outcome from the start, at 0, so rates and alerts
     work before the first failure happens."""
-    for command_type in COMMAND_TYPES:
+    for command_type in command_types:
         COMMAND_LATENCY.labels(command_type)
         for outcome in WORKER_OUTCOMES:
             COMMANDS.labels(command_type, outcome)
     for scope in ("batch", "command"):
         VERSION_CONFLICTS.labels(scope)
+
+
+def init_projection_series(projection: str) -> None:
+    """Export a projection's counters and lag from the start."""
+    EVENTS_PROJECTED.labels(projection)
+    EVENTS_IGNORED.labels(projection)
+    PROJECTION_LAG_POSITIONS.labels(projection)
+    PROJECTION_LAG_SECONDS.labels(projection)
 
 
 def init_queue_series(queue: str, failure_kinds: Iterable[str]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, cast
 from uuid import UUID
 
 import orjson
@@ -28,78 +27,77 @@ class CommandStatus(StrEnum):
 TERMINAL = frozenset({CommandStatus.SUCCEEDED, CommandStatus.REJECTED, CommandStatus.FAILED})
 
 _MARK_ACCEPTED = """
-redis.call('HSET', KEYS[1], 'command_id', ARGV[1], 'type', ARGV[2], 'order_id', ARGV[3])
-redis.call('HSETNX', KEYS[1], 'status', 'accepted')
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSETNX', KEYS[1], 'status', ARGV[1])
 return 1
 """
 
+PROJECTED_VERSION_FIELD = "projected_version"
+"""The stream version the command's aggregate has reached in the views queries read."""
+
+
+def status_fields(
+    command_id: UUID | str,
+    command_type: str,
+    stream_id: str,
+    *,
+    status: CommandStatus | None = None,
+    reason: str | None = None,
+    version: int | None = None,
+) -> dict[str, str]:
+    """The fields of a command's status hash: the one definition of its layout, used by the
+    gateway (`accepted`), the command worker (outcomes), the projector (a projected success,
+    with HSETNX) and a rebuild restoring statuses from the event store."""
+    fields = {"command_id": str(command_id), "type": command_type, "stream_id": stream_id}
+    if status is not None:
+        fields["status"] = status.value
+    if version is not None:
+        fields["reason"] = reason or ""
+        fields["version"] = str(version)
+    return fields
+
 
 async def mark_accepted(
-    redis: Redis, keys: Keys, command_id: UUID, command_type: str, order_id: UUID
+    redis: Redis, keys: Keys, command_id: UUID, command_type: str, stream_id: str
 ) -> None:
+    """Record that the gateway queued the command, unless an outcome got there first."""
+    fields = status_fields(command_id, command_type, stream_id)
+    flat = [item for pair in fields.items() for item in pair]
     await redis.eval(
-        _MARK_ACCEPTED, 1, keys.command(command_id), str(command_id), command_type, str(order_id)
-    )
-
-
-async def record_outcome(
-    redis: Redis,
-    keys: Keys,
-    *,
-    command_id: UUID,
-    command_type: str,
-    order_id: str,
-    status: CommandStatus,
-    reason: str | None,
-    version: int,
-) -> None:
-    """Write a terminal status and tell waiting gateways about it."""
-    await record_outcomes(
-        redis, keys, [Outcome(command_id, command_type, order_id, status, reason, version)]
+        _MARK_ACCEPTED, 1, keys.command(command_id), CommandStatus.ACCEPTED.value, *flat
     )
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class CommandResult:
     """A command's terminal status as the read side shows it."""
 
     command_id: UUID
     command_type: str
-    order_id: str
+    stream_id: str
     status: CommandStatus
     reason: str | None
     version: int
 
 
-async def record_outcomes(redis: Redis, keys: Keys, outcomes: Sequence[Outcome]) -> None:
+async def record_results(redis: Redis, keys: Keys, results: Sequence[CommandResult]) -> None:
     """Write terminal statuses and announce refusals, in one pipelined round trip."""
     async with redis.pipeline(transaction=False) as pipe:
-        for outcome in outcomes:
-            fields: dict[Any, str | int] = {
-                "command_id": str(outcome.command_id),
-                "type": outcome.command_type,
-                "order_id": outcome.order_id,
-                "status": outcome.status.value,
-                "reason": outcome.reason or "",
-                "version": outcome.version,
-            }
-            pipe.hset(keys.command(outcome.command_id), mapping=fields)
-            if outcome.status is not CommandStatus.SUCCEEDED:
+        for result in results:
+            fields = status_fields(
+                result.command_id,
+                result.command_type,
+                result.stream_id,
+                status=result.status,
+                reason=result.reason,
+                version=result.version,
+            )
+            pipe.hset(keys.command(result.command_id), mapping=fields)  # type: ignore[arg-type]
+            if result.status is not CommandStatus.SUCCEEDED:
                 # A success settles a waiter only once it is visible: the projector announces
                 # that. Rejections and failures never reach a projector, so they go out here.
-                pipe.publish(keys.command_outcomes_channel, orjson.dumps(fields))
+                pipe.publish(
+                    keys.command_outcomes_channel,
+                    orjson.dumps({**fields, "version": result.version}),
+                )
         await pipe.execute()
-
-
-async def get_status(redis: Redis, keys: Keys, command_id: UUID) -> dict[str, Any] | None:
-    raw = cast(dict[bytes, bytes], await redis.hgetall(keys.command(command_id)))
-    if not raw:
-        return None
-    return {
-        "command_id": raw[b"command_id"].decode(),
-        "type": raw[b"type"].decode(),
-        "order_id": raw[b"order_id"].decode(),
-        "status": raw[b"status"].decode(),
-        "reason": (raw.get(b"reason") or b"").decode() or None,
-        "version": int(raw[b"version"]) if raw.get(b"version") else None,
-    }

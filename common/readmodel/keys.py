@@ -15,11 +15,11 @@ class Keys:
     prefix: str = "orders:"
 
     def command(self, command_id: UUID | str) -> str:
-        """Hash: command_id, type, order_id, status, reason, version."""
+        """Hash: a command's status (see `commands.py`)."""
         return f"{self.prefix}command:{command_id}"
 
     def idempotency(self, key: str) -> str:
-        """String: JSON {command_id, order_id, fingerprint} of the first use of a key."""
+        """String: JSON {command_id, aggregate_id, fingerprint} of the first use of a key."""
         return f"{self.prefix}idempotency:{key}"
 
     @property
@@ -27,7 +27,17 @@ class Keys:
         """Pub/sub: a message per command outcome or projected command, for read-your-writes."""
         return f"{self.prefix}notify:commands"
 
-    # --- the order views (see `common/readmodel/layout.py` for the keys inside a generation) --
+    def projection(self, name: str) -> ProjectionKeys:
+        """The keys of one projection (see `common/readmodel/layout.py` for a generation's)."""
+        return ProjectionKeys(f"{self.prefix}{name}:")
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectionKeys:
+    """The keys of one projection: its generations, their pointers and its channel."""
+
+    prefix: str
+    """`{key prefix}{projection name}:`"""
 
     @property
     def generation(self) -> str:
@@ -56,11 +66,11 @@ class Keys:
         return f"{self.prefix}generations"
 
     @property
-    def order_versions_channel(self) -> str:
-        """Pub/sub: `{"order_id", "version"}` each time a view reaches a new version, and
+    def versions_channel(self) -> str:
+        """Pub/sub: `{"stream_id", "version"}` each time a view reaches a new version, and
         `{"generation"}` when queries switch to a rebuilt generation."""
-        return f"{self.prefix}notify:orders"
+        return f"{self.prefix}notify"
 
     def views(self, generation: int) -> ViewKeys:
-        """The keys of the order views of one generation."""
+        """The keys of one generation."""
         return ViewKeys(self.prefix, generation)

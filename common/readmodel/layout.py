@@ -1,63 +1,33 @@
-"""The keys of the order views inside one generation.
+"""The keys of one projection's generation, whatever the projection.
 
-Every view key is `{prefix}g{generation}:{suffix}`. The suffix functions below are the only
-place the suffixes are spelled; the read scripts receive suffixes from Python and prepend the
-generation base themselves (`generation_base` below is mirrored once in `read_scripts.py`).
+Every key of a generation is `{projection prefix}g{generation}:{suffix}`, where the projection
+prefix is `{key prefix}{projection name}:` (see `keys.py`). A projection names its own
+suffixes; two belong to every generation:
 
-| suffix                             | type   | content                                        |
-|------------------------------------|--------|------------------------------------------------|
-| `order:{order_id}`                 | hash   | the order view (see `order_view.py`)           |
-| `history:{order_id}`               | list   | one JSON entry per event, in version order     |
-| `customer:{customer_id}`           | zset   | order ids by creation time                     |
-| `customer:{customer_id}:{status}`  | zset   | the same, one set per status                   |
-| `status:{status}`                  | zset   | order ids by creation time, one set per status |
-| `orders:by_created`                | zset   | every order id by creation time                |
-| `orders:by_total`                  | zset   | every order id by total amount                 |
-| `token:{token}`                    | zset   | order ids by creation time, per search token   |
-| `checkpoint`                       | string | highest global position applied                |
-| `members`                          | set    | every other key of the generation, to drop it  |
+| suffix       | type   | content                                        |
+|--------------|--------|------------------------------------------------|
+| `checkpoint` | string | highest global position applied                |
+| `members`    | set    | every other key of the generation, to drop it  |
+
+The read scripts of a domain's queries prepend the generation base themselves, as
+`prefix .. 'g' .. n .. ':'` (`generation_base` below).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+CHECKPOINT = "checkpoint"
+MEMBERS = "members"
+
 
 def generation_base(prefix: str, generation: int | str) -> str:
     return f"{prefix}g{generation}:"
 
 
-def order_suffix(order_id: str) -> str:
-    return f"order:{order_id}"
-
-
-def history_suffix(order_id: str) -> str:
-    return f"history:{order_id}"
-
-
-def customer_suffix(customer_id: str, status: str | None = None) -> str:
-    if status is None:
-        return f"customer:{customer_id}"
-    return f"customer:{customer_id}:{status}"
-
-
-def status_suffix(status: str) -> str:
-    return f"status:{status}"
-
-
-def token_suffix(token: str) -> str:
-    return f"token:{token}"
-
-
-BY_CREATED = "orders:by_created"
-BY_TOTAL = "orders:by_total"
-CHECKPOINT = "checkpoint"
-MEMBERS = "members"
-
-
 @dataclass(frozen=True, slots=True)
 class ViewKeys:
-    """Full key names of one generation."""
+    """Full key names of one generation of one projection."""
 
     prefix: str
     generation: int
@@ -68,12 +38,6 @@ class ViewKeys:
 
     def key(self, suffix: str) -> str:
         return self.base + suffix
-
-    def order(self, order_id: str) -> str:
-        return self.base + order_suffix(order_id)
-
-    def history(self, order_id: str) -> str:
-        return self.base + history_suffix(order_id)
 
     @property
     def checkpoint(self) -> str:

@@ -5,10 +5,11 @@ to the generation queries read, it sets `projected_version` on the command's sta
 publishes, on the same script call,
 
 - on `Keys.command_outcomes_channel`:
-  `{"command_id", "order_id", "status": "succeeded", "version", "projected": true}`;
-- on `Keys.order_versions_channel`: `{"order_id", "version"}`.
+  `{"command_id", "stream_id", "status": "succeeded", "version", "projected": true}`;
+- on the projection's `versions_channel`: `{"stream_id", "version"}`.
 
-A rebuild publishes `{"generation": n}` on the order channel when queries switch to it.
+Only the projection an aggregate is `visible_in` does this. A rebuild publishes
+`{"generation": n}` on the projection's channel when queries switch to it.
 The command worker publishes rejections and failures (never projected) on the command channel.
 
 A waiter therefore registers its interest, *then* reads the state, then waits for a message:
@@ -23,16 +24,14 @@ from typing import Any
 
 import orjson
 
-from common.readmodel.commands import CommandStatus
-
-PROJECTED_VERSION_FIELD = "projected_version"
+from common.readmodel.commands import PROJECTED_VERSION_FIELD, CommandStatus
 
 
-def projected_command_message(command_id: str, order_id: str, version: int) -> bytes:
+def projected_command_message(command_id: str, stream_id: str, version: int) -> bytes:
     return orjson.dumps(
         {
             "command_id": command_id,
-            "order_id": order_id,
+            "stream_id": stream_id,
             "status": CommandStatus.SUCCEEDED.value,
             "version": version,
             "projected": True,
@@ -40,8 +39,8 @@ def projected_command_message(command_id: str, order_id: str, version: int) -> b
     )
 
 
-def order_version_message(order_id: str, version: int) -> bytes:
-    return orjson.dumps({"order_id": order_id, "version": version})
+def stream_version_message(stream_id: str, version: int) -> bytes:
+    return orjson.dumps({"stream_id": stream_id, "version": version})
 
 
 def generation_message(generation: int) -> bytes:
@@ -54,7 +53,7 @@ class CommandProgress:
 
     command_id: str
     status: str
-    order_id: str | None = None
+    stream_id: str | None = None
     type: str | None = None
     reason: str | None = None
     version: int | None = None
@@ -78,7 +77,7 @@ class CommandProgress:
         return {
             "command_id": self.command_id,
             "type": self.type,
-            "order_id": self.order_id,
+            "stream_id": self.stream_id,
             "status": self.status,
             "reason": self.reason,
             "version": self.version,
@@ -94,7 +93,7 @@ class CommandProgress:
         return cls(
             command_id=fields["command_id"],
             status=fields["status"],
-            order_id=fields.get("order_id") or None,
+            stream_id=fields.get("stream_id") or None,
             type=fields.get("type") or None,
             reason=fields.get("reason") or None,
             version=_int(fields.get("version")),
@@ -108,7 +107,7 @@ class CommandProgress:
         return cls(
             command_id=str(message["command_id"]),
             status=str(message["status"]),
-            order_id=message.get("order_id"),
+            stream_id=message.get("stream_id"),
             type=message.get("type"),
             reason=message.get("reason") or None,
             version=version if isinstance(version, int) else None,

@@ -18,7 +18,8 @@ from uuid import UUID
 
 import httpx
 
-from gateway.idempotency import command_id_for, order_id_for
+from gateway.idempotency import aggregate_id_for, command_id_for
+from orders.domain import ORDER
 
 ADDRESS = {
     "recipient": "Chaos Monkey",
@@ -46,6 +47,12 @@ class Request:
     @property
     def command_id(self) -> UUID:
         return command_id_for(self.key)
+
+
+def order_id_for(key: str) -> UUID:
+    """The id of the order a create with Idempotency-Key `key` makes, as the gateway derives
+    it."""
+    return aggregate_id_for(key, ORDER.stream_type)
 
 
 @dataclass(frozen=True)

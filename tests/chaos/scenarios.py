@@ -201,7 +201,7 @@ BY_NAME = {s.name: s for s in SCENARIOS}
 
 
 @dataclass
-class Outcome:
+class ScenarioResult:
     """One scenario's row, with the verdict behind it."""
 
     row: Row
@@ -219,7 +219,7 @@ async def run_scenario(
     command_workers: int = 2,
     projectors: int = 2,
     quiet_timeout_s: float = 180.0,
-) -> Outcome:
+) -> ScenarioResult:
     system = await asyncio.to_thread(
         OrderSystem.start, processes, command_workers=command_workers, projectors=projectors
     )
@@ -265,7 +265,7 @@ async def run_scenario(
         )
     if driver.given_up:
         row.problems.append(f"{len(driver.given_up)} commands never accepted")
-    return Outcome(row, verdict)
+    return ScenarioResult(row, verdict)
 
 
 async def _judge(settings: Settings, accepted: list[UUID]) -> Verdict:

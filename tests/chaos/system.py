@@ -18,7 +18,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from command_worker.relay import CHECKPOINT
-from common.messaging.topology import WORK_QUEUES, retry_delays_ms, retry_queue_name
+from common.domain import load_domains
+from common.messaging.topology import Topology, retry_delays_ms, retry_queue_name
 from common.readmodel.keys import Keys
 from common.settings import Settings
 from tests.support.amqp import depth
@@ -88,17 +89,26 @@ class OrderSystem:
         ]
 
 
-async def queue_backlog(amqp_url: str, retry_base_delay_ms: int) -> int:
-    """Ready messages in the work queues and their delay queues."""
+def topology_of(settings: Settings) -> Topology:
+    """The exchanges and queues of the system under test: the commands queue and one queue
+    per projection of the domains it loads."""
+    registry = load_domains(settings.domain_names)
+    return Topology(settings.app_prefix, tuple(registry.projections))
+
+
+async def queue_backlog(settings: Settings) -> int:
+    """Ready messages in the work queues (commands and every projection's) and their delay
+    queues."""
+    work_queues = topology_of(settings).work_queues
     names = [
-        *WORK_QUEUES,
+        *work_queues,
         *(
             retry_queue_name(q, delay)
-            for q in WORK_QUEUES
-            for delay in retry_delays_ms(retry_base_delay_ms)
+            for q in work_queues
+            for delay in retry_delays_ms(settings.retry_base_delay_ms)
         ),
     ]
-    connection = await aio_pika.connect(amqp_url)
+    connection = await aio_pika.connect(settings.amqp_url)
     try:
         ch = await connection.channel()
         return sum([await depth(ch, name) for name in names])
@@ -108,8 +118,8 @@ async def queue_backlog(amqp_url: str, retry_base_delay_ms: int) -> int:
 
 async def quiet(settings: Settings, pool: asyncpg.Pool, redis: Redis, accepted: list[UUID]) -> str:
     """What is still moving ('' when nothing is): every accepted command recorded and terminal
-    in Redis, the relay at the last position, every view at its stream's version, and no
-    message waiting in a work or delay queue."""
+    in Redis, the relay at the last position, every projection's view of every stream at the
+    stream's version, and no message waiting in a work or delay queue."""
     recorded = await pool.fetchval(
         "SELECT count(*) FROM commands WHERE command_id = ANY($1::uuid[])", accepted
     )
@@ -123,7 +133,7 @@ async def quiet(settings: Settings, pool: asyncpg.Pool, redis: Redis, accepted: 
         return "the relay is behind: " + await relay_lag(pool)
     if not await views_match_streams(redis, keys, pool):
         return "views are behind the event store"
-    backlog = await queue_backlog(settings.amqp_url, settings.retry_base_delay_ms)
+    backlog = await queue_backlog(settings)
     if backlog:
         return f"{backlog} messages still queued"
     return ""

@@ -13,12 +13,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from command_worker.handler import CommandHandler
+from common.contracts.commands import CommandBase
 from common.contracts.envelopes import EventMetadata
-from common.contracts.orders import AddItem, CreateOrder, OrderLine, ShipOrder, ShippingAddress
+from common.domain import Registry, stream_id
 from common.eventstore.store import EventStore, NewEvent, StoredEvent
 from common.readmodel.commands import CommandStatus
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from orders.contracts import AddItem, CreateOrder, OrderLine, ShipOrder, ShippingAddress
+from tests.support.domains import registry_of
 from tests.support.load import envelope
 
 pytestmark = pytest.mark.integration
@@ -52,6 +55,7 @@ class InterferingStore(EventStore):
                         {"item": {"product_id": "intruder", "quantity": 1, "price": "2.00"}},
                         EventMetadata(
                             command_id=other,
+                            command_type="AddItem",
                             correlation_id=other,
                             causation_id=other,
                             occurred_at=datetime.now(UTC),
@@ -82,30 +86,39 @@ async def created_order(handler: CommandHandler) -> uuid.UUID:
     return order_id
 
 
+def order_stream(order_id: uuid.UUID) -> str:
+    return stream_id("Order", order_id)
+
+
 @pytest.fixture
 def keys(isolated_settings: Settings) -> Keys:
     return Keys(isolated_settings.redis_key_prefix)
 
 
+@pytest.fixture
+def registry(isolated_settings: Settings) -> Registry:
+    return registry_of(isolated_settings)
+
+
 async def test_a_version_conflict_is_retried_on_a_fresh_load(
-    pg: asyncpg.Pool, redis_client: aioredis.Redis, keys: Keys
+    pg: asyncpg.Pool, redis_client: aioredis.Redis, keys: Keys, registry: Registry
 ) -> None:
     store = InterferingStore(pg, times=0)
-    handler = CommandHandler(store, redis_client, keys, conflict_retries=5)
+    handler = CommandHandler(registry, store, redis_client, keys, conflict_retries=5)
     order_id = await created_order(handler)
     store.times = 2
     outcome = await handler.execute(add(order_id))
     assert outcome.status is CommandStatus.SUCCEEDED
     assert outcome.version == 4  # create, two intruders, ours
-    stored = await EventStore(pg).load_stream(str(order_id))
+    stored = await EventStore(pg).load_stream(order_stream(order_id))
     assert [e.version for e in stored] == [1, 2, 3, 4]
 
 
 async def test_a_command_fails_after_bounded_conflicts(
-    pg: asyncpg.Pool, redis_client: aioredis.Redis, keys: Keys
+    pg: asyncpg.Pool, redis_client: aioredis.Redis, keys: Keys, registry: Registry
 ) -> None:
     store = InterferingStore(pg, times=0)
-    handler = CommandHandler(store, redis_client, keys, conflict_retries=2)
+    handler = CommandHandler(registry, store, redis_client, keys, conflict_retries=2)
     order_id = await created_order(handler)
     store.times = 3
     command = add(order_id)
@@ -120,22 +133,22 @@ async def test_a_command_fails_after_bounded_conflicts(
 
 
 async def test_concurrent_handlers_apply_every_addition_once(
-    pg: asyncpg.Pool, redis_client: aioredis.Redis, keys: Keys
+    pg: asyncpg.Pool, redis_client: aioredis.Redis, keys: Keys, registry: Registry
 ) -> None:
-    handlers = [CommandHandler(EventStore(pg), redis_client, keys, 50) for _ in range(3)]
+    handlers = [CommandHandler(registry, EventStore(pg), redis_client, keys, 50) for _ in range(3)]
     order_id = await created_order(handlers[0])
     commands = [add(order_id, f"p{i % 7}") for i in range(50)]
     outcomes = await asyncio.gather(*(handlers[i % 3].execute(c) for i, c in enumerate(commands)))
     assert {o.status for o in outcomes} == {CommandStatus.SUCCEEDED}
-    stored = await EventStore(pg).load_stream(str(order_id))
+    stored = await EventStore(pg).load_stream(order_stream(order_id))
     assert [e.version for e in stored] == list(range(1, 52))
     assert sorted(o.version for o in outcomes) == list(range(2, 52))
 
 
 async def test_a_batch_decides_in_order_and_records_everything_once(
-    pg: asyncpg.Pool, redis_client: aioredis.Redis, keys: Keys
+    pg: asyncpg.Pool, redis_client: aioredis.Redis, keys: Keys, registry: Registry
 ) -> None:
-    handler = CommandHandler(EventStore(pg), redis_client, keys, conflict_retries=5)
+    handler = CommandHandler(registry, EventStore(pg), redis_client, keys, conflict_retries=5)
     known = await created_order(handler)
     fresh = uuid.uuid4()
     create_fresh = CreateOrder(
@@ -148,7 +161,14 @@ async def test_a_batch_decides_in_order_and_records_everything_once(
     )
     add_fresh = add(fresh)
     ship_unknown = ShipOrder(**envelope(uuid.uuid4()))
-    batch = [add(known), create_fresh, add_fresh, add_fresh, ship_unknown, add(known)]
+    batch: list[CommandBase] = [
+        add(known),
+        create_fresh,
+        add_fresh,
+        add_fresh,
+        ship_unknown,
+        add(known),
+    ]
     outcomes = await handler.execute_batch(batch)
     assert [(o.status.value, o.version) for o in outcomes] == [
         ("succeeded", 2),
@@ -160,24 +180,28 @@ async def test_a_batch_decides_in_order_and_records_everything_once(
     ]
     assert outcomes[4].reason == "order not found"
     store = EventStore(pg)
-    assert [e.version for e in await store.load_stream(str(known))] == [1, 2, 3]
-    assert [e.type for e in await store.load_stream(str(fresh))] == ["OrderCreated", "ItemAdded"]
+    assert [e.version for e in await store.load_stream(order_stream(known))] == [1, 2, 3]
+    assert [e.type for e in await store.load_stream(order_stream(fresh))] == [
+        "OrderCreated",
+        "ItemAdded",
+    ]
     # The same batch again changes nothing: every outcome is the recorded one.
     again = await handler.execute_batch(batch)
     assert again == outcomes
-    assert len(await store.load_stream(str(known))) == 3
+    assert len(await store.load_stream(order_stream(known))) == 3
     status = await redis_client.hgetall(keys.command(ship_unknown.command_id))
     assert status[b"status"] == b"rejected"
+    assert status[b"stream_id"] == order_stream(ship_unknown.order_id).encode()
 
 
 async def test_a_batch_that_meets_another_writer_falls_back_and_loses_nothing(
-    pg: asyncpg.Pool, redis_client: aioredis.Redis, keys: Keys
+    pg: asyncpg.Pool, redis_client: aioredis.Redis, keys: Keys, registry: Registry
 ) -> None:
     store = InterferingStore(pg, times=0)
-    handler = CommandHandler(store, redis_client, keys, conflict_retries=5)
+    handler = CommandHandler(registry, store, redis_client, keys, conflict_retries=5)
     order_id = await created_order(handler)
     # Another writer appends version 2 after the batch loaded version 1.
-    other = CommandHandler(EventStore(pg), redis_client, keys, conflict_retries=5)
+    other = CommandHandler(registry, EventStore(pg), redis_client, keys, conflict_retries=5)
     original = store.load_streams
 
     async def load_then_interfere(conn, stream_ids):  # type: ignore[no-untyped-def]
@@ -189,5 +213,5 @@ async def test_a_batch_that_meets_another_writer_falls_back_and_loses_nothing(
     store.load_streams = load_then_interfere  # type: ignore[method-assign]
     outcomes = await handler.execute_batch([add(order_id, "x"), add(order_id, "y")])
     assert [(o.status.value, o.version) for o in outcomes] == [("succeeded", 3), ("succeeded", 4)]
-    stored = await EventStore(pg).load_stream(str(order_id))
+    stored = await EventStore(pg).load_stream(order_stream(order_id))
     assert [e.version for e in stored] == [1, 2, 3, 4]

@@ -13,7 +13,12 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from common.contracts.orders import (
+from common.domain import stream_id
+from common.messaging.messages import command_message
+from common.messaging.topology import Topology, dlq_name
+from common.readmodel.keys import Keys
+from common.settings import Settings
+from orders.contracts import (
     AddItem,
     CancelOrder,
     Command,
@@ -21,11 +26,8 @@ from common.contracts.orders import (
     OrderLine,
     ShipOrder,
 )
-from common.messaging.messages import command_message
-from common.messaging.topology import COMMANDS_EXCHANGE, COMMANDS_QUEUE, dlq_name
-from common.readmodel.keys import Keys
-from common.settings import Settings
 from tests.support.amqp import channel, depth, eventually, take, tap_events
+from tests.support.domains import topology_of
 from tests.support.load import ADDRESS, envelope
 from tests.support.processes import ProcessFactory
 
@@ -41,10 +43,22 @@ def create(order_id: uuid.UUID, *lines: tuple[str, int, str]) -> CreateOrder:
     )
 
 
-async def send(ch: aio_pika.abc.AbstractChannel, *commands: Command) -> None:
-    exchange = await ch.get_exchange(COMMANDS_EXCHANGE)
+def order_stream(order_id: uuid.UUID) -> str:
+    return stream_id("Order", order_id)
+
+
+@pytest.fixture
+def topology(isolated_settings: Settings) -> Topology:
+    return topology_of(isolated_settings)
+
+
+async def send(ch: aio_pika.abc.AbstractChannel, topology: Topology, *commands: Command) -> None:
+    exchange = await ch.get_exchange(topology.commands_exchange)
     for command in commands:
-        await exchange.publish(command_message(command), routing_key=COMMANDS_QUEUE)
+        await exchange.publish(
+            command_message(command, order_stream(command.order_id)),
+            routing_key=topology.commands_queue,
+        )
 
 
 async def command_row(pool: asyncpg.Pool, command_id: uuid.UUID) -> asyncpg.Record | None:
@@ -52,17 +66,21 @@ async def command_row(pool: asyncpg.Pool, command_id: uuid.UUID) -> asyncpg.Reco
 
 
 async def test_commands_become_ordered_events_on_the_fanout(
-    isolated_settings: Settings, processes: ProcessFactory, pg: asyncpg.Pool
+    isolated_settings: Settings,
+    processes: ProcessFactory,
+    pg: asyncpg.Pool,
+    topology: Topology,
 ) -> None:
     async with channel(isolated_settings.amqp_url) as ch:
         tap = await tap_events(ch)
         processes.start("command_worker")
         order_id = uuid.uuid4()
         first = create(order_id, ("apple", 2, "0.10"), ("pear", 1, "1.25"))
-        await send(ch, first)
+        await send(ch, topology, first)
         messages = await take(tap, 1)
         await send(
             ch,
+            topology,
             AddItem(
                 item=OrderLine(product_id="apple", quantity=1, price=Decimal("0.10")),
                 **envelope(order_id),
@@ -81,14 +99,15 @@ async def test_commands_become_ordered_events_on_the_fanout(
     assert created.type == "OrderCreated"
     assert created.content_type == "application/json"
     assert created.correlation_id == str(first.correlation_id)
-    assert created.headers["stream_id"] == str(order_id)
+    assert created.headers["stream_id"] == order_stream(order_id)
     assert created.headers["version"] == 1
     assert created.headers["position"] == positions[0]
     assert created.headers["causation_id"] == str(first.command_id)
     assert bodies[0]["data"]["items"][0] == {"product_id": "apple", "quantity": 2, "price": "0.10"}
 
     rows = await pg.fetch(
-        "SELECT version, type FROM events WHERE stream_id = $1 ORDER BY version", str(order_id)
+        "SELECT version, type FROM events WHERE stream_id = $1 ORDER BY version",
+        order_stream(order_id),
     )
     assert [(r["version"], r["type"]) for r in rows] == [
         (1, "OrderCreated"),
@@ -105,6 +124,7 @@ async def test_rejections_append_nothing_and_say_why(
     processes: ProcessFactory,
     pg: asyncpg.Pool,
     redis_client: aioredis.Redis,
+    topology: Topology,
 ) -> None:
     keys = Keys(isolated_settings.redis_key_prefix)
     processes.start("command_worker")
@@ -117,11 +137,11 @@ async def test_rejections_append_nothing_and_say_why(
         item=OrderLine(product_id="b", quantity=1, price=Decimal("1.00")), **envelope(order_id)
     )
     async with channel(isolated_settings.amqp_url) as ch:
-        await send(ch, ship_unknown, create_it)
+        await send(ch, topology, ship_unknown, create_it)
         await eventually(lambda: command_row(pg, create_it.command_id), what="create recorded")
-        await send(ch, cancel)
+        await send(ch, topology, cancel)
         await eventually(lambda: command_row(pg, cancel.command_id), what="cancel recorded")
-        await send(ch, add_after_cancel)
+        await send(ch, topology, add_after_cancel)
         await eventually(lambda: command_row(pg, add_after_cancel.command_id), what="add recorded")
 
     rejected = await command_row(pg, ship_unknown.command_id)
@@ -134,8 +154,9 @@ async def test_rejections_append_nothing_and_say_why(
         "order is cancelled",
         2,
     )
-    assert await pg.fetchval("SELECT count(*) FROM events WHERE stream_id = $1", str(unknown)) == 0
-    assert await pg.fetchval("SELECT count(*) FROM events WHERE stream_id = $1", str(order_id)) == 2
+    count = "SELECT count(*) FROM events WHERE stream_id = $1"
+    assert await pg.fetchval(count, order_stream(unknown)) == 0
+    assert await pg.fetchval(count, order_stream(order_id)) == 2
 
     async def status_of(command: Command) -> dict[bytes, bytes]:
         return await redis_client.hgetall(keys.command(command.command_id))
@@ -147,7 +168,10 @@ async def test_rejections_append_nothing_and_say_why(
 
 
 async def test_a_redelivered_command_takes_effect_once(
-    isolated_settings: Settings, processes: ProcessFactory, pg: asyncpg.Pool
+    isolated_settings: Settings,
+    processes: ProcessFactory,
+    pg: asyncpg.Pool,
+    topology: Topology,
 ) -> None:
     order_id = uuid.uuid4()
     create_it = create(order_id, ("a", 1, "1.00"))
@@ -155,22 +179,22 @@ async def test_a_redelivered_command_takes_effect_once(
         item=OrderLine(product_id="a", quantity=1, price=Decimal("1.00")), **envelope(order_id)
     )
     async with channel(isolated_settings.amqp_url) as ch:
-        await send(ch, create_it)
+        await send(ch, topology, create_it)
         processes.start("command_worker")
         await eventually(lambda: command_row(pg, create_it.command_id), what="create")
-        await send(ch, add, add, create_it, add)
+        await send(ch, topology, add, add, create_it, add)
         marker = ShipOrder(**envelope(order_id))
-        await send(ch, marker)
+        await send(ch, topology, marker)
         await eventually(lambda: command_row(pg, marker.command_id), what="marker")
 
         async def drained() -> bool:
-            return await depth(ch, COMMANDS_QUEUE) == 0
+            return await depth(ch, topology.commands_queue) == 0
 
         await eventually(drained, what="queue drained")
 
     rows = await pg.fetch(
         "SELECT version, type, metadata FROM events WHERE stream_id = $1 ORDER BY version",
-        str(order_id),
+        order_stream(order_id),
     )
     assert [r["type"] for r in rows] == ["OrderCreated", "ItemAdded", "OrderShipped"]
     assert [r["version"] for r in rows] == [1, 2, 3]
@@ -179,7 +203,10 @@ async def test_a_redelivered_command_takes_effect_once(
 
 
 async def test_poison_messages_are_dead_lettered_with_a_reason(
-    isolated_settings: Settings, processes: ProcessFactory, pg: asyncpg.Pool
+    isolated_settings: Settings,
+    processes: ProcessFactory,
+    pg: asyncpg.Pool,
+    topology: Topology,
 ) -> None:
     processes.start("command_worker")
     order_id = uuid.uuid4()
@@ -192,17 +219,18 @@ async def test_poison_messages_are_dead_lettered_with_a_reason(
         b"[" * 5000 + b"]" * 5000,
     ]
     async with channel(isolated_settings.amqp_url) as ch:
-        exchange = await ch.get_exchange(COMMANDS_EXCHANGE)
+        exchange = await ch.get_exchange(topology.commands_exchange)
         for body in poison:
             await exchange.publish(
-                aio_pika.Message(body, message_id=str(uuid.uuid4())), routing_key=COMMANDS_QUEUE
+                aio_pika.Message(body, message_id=str(uuid.uuid4())),
+                routing_key=topology.commands_queue,
             )
-        await send(ch, good)
+        await send(ch, topology, good)
         await eventually(lambda: command_row(pg, good.command_id), what="good command handled")
-        dlq = await ch.declare_queue(dlq_name(COMMANDS_QUEUE), passive=True)
+        dlq = await ch.declare_queue(dlq_name(topology.commands_queue), passive=True)
         dead = await take(dlq, len(poison))
     assert sorted(m.body for m in dead) == sorted(poison)
     for message in dead:
         assert message.headers["x-failure-kind"] == "poison"
         assert str(message.headers["x-failure-reason"]).startswith("invalid command")
-        assert message.headers["x-original-queue"] == COMMANDS_QUEUE
+        assert message.headers["x-original-queue"] == topology.commands_queue

@@ -16,9 +16,10 @@ from common.messaging.connection import SupervisedConnection
 from common.messaging.consuming import QueueConsumer, attempt_of
 from common.messaging.dead_letters import list_dead_letters, replay_dead_letters
 from common.messaging.outcomes import RetryLater
-from common.messaging.topology import COMMANDS_EXCHANGE, COMMANDS_QUEUE, declare_topology, dlq_name
+from common.messaging.topology import declare_topology, dlq_name
 from common.settings import Settings
 from tests.support.amqp import channel, depth, eventually
+from tests.support.domains import topology_of
 from tests.support.services import Endpoints
 
 pytestmark = pytest.mark.integration
@@ -35,14 +36,16 @@ class Consuming(SupervisedConnection):
 @asynccontextmanager
 async def consuming(settings: Settings, handler: Handler) -> AsyncIterator[Consuming]:
     consumers: list[QueueConsumer] = []
+    topology = topology_of(settings)
 
     async def on_connected(connection: aio_pika.abc.AbstractConnection) -> None:
         ch = await connection.channel()
-        await declare_topology(ch, settings.retry_base_delay_ms)
+        await declare_topology(ch, topology, settings.retry_base_delay_ms)
         await ch.close()
         consumer = QueueConsumer(
-            COMMANDS_QUEUE,
+            topology.commands_queue,
             handler,
+            topology=topology,
             prefetch=10,
             max_attempts=3,
             retry_base_delay_ms=settings.retry_base_delay_ms,
@@ -65,10 +68,12 @@ async def consuming(settings: Settings, handler: Handler) -> AsyncIterator[Consu
 
 async def publish(settings: Settings, body: bytes) -> str:
     message_id = str(uuid.uuid4())
+    topology = topology_of(settings)
     async with channel(settings.amqp_url) as ch:
-        exchange = await ch.get_exchange(COMMANDS_EXCHANGE)
+        exchange = await ch.get_exchange(topology.commands_exchange)
         await exchange.publish(
-            aio_pika.Message(body, message_id=message_id, type="Test"), routing_key=COMMANDS_QUEUE
+            aio_pika.Message(body, message_id=message_id, type="Test"),
+            routing_key=topology.commands_queue,
         )
     return message_id
 
@@ -96,6 +101,8 @@ async def test_exhausted_retries_end_in_the_dead_letter_queue_and_replay(
 ) -> None:
     seen: list[str | None] = []
     healthy = asyncio.Event()
+    topology = topology_of(isolated_settings)
+    queue = topology.commands_queue
 
     async def failing(message: AbstractIncomingMessage) -> None:
         seen.append(message.message_id)
@@ -107,21 +114,21 @@ async def test_exhausted_retries_end_in_the_dead_letter_queue_and_replay(
         async with channel(isolated_settings.amqp_url) as ch:
 
             async def dead_lettered() -> bool:
-                return await depth(ch, dlq_name(COMMANDS_QUEUE)) == 1
+                return await depth(ch, dlq_name(queue)) == 1
 
             await eventually(dead_lettered, what="message in the DLQ")
         assert seen == [message_id] * 3
 
-        [letter] = await list_dead_letters(isolated_settings, COMMANDS_QUEUE, 10)
+        [letter] = await list_dead_letters(isolated_settings, topology, queue, 10)
         assert letter.message_id == message_id
         assert letter.kind == "exhausted"
         assert "redis timed out (after 3 attempts)" in letter.reason
 
         healthy.set()
-        assert await replay_dead_letters(isolated_settings, COMMANDS_QUEUE, 10) == 1
+        assert await replay_dead_letters(isolated_settings, topology, queue, 10) == 1
         await eventually(lambda: len(seen) == 4, what="replayed message handled")
         async with channel(isolated_settings.amqp_url) as ch:
-            assert await depth(ch, dlq_name(COMMANDS_QUEUE)) == 0
+            assert await depth(ch, dlq_name(queue)) == 0
 
 
 async def close_connections_from_the_console(
@@ -171,7 +178,9 @@ async def test_consumers_come_back_after_the_broker_drops_them(
         await publish(isolated_settings, b"after")
         await eventually(lambda: handled == [b"before", b"after"], what="message after it")
         async with channel(isolated_settings.amqp_url) as ch:
-            queue = await ch.declare_queue(COMMANDS_QUEUE, passive=True)
+            queue = await ch.declare_queue(
+                topology_of(isolated_settings).commands_queue, passive=True
+            )
             assert queue.declaration_result.consumer_count == 1
 
 
@@ -196,4 +205,4 @@ async def test_unhandled_message_is_not_lost_when_the_consumer_dies(
         await eventually(lambda: len(bodies) == 2, what="redelivery")
     assert bodies == [b"in flight", b"in flight"]
     async with channel(isolated_settings.amqp_url) as ch:
-        assert await depth(ch, COMMANDS_QUEUE) == 0
+        assert await depth(ch, topology_of(isolated_settings).commands_queue) == 0

@@ -16,11 +16,13 @@ import pytest
 
 from command_worker.relay import CHECKPOINT, Relay
 from common.contracts.envelopes import EventMetadata
+from common.domain import stream_id
 from common.eventstore.store import DuplicateCommand, EventStore, NewEvent, WrongExpectedVersion
 from common.messaging.connection import BrokerUnavailable
 from common.messaging.publishing import ConfirmedPublisher
 from common.settings import Settings
 from tests.support.amqp import channel, eventually, take, tap_events
+from tests.support.domains import registry_of, topology_of
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +34,7 @@ def new_event(command_id: uuid.UUID, n: int = 0) -> NewEvent:
         data={"item": {"product_id": f"p{n}", "quantity": 1, "price": "1.00"}},
         metadata=EventMetadata(
             command_id=command_id,
+            command_type="AddItem",
             correlation_id=command_id,
             causation_id=command_id,
             occurred_at=datetime.now(UTC),
@@ -51,11 +54,22 @@ async def append(store: EventStore, stream: str, expected: int, count: int = 1) 
     )
 
 
+def new_stream() -> str:
+    return stream_id("Order", uuid.uuid4())
+
+
 @asynccontextmanager
 async def running_relay(settings: Settings) -> AsyncIterator[Relay]:
     connection = await aio_pika.connect(settings.amqp_url)
     publisher = await ConfirmedPublisher.open(connection, 5.0)
-    relay = Relay(settings.database_url, lambda: publisher, batch_size=100, idle_poll_s=0.2)
+    relay = Relay(
+        settings.database_url,
+        lambda: publisher,
+        exchange=topology_of(settings).events_exchange,
+        upcast=registry_of(settings).upcast,
+        batch_size=100,
+        idle_poll_s=0.2,
+    )
     relay.start()
     try:
         yield relay
@@ -66,7 +80,7 @@ async def running_relay(settings: Settings) -> AsyncIterator[Relay]:
 
 async def test_a_stale_expected_version_fails_loudly(pg: asyncpg.Pool) -> None:
     store = EventStore(pg)
-    stream = str(uuid.uuid4())
+    stream = new_stream()
     await append(store, stream, 0)
     with pytest.raises(WrongExpectedVersion):
         await append(store, stream, 0)
@@ -76,7 +90,7 @@ async def test_a_stale_expected_version_fails_loudly(pg: asyncpg.Pool) -> None:
 
 async def test_racing_appends_never_both_win(pg: asyncpg.Pool) -> None:
     store = EventStore(pg)
-    stream = str(uuid.uuid4())
+    stream = new_stream()
     results = await asyncio.gather(
         *(append(store, stream, 0) for _ in range(10)), return_exceptions=True
     )
@@ -89,7 +103,7 @@ async def test_racing_appends_never_both_win(pg: asyncpg.Pool) -> None:
 async def test_a_command_is_recorded_once(pg: asyncpg.Pool) -> None:
     store = EventStore(pg)
     command_id = uuid.uuid4()
-    stream = str(uuid.uuid4())
+    stream = new_stream()
     await store.append_to_stream(
         stream,
         [new_event(command_id)],
@@ -137,7 +151,7 @@ async def test_relay_sends_on_while_a_batch_awaits_its_confirm_and_resends_after
     be in flight); nothing from 5 on counts as published or reaches the checkpoint until it is
     confirmed; when it fails, the relay sends again from position 5, and every event arrives."""
     store = EventStore(pg)
-    streams = [str(uuid.uuid4()) for _ in range(4)]
+    streams = [new_stream() for _ in range(4)]
     for version in range(5):
         for stream in streams:
             await append(store, stream, version)
@@ -146,6 +160,8 @@ async def test_relay_sends_on_while_a_batch_awaits_its_confirm_and_resends_after
     relay = Relay(
         isolated_settings.database_url,
         lambda: publisher,  # type: ignore[arg-type, return-value]
+        exchange=topology_of(isolated_settings).events_exchange,
+        upcast=registry_of(isolated_settings).upcast,
         batch_size=2,
         idle_poll_s=0.2,
     )
@@ -179,7 +195,7 @@ async def test_relay_publishes_in_order_and_resumes_from_its_checkpoint(
     isolated_settings: Settings, pg: asyncpg.Pool
 ) -> None:
     store = EventStore(pg)
-    streams = [str(uuid.uuid4()) for _ in range(3)]
+    streams = [new_stream() for _ in range(3)]
     for version in range(4):
         for stream in streams:
             await append(store, stream, version)
@@ -218,11 +234,12 @@ async def test_relay_does_not_skip_an_event_committed_after_a_higher_position(
         command_id = uuid.uuid4()
         event = new_event(command_id)
         [slow_position] = await slow.fetchval(
-            "SELECT append_to_stream($1, 'AddItem', 'slow', 0, NULL, $2, $3, $4::jsonb[],"
-            " $5::jsonb[])",
+            "SELECT append_to_stream($1, 'AddItem', 'slow', 0, NULL, $2, $3, $4, $5::jsonb[],"
+            " $6::jsonb[])",
             command_id,
             [event.event_id],
             [event.type],
+            [event.schema_version],
             [orjson.dumps(event.data).decode()],
             [event.metadata.model_dump_json()],
         )
@@ -247,11 +264,12 @@ async def _open_append(conn: asyncpg.Connection, stream: str) -> int:
     command_id = uuid.uuid4()
     event = new_event(command_id)
     [position] = await conn.fetchval(
-        "SELECT append_to_stream($1, 'AddItem', $2, 0, NULL, $3, $4, $5::jsonb[], $6::jsonb[])",
+        "SELECT append_to_stream($1, 'AddItem', $2, 0, NULL, $3, $4, $5, $6::jsonb[], $7::jsonb[])",
         command_id,
         stream,
         [event.event_id],
         [event.type],
+        [event.schema_version],
         [orjson.dumps(event.data).decode()],
         [event.metadata.model_dump_json()],
     )
@@ -380,7 +398,8 @@ async def test_a_session_keeps_reading_by_index_as_the_log_grows(pg: asyncpg.Poo
             await store.load_streams(conn, ["early"])
         name = await conn.fetchval(
             "SELECT name FROM pg_prepared_statements"
-            " WHERE statement LIKE 'SELECT stream_id, version, type, data FROM events WHERE%'"
+            " WHERE statement LIKE 'SELECT stream_id, version, type, data, schema_version"
+            " FROM events WHERE%'"
         )
         assert name is not None
         plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {name}('{{early}}')")

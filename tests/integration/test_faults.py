@@ -23,19 +23,18 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from common.contracts.orders import CreateOrder, OrderLine, ShippingAddress
+from common.domain import stream_id
 from common.messaging.messages import command_message
-from common.messaging.topology import (
-    COMMANDS_EXCHANGE,
-    COMMANDS_QUEUE,
-    PROJECTOR_QUEUE,
-    dlq_name,
-)
+from common.messaging.topology import Topology, dlq_name
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from orders.contracts import CreateOrder, OrderLine, ShippingAddress
+from orders.layout import order_suffix
+from orders.projection import OrderViews
 from tests.chaos.load import ADDRESS, LoadShape
 from tests.chaos.scenarios import BY_NAME, run_scenario
 from tests.support.amqp import channel, eventually, take
+from tests.support.domains import topology_of
 from tests.support.processes import ProcessFactory
 from tests.support.services import Endpoints
 
@@ -118,7 +117,7 @@ def _event(**changes: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "event_id": str(uuid.uuid4()),
         "position": 1,
-        "stream_id": str(uuid.uuid4()),
+        "stream_id": stream_id("Order", uuid.uuid4()),
         "version": 1,
         "type": "ItemAdded",
         "data": {"item": {"product_id": "sku-1", "quantity": 1, "price": "1.00"}},
@@ -148,16 +147,25 @@ EVENT_POISON: dict[str, tuple[bytes, str]] = {
 }
 
 
+async def _send(ch: aio_pika.abc.AbstractChannel, topology: Topology, command: CreateOrder) -> None:
+    commands = await ch.get_exchange(topology.commands_exchange)
+    await commands.publish(
+        command_message(command, stream_id("Order", command.order_id)),
+        routing_key=topology.commands_queue,
+    )
+
+
 async def _order_visible(redis: aioredis.Redis, keys: Keys, order_id: uuid.UUID) -> bool:
-    generation = await redis.get(keys.generation)
+    views = keys.projection(OrderViews.name)
+    generation = await redis.get(views.generation)
     if generation is None:
         return False
-    return bool(await redis.exists(keys.views(int(generation)).order(str(order_id))))
+    return bool(await redis.exists(views.views(int(generation)).key(order_suffix(str(order_id)))))
 
 
-@pytest.mark.parametrize("queue", [COMMANDS_QUEUE, PROJECTOR_QUEUE])
+@pytest.mark.parametrize("work", ["commands", "order_views projection"])
 async def test_poison_in_each_work_queue_is_dead_lettered_with_its_reason(
-    queue: str,
+    work: str,
     isolated_settings: Settings,
     processes: ProcessFactory,
     pg: asyncpg.Pool,
@@ -165,7 +173,11 @@ async def test_poison_in_each_work_queue_is_dead_lettered_with_its_reason(
 ) -> None:
     processes.start("command_worker")
     processes.start("projector_worker")
-    poison = COMMAND_POISON if queue == COMMANDS_QUEUE else EVENT_POISON
+    topology = topology_of(isolated_settings)
+    if work == "commands":
+        queue, poison = topology.commands_queue, COMMAND_POISON
+    else:
+        queue, poison = topology.projection_queue(OrderViews.name), EVENT_POISON
     valid = _valid_create()
     async with channel(isolated_settings.amqp_url) as ch:
         for kind, (body, _) in poison.items():
@@ -173,8 +185,7 @@ async def test_poison_in_each_work_queue_is_dead_lettered_with_its_reason(
             await ch.default_exchange.publish(
                 aio_pika.Message(body, message_id=kind, type="poison"), routing_key=queue
             )
-        commands = await ch.get_exchange(COMMANDS_EXCHANGE)
-        await commands.publish(command_message(valid), routing_key=COMMANDS_QUEUE)
+        await _send(ch, topology, valid)
 
         keys = Keys(isolated_settings.redis_key_prefix)
         await eventually(
@@ -250,7 +261,7 @@ async def test_50_concurrent_item_additions_across_3_workers_apply_exactly_once(
         rows = await pg.fetch(
             "SELECT version, type, metadata->>'command_id' AS command_id FROM events"
             " WHERE stream_id = $1 ORDER BY version",
-            order_id,
+            stream_id("Order", order_id),
         )
         assert [r["version"] for r in rows] == list(range(1, ADDITIONS + 2))
         assert Counter(uuid.UUID(r["command_id"]) for r in rows[1:]) == Counter(command_ids)
@@ -291,8 +302,7 @@ async def test_a_transaction_left_open_in_another_database_stops_nothing(
             processes.start("projector_worker")
             valid = _valid_create()
             async with channel(isolated_settings.amqp_url) as ch:
-                commands = await ch.get_exchange(COMMANDS_EXCHANGE)
-                await commands.publish(command_message(valid), routing_key=COMMANDS_QUEUE)
+                await _send(ch, topology_of(isolated_settings), valid)
             keys = Keys(isolated_settings.redis_key_prefix)
             await eventually(
                 lambda: _order_visible(redis_client, keys, valid.order_id),

@@ -19,10 +19,11 @@ import pytest
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from common.contracts.orders import COMMAND_ADAPTER, AddItem, CancelOrder, CreateOrder, ShipOrder
-from common.messaging.topology import COMMANDS_QUEUE
+from common.domain import Registry, stream_id
 from common.settings import Settings
 from gateway.runtime import redis_client_name
+from orders.contracts import AddItem, CancelOrder, CreateOrder, OrderCommand, ShipOrder
+from tests.support.domains import registry_of, topology_of
 from tests.support.processes import Proc, ProcessFactory, free_port, http_status, wait_for
 from tests.support.services import Endpoints
 
@@ -77,14 +78,26 @@ async def channel(gateway: Proc, isolated_settings: Settings) -> AsyncIterator[A
         await connection.close()
 
 
-async def queue_depth(channel: AbstractChannel) -> int:
-    queue = await channel.declare_queue(COMMANDS_QUEUE, passive=True)
+@pytest.fixture
+def registry(isolated_settings: Settings) -> Registry:
+    return registry_of(isolated_settings)
+
+
+@pytest.fixture
+def commands_queue(isolated_settings: Settings) -> str:
+    return topology_of(isolated_settings).commands_queue
+
+
+async def queue_depth(channel: AbstractChannel, commands_queue: str) -> int:
+    queue = await channel.declare_queue(commands_queue, passive=True)
     return int(queue.declaration_result.message_count)
 
 
-async def take(channel: AbstractChannel, count: int, within_s: float = 5) -> list[Any]:
+async def take(
+    channel: AbstractChannel, commands_queue: str, count: int, within_s: float = 5
+) -> list[Any]:
     """Exactly `count` messages from the commands queue; fails if fewer arrive in time."""
-    queue = await channel.declare_queue(COMMANDS_QUEUE, passive=True)
+    queue = await channel.declare_queue(commands_queue, passive=True)
     messages: list[AbstractIncomingMessage] = []
     deadline = time.monotonic() + within_s
     while len(messages) < count:
@@ -127,6 +140,7 @@ def assert_wire_format(message: Any, command: Any, correlation_id: str | None = 
     assert message.app_id == "gateway"
     assert message.timestamp is not None
     assert message.headers["schema_version"] == 1
+    assert message.headers["stream_id"] == stream_id("Order", command.order_id)
     assert message.correlation_id == str(command.correlation_id)
     if correlation_id is not None:
         assert message.correlation_id == correlation_id
@@ -136,7 +150,10 @@ def assert_wire_format(message: Any, command: Any, correlation_id: str | None = 
 
 
 async def test_create_order_is_confirmed_queued_and_tracked(
-    client: httpx.AsyncClient, channel: AbstractChannel
+    client: httpx.AsyncClient,
+    channel: AbstractChannel,
+    registry: Registry,
+    commands_queue: str,
 ) -> None:
     correlation_id = str(uuid.uuid4())
     response = await client.post(
@@ -145,8 +162,8 @@ async def test_create_order_is_confirmed_queued_and_tracked(
     ids = assert_accepted(response)
     assert response.headers["x-correlation-id"] == correlation_id
 
-    [message] = await take(channel, 1)
-    command = COMMAND_ADAPTER.validate_json(message.body)
+    [message] = await take(channel, commands_queue, 1)
+    command = registry.parse_command(message.body)
     assert isinstance(command, CreateOrder)
     assert_wire_format(message, command, correlation_id)
     assert str(command.command_id) == ids["command_id"]
@@ -169,7 +186,10 @@ async def test_create_order_is_confirmed_queued_and_tracked(
 
 
 async def test_item_ship_and_cancel_commands_are_queued(
-    client: httpx.AsyncClient, channel: AbstractChannel
+    client: httpx.AsyncClient,
+    channel: AbstractChannel,
+    registry: Registry,
+    commands_queue: str,
 ) -> None:
     order_id = str(uuid.uuid4())
     responses = [
@@ -181,12 +201,13 @@ async def test_item_ship_and_cancel_commands_are_queued(
     accepted = [assert_accepted(response) for response in responses]
     assert {ids["order_id"] for ids in accepted} == {order_id}
 
-    messages = await take(channel, 4)
-    commands = [COMMAND_ADAPTER.validate_json(message.body) for message in messages]
+    messages = await take(channel, commands_queue, 4)
+    commands = [registry.parse_command(message.body) for message in messages]
     for message, command, ids, response in zip(
         messages, commands, accepted, responses, strict=True
     ):
         assert_wire_format(message, command, response.headers["x-correlation-id"])
+        assert isinstance(command, OrderCommand)
         assert str(command.command_id) == ids["command_id"]
         assert str(command.order_id) == order_id
     add, ship, ship_again, cancel = commands
@@ -216,13 +237,15 @@ async def test_unknown_command_is_404_and_malformed_id_422(client: httpx.AsyncCl
 
 
 async def test_correlation_id_is_made_when_missing_or_not_a_uuid(
-    client: httpx.AsyncClient, channel: AbstractChannel
+    client: httpx.AsyncClient,
+    channel: AbstractChannel,
+    commands_queue: str,
 ) -> None:
     response = await client.post("/orders", json=ORDER, headers={"X-Correlation-Id": "abc"})
     assert_accepted(response)
     made = response.headers["x-correlation-id"]
     assert made != "abc"
-    [message] = await take(channel, 1)
+    [message] = await take(channel, commands_queue, 1)
     assert message.correlation_id == str(uuid.UUID(made))
 
 
@@ -275,7 +298,9 @@ INVALID: list[tuple[str, str, str, Any, str]] = [
 
 
 async def test_invalid_input_is_422_naming_the_field_and_queues_nothing(
-    client: httpx.AsyncClient, channel: AbstractChannel
+    client: httpx.AsyncClient,
+    channel: AbstractChannel,
+    commands_queue: str,
 ) -> None:
     for case, method, path, body, field in INVALID:
         if isinstance(body, bytes):
@@ -288,11 +313,14 @@ async def test_invalid_input_is_422_naming_the_field_and_queues_nothing(
         response = await client.request(method, path, **kwargs)
         assert response.status_code == 422, (case, response.text)
         assert_problem(response, 422, field)
-    assert await queue_depth(channel) == 0
+    assert await queue_depth(channel, commands_queue) == 0
 
 
 async def test_oversized_body_is_413_and_wrong_media_type_415(
-    client: httpx.AsyncClient, channel: AbstractChannel, isolated_settings: Settings
+    client: httpx.AsyncClient,
+    channel: AbstractChannel,
+    isolated_settings: Settings,
+    commands_queue: str,
 ) -> None:
     big = b'{"customer_id": "' + b"x" * isolated_settings.max_body_bytes + b'"}'
     json_type = {"Content-Type": "application/json"}
@@ -316,7 +344,7 @@ async def test_oversized_body_is_413_and_wrong_media_type_415(
         headers = {"Content-Type": content_type} if content_type else {}
         response = await client.post("/orders", content=payload, headers=headers)
         assert_problem(response, 415)
-    assert await queue_depth(channel) == 0
+    assert await queue_depth(channel, commands_queue) == 0
 
     ok = await client.post(
         "/orders", content=payload, headers={"Content-Type": "application/json; charset=UTF-8"}
@@ -328,7 +356,9 @@ async def test_oversized_body_is_413_and_wrong_media_type_415(
 
 
 async def test_same_idempotency_key_gives_same_ids_and_republishes(
-    client: httpx.AsyncClient, channel: AbstractChannel
+    client: httpx.AsyncClient,
+    channel: AbstractChannel,
+    commands_queue: str,
 ) -> None:
     key = {"Idempotency-Key": f"order-{uuid.uuid4()}"}
     first = assert_accepted(await client.post("/orders", json=ORDER, headers=key))
@@ -336,7 +366,7 @@ async def test_same_idempotency_key_gives_same_ids_and_republishes(
     reordered = {k: ORDER[k] for k in reversed(list(ORDER))}
     second = assert_accepted(await client.post("/orders", json=reordered, headers=key))
     assert first == second
-    messages = await take(channel, 2)
+    messages = await take(channel, commands_queue, 2)
     assert {m.message_id for m in messages} == {first["command_id"]}
 
     other = assert_problem(
@@ -348,7 +378,7 @@ async def test_same_idempotency_key_gives_same_ids_and_republishes(
     assert_problem(
         await client.post(f"/orders/{first['order_id']}/ship", headers=key), 422, "Idempotency-Key"
     )
-    assert await queue_depth(channel) == 0
+    assert await queue_depth(channel, commands_queue) == 0
 
     ship_key = {"Idempotency-Key": "ship it"}
     ship = assert_accepted(await client.post(f"/orders/{first['order_id']}/ship", headers=ship_key))
@@ -369,7 +399,9 @@ async def test_same_idempotency_key_gives_same_ids_and_republishes(
 
 
 async def test_concurrent_duplicates_all_get_the_same_ids(
-    client: httpx.AsyncClient, channel: AbstractChannel
+    client: httpx.AsyncClient,
+    channel: AbstractChannel,
+    commands_queue: str,
 ) -> None:
     key = {"Idempotency-Key": str(uuid.uuid4())}
     responses = await asyncio.gather(
@@ -377,17 +409,19 @@ async def test_concurrent_duplicates_all_get_the_same_ids(
     )
     answers = [assert_accepted(response) for response in responses]
     assert all(answer == answers[0] for answer in answers)
-    messages = await take(channel, 20)
+    messages = await take(channel, commands_queue, 20)
     assert {m.message_id for m in messages} == {answers[0]["command_id"]}
 
 
 async def test_malformed_idempotency_keys_are_422(
-    client: httpx.AsyncClient, channel: AbstractChannel
+    client: httpx.AsyncClient,
+    channel: AbstractChannel,
+    commands_queue: str,
 ) -> None:
     for key in (b"", b"k" * 201, "clé".encode(), b"tab\there"):
         response = await client.post("/orders", json=ORDER, headers={"Idempotency-Key": key})
         assert_problem(response, 422, "Idempotency-Key")
-    assert await queue_depth(channel) == 0
+    assert await queue_depth(channel, commands_queue) == 0
     assert_accepted(
         await client.post("/orders", json=ORDER, headers={"Idempotency-Key": "k" * 200})
     )
@@ -428,7 +462,9 @@ async def test_commands_are_503_while_the_broker_is_unavailable(
 
 
 async def test_without_redis_commands_are_still_queued_but_keyed_ones_are_503(
-    processes: ProcessFactory, isolated_settings: Settings
+    processes: ProcessFactory,
+    isolated_settings: Settings,
+    commands_queue: str,
 ) -> None:
     proc = processes.start(
         "gateway", extra_env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, wait=False
@@ -449,7 +485,7 @@ async def test_without_redis_commands_are_still_queued_but_keyed_ones_are_503(
 
     connection = await aio_pika.connect(isolated_settings.amqp_url)
     try:
-        [message] = await take(await connection.channel(), 1)
+        [message] = await take(await connection.channel(), commands_queue, 1)
         assert message.message_id == accepted["command_id"]
     finally:
         await connection.close()
@@ -460,6 +496,7 @@ async def test_writes_survive_redis_dropping_the_gateways_connections(
     channel: AbstractChannel,
     redis_client: aioredis.Redis,
     isolated_settings: Settings,
+    commands_queue: str,
 ) -> None:
     assert_accepted(await client.post("/orders", json=ORDER, headers={"Idempotency-Key": "a"}))
     name = redis_client_name(isolated_settings.redis_key_prefix)
@@ -474,7 +511,7 @@ async def test_writes_survive_redis_dropping_the_gateways_connections(
     )
     status = await client.get(f"/commands/{keyed['command_id']}")
     assert status.json()["status"] == "accepted"
-    await take(channel, 2)
+    await take(channel, commands_queue, 2)
 
 
 async def test_publishing_resumes_after_the_connection_is_closed(
@@ -483,6 +520,7 @@ async def test_publishing_resumes_after_the_connection_is_closed(
     services: Endpoints,
     gateway: Proc,
     isolated_settings: Settings,
+    commands_queue: str,
 ) -> None:
     assert_accepted(await client.post("/orders", json=ORDER))
     vhost = isolated_settings.amqp_url.rsplit("/", 1)[1]
@@ -508,7 +546,7 @@ async def test_publishing_resumes_after_the_connection_is_closed(
             await asyncio.sleep(0.05)
 
     assert_accepted(await accepted_again())
-    await take(channel, 2)
+    await take(channel, commands_queue, 2)
 
 
 # --- API keys ---------------------------------------------------------------------------------

@@ -13,11 +13,14 @@ import asyncpg
 import httpx
 import pytest
 
-from common.contracts.orders import ItemAdded
-from common.messaging.topology import COMMANDS_EXCHANGE, COMMANDS_QUEUE, PROJECTOR_QUEUE
+from common.domain import Registry, stream_id
+from common.messaging.topology import Topology
 from common.settings import Settings
+from orders.contracts import ItemAdded
+from orders.projection import OrderViews
 from tests.integration.test_projector_support import Ledger, all_events, line, publish
 from tests.support.amqp import eventually
+from tests.support.domains import registry_of, topology_of
 from tests.support.processes import Proc, ProcessFactory, http_status, wait_for
 from tests.support.scrape import Scrape, scrape
 
@@ -42,15 +45,19 @@ class System:
     command_worker: Proc
     projector: Proc
     http: httpx.AsyncClient
+    registry: Registry
+    topology: Topology
 
 
 @pytest.fixture
-async def system(processes: ProcessFactory) -> AsyncIterator[System]:
+async def system(processes: ProcessFactory, isolated_settings: Settings) -> AsyncIterator[System]:
+    registry = registry_of(isolated_settings)
+    topology = topology_of(isolated_settings)
     command_worker = processes.start("command_worker")
     projector = processes.start("projector_worker")
     gateway = processes.start("gateway")
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=20) as http:
-        yield System(gateway, command_worker, projector, http)
+        yield System(gateway, command_worker, projector, http, registry, topology)
 
 
 def json_lines(proc: Proc) -> list[dict[str, Any]]:
@@ -88,11 +95,21 @@ async def test_one_command_is_followed_by_its_correlation_id_to_the_redis_write(
     [handled] = await eventually(lambda: followed(system.command_worker), what="the worker's line")
     assert handled["message"] == "command succeeded"
     assert handled["command_id"] == command_id
-    [applied] = await eventually(lambda: followed(system.projector), what="the projector's line")
-    assert applied["message"] == "event applied to the views"
-    assert applied["command_id"] == command_id
-    assert applied["order_id"] == order_id
-    assert applied["version"] == 1
+    # Each projection following the order's stream applies its event once, and says so.
+    stream = stream_id("Order", order_id)
+    following = sorted(p.name for p in system.registry.projections.values() if p.follows(stream))
+    assert OrderViews.name in following
+    lines = await eventually(
+        lambda: len(followed(system.projector)) >= len(following) and followed(system.projector),
+        what="the projector's lines",
+    )
+    assert sorted(entry["projection"] for entry in lines) == following
+    for entry in lines:
+        assert entry["message"] == "event applied to the views"
+        assert entry["command_id"] == command_id
+        assert entry["stream_id"] == stream
+        assert entry["version"] == 1
+    [applied] = [entry for entry in lines if entry["projection"] == OrderViews.name]
     for entry in (accepted, handled, applied):
         assert {"time", "level", "process", "logger", "message"} <= entry.keys()
     assert [accepted["process"], handled["process"], applied["process"]] == [
@@ -163,6 +180,7 @@ WORKER_ONLY = {
 }
 PROJECTOR_ONLY = {
     "orders_events_projected",
+    "orders_events_ignored",
     "orders_projection_lag_positions",
     "orders_projection_lag_seconds",
 }
@@ -180,10 +198,12 @@ async def test_each_process_exports_its_metrics(
         headers={"Prefer": "wait=15"},
     )
     assert rejected.status_code == 409, rejected.text
+    topology = system.topology
+    commands_queue = topology.commands_queue
     connection = await aio_pika.connect(isolated_settings.amqp_url)
     try:
-        exchange = await (await connection.channel()).get_exchange(COMMANDS_EXCHANGE)
-        await exchange.publish(aio_pika.Message(b"not json"), routing_key=COMMANDS_QUEUE)
+        exchange = await (await connection.channel()).get_exchange(topology.commands_exchange)
+        await exchange.publish(aio_pika.Message(b"not json"), routing_key=commands_queue)
     finally:
         await connection.close()
 
@@ -197,20 +217,20 @@ async def test_each_process_exports_its_metrics(
 
     async def worker_settled() -> Scrape | None:
         found = await scrape(system.command_worker.base_url)
-        dead = found.total("orders_dead_letters_total", queue=COMMANDS_QUEUE, kind="poison")
+        dead = found.total("orders_dead_letters_total", queue=commands_queue, kind="poison")
         lag = found.total("orders_relay_lag_positions")
         return found if dead == 1 and lag == 0 else None
 
     worker = await eventually(worker_settled, what="the poison message and the relay")
     assert worker.total("orders_commands_total", type="CreateOrder", outcome="succeeded") == 1
     assert worker.total("orders_commands_total", type="AddItem", outcome="rejected") == 1
+    command_types = system.registry.command_types
+    assert {"CreateOrder", "AddItem", "ShipOrder", "CancelOrder"} <= command_types
     assert {(s["type"], s["outcome"]) for s in worker.series("orders_commands_total")} == {
-        (t, o)
-        for t in ("CreateOrder", "AddItem", "ShipOrder", "CancelOrder")
-        for o in ("succeeded", "rejected", "failed")
+        (t, o) for t in command_types for o in ("succeeded", "rejected", "failed")
     }
     assert worker.total("orders_command_latency_seconds_count", type="CreateOrder") == 1
-    assert worker.total("orders_message_handling_seconds_count", queue=COMMANDS_QUEUE) == 3
+    assert worker.total("orders_message_handling_seconds_count", queue=commands_queue) == 3
     assert worker.total("orders_events_appended_total") == 1
     assert worker.total("orders_events_relayed_total") == 1
     assert worker.total("orders_relay_leader") == 1
@@ -218,23 +238,41 @@ async def test_each_process_exports_its_metrics(
         "batch",
         "command",
     }
-    assert worker.total("orders_retries_total", queue=COMMANDS_QUEUE) == 0
-    assert worker.total("orders_dead_letters_total", queue=COMMANDS_QUEUE, kind="exhausted") == 0
+    assert worker.total("orders_retries_total", queue=commands_queue) == 0
+    assert worker.total("orders_dead_letters_total", queue=commands_queue, kind="exhausted") == 0
     assert families(worker) >= {"orders_commands"} | WORKER_ONLY | CONSUMERS
     assert not families(worker) & (GATEWAY_ONLY | PROJECTOR_ONLY)
+
+    # One event was appended; every projection got it, those following orders applied it.
+    stream = stream_id("Order", created.json()["order_id"])
+    projections = system.registry.projections
 
     async def projector_settled() -> Scrape | None:
         found = await scrape(system.projector.base_url)
         caught_up = (
-            found.total("orders_events_projected_total") == 1
+            all(
+                found.total("orders_message_handling_seconds_count", queue=queue) >= 1
+                for queue in map(topology.projection_queue, projections)
+            )
+            and all(
+                found.total("orders_events_projected_total", projection=name) == 1
+                for name, projection in projections.items()
+                if projection.follows(stream)
+            )
             and found.total("orders_projection_lag_positions") == 0
             and found.total("orders_projection_lag_seconds") == 0
         )
         return found if caught_up else None
 
     projector = await eventually(projector_settled, what="the projection lag to be sampled")
-    assert projector.total("orders_message_handling_seconds_count", queue=PROJECTOR_QUEUE) == 1
-    assert projector.total("orders_retries_total", queue=PROJECTOR_QUEUE) == 0
+    assert OrderViews.name in projections
+    for name, projection in projections.items():
+        queue = topology.projection_queue(name)
+        applied = 1 if projection.follows(stream) else 0
+        assert projector.total("orders_message_handling_seconds_count", queue=queue) == 1, name
+        assert projector.total("orders_retries_total", queue=queue) == 0, name
+        assert projector.total("orders_events_projected_total", projection=name) == applied, name
+        assert projector.total("orders_events_ignored_total", projection=name) == 1 - applied, name
     assert {s["kind"] for s in projector.series("orders_dead_letters_total")} == {
         "poison",
         "exhausted",
@@ -247,16 +285,21 @@ async def test_projection_lag_measures_the_views_against_the_event_store(
     processes: ProcessFactory, pg: asyncpg.Pool, isolated_settings: Settings
 ) -> None:
     projector = processes.start("projector_worker")
+    projections = list(registry_of(isolated_settings).projections)
     ledger = Ledger(pg)
     await ledger.create("lagging", [line("sku-l", 1, "1.00")])
     await ledger.append(next(iter(ledger.versions)), ItemAdded(item=line("sku-l", 1, "1.00")))
 
-    async def lag() -> tuple[float, float]:
+    async def lag() -> list[tuple[float, float]]:
+        """Each projection's lag, in positions and seconds."""
         found = await scrape(projector.base_url)
-        return (
-            found.total("orders_projection_lag_positions"),
-            found.total("orders_projection_lag_seconds"),
-        )
+        return [
+            (
+                found.total("orders_projection_lag_positions", projection=name),
+                found.total("orders_projection_lag_seconds", projection=name),
+            )
+            for name in projections
+        ]
 
     # Appended but not yet delivered: the views are two positions and some time behind.
     await eventually(lambda: _behind(lag, 2), what="the lag to show the undelivered events")
@@ -264,6 +307,8 @@ async def test_projection_lag_measures_the_views_against_the_event_store(
     await eventually(lambda: _behind(lag, 0), what="the lag to return to zero")
 
 
-async def _behind(lag: Callable[[], Awaitable[tuple[float, float]]], positions: int) -> bool:
-    found_positions, seconds = await lag()
-    return found_positions == positions and (seconds > 0) == (positions > 0)
+async def _behind(lag: Callable[[], Awaitable[list[tuple[float, float]]]], positions: int) -> bool:
+    return all(
+        found_positions == positions and (seconds > 0) == (positions > 0)
+        for found_positions, seconds in await lag()
+    )

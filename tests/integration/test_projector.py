@@ -12,21 +12,32 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from common.contracts.orders import ItemAdded, OrderShipped
-from common.messaging.topology import PROJECTOR_QUEUE, dlq_name
+from common.messaging.topology import dlq_name
 from common.readmodel.keys import Keys
-from common.readmodel.order_view import OrderView
 from common.settings import Settings
+from orders.contracts import ItemAdded, OrderShipped
+from orders.layout import order_suffix
+from orders.view import OrderView
 from tests.conftest import settings_env
 from tests.integration.test_projector_support import (
     Ledger,
     all_events,
     line,
+    order_stream,
     publish,
     until,
 )
+from tests.support.domains import projection_names, projection_queues, topology_of
 from tests.support.processes import ROOT, ProcessFactory
-from tests.support.views import dump_generation, keys_with_prefix, live_generation, views_reached
+from tests.support.views import (
+    ORDER_VIEWS,
+    dump_live,
+    keys_with_prefix,
+    live_generation,
+    projection_keys,
+    views_match_streams,
+    views_reached,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +54,11 @@ def run_rebuild(settings: Settings, *args: str) -> subprocess.CompletedProcess[s
         timeout=120,
         check=False,
     )
+
+
+def order_views_queue(settings: Settings) -> str:
+    """The queue of the `order_views` projection."""
+    return topology_of(settings).projection_queue(ORDER_VIEWS)
 
 
 async def queue_counts(settings: Settings, *queues: str) -> list[int]:
@@ -72,7 +88,8 @@ async def test_live_events_become_views(
     await until(lambda: views_reached(redis_client, keys, {order_id: 3}), 20, "the view")
     generation = await live_generation(redis_client, keys)
     assert generation is not None
-    raw = await redis_client.hgetall(keys.views(generation).order(str(order_id)))
+    order_keys = projection_keys(keys).views(generation)
+    raw = await redis_client.hgetall(order_keys.key(order_suffix(str(order_id))))
     view = OrderView.from_hash(raw)
     assert view.to_api()["total_amount"] == "30.35"
     assert view.item_count == 4
@@ -81,7 +98,7 @@ async def test_live_events_become_views(
     assert command[b"status"] == b"succeeded"
     assert command[b"projected_version"] == b"3"
     assert command[b"type"] == b"ShipOrder"
-    checkpoint = await redis_client.get(keys.views(generation).checkpoint)
+    checkpoint = await redis_client.get(order_keys.checkpoint)
     assert int(checkpoint) == (await all_events(pg))[-1].position
 
 
@@ -89,11 +106,13 @@ async def test_duplicates_and_disorder_across_two_projectors_give_the_replayed_v
     processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     keys = Keys(isolated_settings.redis_key_prefix)
+    # The projectors start on an empty store: every view then comes from the deliveries below
+    # (not from a start-up rebuild), so their disorder and duplicates are what is tested.
+    first = processes.start("projector_worker")
+    second = processes.start("projector_worker")
     ledger = Ledger(pg)
     orders = await ledger.seed(30)
     events = await all_events(pg)
-    first = processes.start("projector_worker")
-    second = processes.start("projector_worker")
 
     rng = random.Random(7)
     deliveries = events + rng.sample(events, len(events) // 2)
@@ -101,26 +120,42 @@ async def test_duplicates_and_disorder_across_two_projectors_give_the_replayed_v
     await publish(isolated_settings, deliveries)
 
     await until(lambda: views_reached(redis_client, keys, ledger.versions), 30, "every order")
-    await until(lambda: _drained(isolated_settings), 30, "the projector queue to drain")
-    generation = await live_generation(redis_client, keys)
-    assert generation is not None
-    live = await dump_generation(redis_client, keys, generation)
+    await until(lambda: _drained(isolated_settings), 30, "the projection queues to drain")
+    assert await views_match_streams(redis_client, keys, pg)
+    generations = {n: await live_generation(redis_client, keys, n) for n in projection_names()}
+    assert None not in generations.values(), generations
+    live = await dump_live(redis_client, keys)
     assert len(orders) == 30
 
-    result = run_rebuild(isolated_settings, "--quiet")
+    result = run_rebuild(isolated_settings, "--all", "--quiet")
     assert result.returncode == 0, result.stderr
-    rebuilt = await live_generation(redis_client, keys)
-    assert rebuilt is not None
-    assert rebuilt > generation
-    replayed = await dump_generation(redis_client, keys, rebuilt)
+    for name, generation in generations.items():
+        rebuilt = await live_generation(redis_client, keys, name)
+        assert rebuilt is not None
+        assert generation is not None
+        assert rebuilt > generation, name
+        members = projection_keys(keys, name).views(generation).members
+        assert await redis_client.exists(members) == 0, name
+    replayed = await dump_live(redis_client, keys)
     assert replayed == live
-    assert await redis_client.exists(keys.views(generation).members) == 0
-    assert any("from the event store" in p.log() for p in (first, second))
-    assert (await queue_counts(isolated_settings, dlq_name(PROJECTOR_QUEUE))) == [0]
+    # An event delivered before its predecessors made its stream catch up from the store.
+    assert any(
+        '"message":"catching up' in p.log() and "from the event store" in p.log()
+        for p in (first, second)
+    )
+    assert await _no_dead_letters(isolated_settings)
 
 
 async def _drained(settings: Settings) -> bool:
-    return (await queue_counts(settings, PROJECTOR_QUEUE)) == [0]
+    """Every projection's queue is empty."""
+    queues = projection_queues(settings)
+    return (await queue_counts(settings, *queues)) == [0] * len(queues)
+
+
+async def _no_dead_letters(settings: Settings) -> bool:
+    """Every projection's dead-letter queue is empty."""
+    dlqs = [dlq_name(q) for q in projection_queues(settings)]
+    return (await queue_counts(settings, *dlqs)) == [0] * len(dlqs)
 
 
 async def test_a_projector_on_an_empty_redis_rebuilds_alone_then_consumes(
@@ -135,8 +170,11 @@ async def test_a_projector_on_an_empty_redis_rebuilds_alone_then_consumes(
     for proc in projectors:
         proc.wait_ready()
     assert await views_reached(redis_client, keys, ledger.versions)
-    rebuilders = [p for p in projectors if "rebuilding them from the event store" in p.log()]
-    assert len(rebuilders) == 1
+    assert await views_match_streams(redis_client, keys, pg)
+    for name in projection_names():
+        said = f"no views of {name} in Redis: rebuilding them from the event store"
+        rebuilders = [p for p in projectors if said in p.log()]
+        assert len(rebuilders) == 1, name
     status = await redis_client.hgetall(keys.command(added))
     assert status[b"status"] == b"succeeded"
     assert status[b"type"] == b"AddItem"
@@ -147,6 +185,7 @@ async def test_a_projector_on_an_empty_redis_rebuilds_alone_then_consumes(
     new_order = await ledger.create("cust-new", [line("sku-1", 1, "5.00")])
     await publish(isolated_settings, (await all_events(pg))[-1:])
     await until(lambda: views_reached(redis_client, keys, ledger.versions), 30, "the rebuild")
+    await until(lambda: views_match_streams(redis_client, keys, pg), 30, "every projection")
     assert new_order in ledger.versions
     assert (await redis_client.hgetall(keys.command(added)))[b"status"] == b"succeeded"
 
@@ -159,13 +198,14 @@ async def test_poison_events_are_dead_lettered(
     await ledger.create("cust-1", [line("sku-1", 1, "1.00")])
     event = (await all_events(pg))[0]
     bogus = event.model_copy(
-        update={"event_id": uuid.uuid4(), "stream_id": str(uuid.uuid4()), "version": 2}
+        update={"event_id": uuid.uuid4(), "stream_id": order_stream(uuid.uuid4()), "version": 2}
     )
     await publish(isolated_settings, [bogus])
     connection = await aio_pika.connect(isolated_settings.amqp_url)
     try:
         channel = await connection.channel()
-        message = await until(lambda: _get(channel, dlq_name(PROJECTOR_QUEUE)), 20, "a dead letter")
+        dlq = dlq_name(order_views_queue(isolated_settings))
+        message = await until(lambda: _get(channel, dlq), 20, "a dead letter")
         assert b"not in the event store" in str(message.headers).encode()
     finally:
         await connection.close()
@@ -192,10 +232,13 @@ async def test_sigterm_drains_and_a_successor_finishes_the_work(
 
     processes.start("projector_worker")
     await until(lambda: views_reached(redis_client, keys, ledger.versions), 30, "every order")
-    await until(lambda: _drained(isolated_settings), 30, "the projector queue to drain")
-    assert (await queue_counts(isolated_settings, dlq_name(PROJECTOR_QUEUE))) == [0]
+    await until(lambda: _drained(isolated_settings), 30, "the projection queues to drain")
+    assert await views_match_streams(redis_client, keys, pg)
+    assert await _no_dead_letters(isolated_settings)
 
 
 async def _some_projected(redis: Redis, keys: Keys) -> bool:
     generation = await live_generation(redis, keys)
-    return generation is not None and bool(await redis.get(keys.views(generation).checkpoint))
+    if generation is None:
+        return False
+    return bool(await redis.get(projection_keys(keys).views(generation).checkpoint))

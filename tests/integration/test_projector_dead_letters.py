@@ -14,22 +14,24 @@ import pytest
 from redis.asyncio import Redis
 
 from common.contracts.envelopes import EventMetadata, RecordedEvent
-from common.contracts.orders import ItemAdded
 from common.eventstore.store import EventStore, NewEvent
-from common.messaging.topology import PROJECTOR_QUEUE, dlq_name
+from common.messaging.topology import dlq_name
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from orders.contracts import ItemAdded
 from tests.conftest import settings_env
-from tests.integration.test_projector import queue_counts
+from tests.integration.test_projector import order_views_queue, queue_counts
 from tests.integration.test_projector_support import (
     Ledger,
     all_events,
     line,
+    order_stream,
     publish,
     until,
     views_reached,
 )
 from tests.support.processes import ROOT, ProcessFactory
+from tests.support.views import ORDER_VIEWS
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +54,7 @@ async def test_a_dead_lettered_event_is_listed_then_replayed_once_its_cause_is_f
     processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     keys = Keys(isolated_settings.redis_key_prefix)
+    queue = order_views_queue(isolated_settings)
     processes.start("projector_worker")
     ledger = Ledger(pg)
     order_id = await ledger.create("cust-dlq", [line("sku-1", 1, "1.00")])
@@ -67,6 +70,7 @@ async def test_a_dead_lettered_event_is_listed_then_replayed_once_its_cause_is_f
         data=ItemAdded(item=line("sku-3", 3, "3.00")).model_dump(mode="json", exclude={"type"}),
         metadata=EventMetadata(
             command_id=command_id,
+            command_type="AddItem",
             correlation_id=uuid.uuid4(),
             causation_id=command_id,
             occurred_at=datetime.now(UTC),
@@ -75,7 +79,7 @@ async def test_a_dead_lettered_event_is_listed_then_replayed_once_its_cause_is_f
     early = RecordedEvent(
         event_id=third.event_id,
         position=1_000,
-        stream_id=str(order_id),
+        stream_id=order_stream(order_id),
         version=3,
         type=third.type,
         data=third.data,
@@ -85,29 +89,31 @@ async def test_a_dead_lettered_event_is_listed_then_replayed_once_its_cause_is_f
     await publish(isolated_settings, [early])
 
     async def dead_lettered() -> bool:
-        return await queue_counts(isolated_settings, dlq_name(PROJECTOR_QUEUE)) == [1]
+        return await queue_counts(isolated_settings, dlq_name(queue)) == [1]
 
     await until(dead_lettered, 20, "the dead letter")
-    listing = dlq_command(isolated_settings, "list")
-    assert f"1 dead letter(s) in {dlq_name(PROJECTOR_QUEUE)}" in listing
-    assert f"- {third.event_id}  type=ItemAdded  kind=poison" in listing
-    assert "is not in the event store" in listing
-    assert await queue_counts(isolated_settings, dlq_name(PROJECTOR_QUEUE)) == [1]
+    # The order views' queue is the default one, and can be named.
+    for listing in (
+        dlq_command(isolated_settings, "list"),
+        dlq_command(isolated_settings, "--projection", ORDER_VIEWS, "list"),
+    ):
+        assert f"1 dead letter(s) in {dlq_name(queue)}" in listing
+        assert f"- {third.event_id}  type=ItemAdded  kind=poison" in listing
+        assert "is not in the event store" in listing
+    assert await queue_counts(isolated_settings, dlq_name(queue)) == [1]
 
     # The missing events are back in the store (not published): replaying the dead letter
     # makes the projector catch the order up from the store.
     await ledger.append(order_id, ItemAdded(item=line("sku-2", 2, "2.00")))
     await EventStore(pg).append_to_stream(
-        str(order_id),
+        order_stream(order_id),
         [third],
         2,
         command_id=command_id,
         command_type="AddItem",
         fingerprint=None,
     )
-    assert "moved 1 dead letter(s)" in dlq_command(isolated_settings, "replay")
+    replayed = dlq_command(isolated_settings, "--projection", ORDER_VIEWS, "replay")
+    assert f"moved 1 dead letter(s) from {dlq_name(queue)} back to {queue}" in replayed
     await until(lambda: views_reached(redis_client, keys, {order_id: 3}), 20, "the caught-up view")
-    assert await queue_counts(isolated_settings, PROJECTOR_QUEUE, dlq_name(PROJECTOR_QUEUE)) == [
-        0,
-        0,
-    ]
+    assert await queue_counts(isolated_settings, queue, dlq_name(queue)) == [0, 0]

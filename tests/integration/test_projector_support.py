@@ -18,7 +18,13 @@ import aio_pika
 import asyncpg
 
 from common.contracts.envelopes import EventMetadata, RecordedEvent
-from common.contracts.orders import (
+from common.domain import stream_id
+from common.eventstore.store import EventStore, NewEvent
+from common.messaging.messages import event_message
+from common.messaging.publishing import ConfirmedPublisher
+from common.messaging.topology import declare_topology
+from common.settings import Settings
+from orders.contracts import (
     ItemAdded,
     OrderCancelled,
     OrderCreated,
@@ -27,11 +33,8 @@ from common.contracts.orders import (
     OrderShipped,
     ShippingAddress,
 )
-from common.eventstore.store import EventStore, NewEvent
-from common.messaging.messages import event_message
-from common.messaging.publishing import ConfirmedPublisher
-from common.messaging.topology import EVENTS_EXCHANGE, declare_topology
-from common.settings import Settings
+from orders.projection import STREAM_TYPE
+from tests.support.domains import topology_of
 
 # Re-exported for tests that import them from here; they live in tests/support/views.py.
 from tests.support.views import dump_generation as dump_generation
@@ -79,8 +82,14 @@ def address(n: int) -> ShippingAddress:
     )
 
 
+def order_stream(order_id: uuid.UUID | str) -> str:
+    """The stream of an order: `Order-<id>`."""
+    return stream_id(STREAM_TYPE, order_id)
+
+
 class Ledger:
-    """Appends events to the store as the command worker would, one command per event."""
+    """Appends events to the store as the command worker would, one command per event.
+    `versions` is keyed by order id; the events go to the order's stream `Order-<id>`."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.store = EventStore(pool)
@@ -93,14 +102,16 @@ class Ledger:
         self.clock += 1
         command_id = uuid.uuid4()
         version = self.versions.get(order_id, 0)
+        command_type = COMMAND_OF[payload.type]
         metadata = EventMetadata(
             command_id=command_id,
+            command_type=command_type,
             correlation_id=uuid.uuid4(),
             causation_id=command_id,
             occurred_at=T0 + timedelta(seconds=self.clock),
         )
         positions = await self.store.append_to_stream(
-            str(order_id),
+            order_stream(order_id),
             [
                 NewEvent(
                     event_id=uuid.uuid4(),
@@ -111,7 +122,7 @@ class Ledger:
             ],
             version,
             command_id=command_id,
-            command_type=COMMAND_OF[payload.type],
+            command_type=command_type,
             fingerprint=None,
         )
         self.versions[order_id] = version + 1
@@ -165,18 +176,20 @@ async def all_events(pool: asyncpg.Pool, after: int = 0) -> list[RecordedEvent]:
 async def event_publisher(
     settings: Settings,
 ) -> AsyncIterator[Callable[[Sequence[RecordedEvent]], Awaitable[None]]]:
-    """A function publishing recorded events to `orders.events` as the relay does (confirmed)."""
+    """A function publishing recorded events to the events exchange as the relay does
+    (confirmed): every projection's queue gets them."""
+    topology = topology_of(settings)
     connection = await aio_pika.connect(settings.amqp_url)
     try:
         channel = await connection.channel()
-        await declare_topology(channel, settings.retry_base_delay_ms)
+        await declare_topology(channel, topology, settings.retry_base_delay_ms)
         publisher = await ConfirmedPublisher.open(connection, 10)
 
         async def send(events: Sequence[RecordedEvent]) -> None:
             for start in range(0, len(events), 200):
                 chunk = events[start : start + 200]
                 await publisher.publish_many(
-                    EVENTS_EXCHANGE, [("", event_message(e)) for e in chunk]
+                    topology.events_exchange, [("", event_message(e)) for e in chunk]
                 )
 
         yield send

@@ -15,23 +15,26 @@ import pytest
 from redis.asyncio import Redis
 
 from common.contracts.envelopes import RecordedEvent
-from common.contracts.orders import ItemAdded, OrderShipped
-from common.readmodel.commands import CommandStatus, record_outcome
+from common.domain import split_stream_id
+from common.readmodel.commands import CommandResult, CommandStatus, record_results
 from common.readmodel.keys import Keys
-from common.readmodel.order_view import OrderView
 from common.settings import Settings
 from gateway.waiting import Waiter
-from projector_worker.projection import evolve, parse_payload
+from orders.contracts import ItemAdded, OrderShipped
+from orders.projection import evolve
+from orders.view import OrderView
 from tests.integration.test_projector_support import (
     Ledger,
     all_events,
     line,
+    order_stream,
     publish,
     until,
 )
 from tests.support.amqp import eventually
+from tests.support.domains import registry_of
 from tests.support.processes import Proc, ProcessFactory
-from tests.support.views import views_reached
+from tests.support.views import ORDER_VIEWS, views_reached
 
 pytestmark = pytest.mark.integration
 
@@ -39,9 +42,12 @@ PROBLEM_JSON = "application/problem+json"
 
 
 def expected_views(events: list[RecordedEvent]) -> dict[str, dict[str, Any]]:
+    """Each order's view as the API shows it, by order id, from a replay of `events`."""
+    registry = registry_of()
     views: dict[str, OrderView] = {}
     for event in events:
-        views[event.stream_id] = evolve(views.get(event.stream_id), event, parse_payload(event))
+        order_id = split_stream_id(event.stream_id)[1]
+        views[order_id] = evolve(views.get(order_id), event, registry.parse_event(event))
     return {order_id: view.to_api() for order_id, view in views.items()}
 
 
@@ -103,7 +109,8 @@ async def test_every_query(
 
     some_order = everything[5]
     history = (await client.get(f"/orders/{some_order['order_id']}/history")).json()
-    stream = [e for e in events if e.stream_id == some_order["order_id"]]
+    stream = [e for e in events if e.stream_id == order_stream(some_order["order_id"])]
+    assert stream
     assert history["order_id"] == some_order["order_id"]
     assert [(h["version"], h["type"], h["position"]) for h in history["events"]] == [
         (e.version, e.type, e.position) for e in stream
@@ -263,7 +270,7 @@ async def test_waiter_settles_commands_when_visible_or_refused(
     gateway: Proc, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     keys = Keys(isolated_settings.redis_key_prefix)
-    waiter = Waiter(redis_client, keys)
+    waiter = Waiter(redis_client, keys, registry_of(isolated_settings))
     try:
         ledger = Ledger(pg)
         order_id = uuid.uuid4()
@@ -278,26 +285,31 @@ async def test_waiter_settles_commands_when_visible_or_refused(
         assert progress.settled
         assert progress.projected
         assert progress.status == "succeeded"
-        assert progress.order_id == str(order_id)
+        assert progress.stream_id == order_stream(order_id)
         # Settled already: answered from the state, without waiting.
         again = await waiter.wait_for_command(command_id, 5)
         assert again is not None
         assert again.settled
         assert again.version == 1
-        assert await waiter.wait_for_order_version(order_id, 1, 0)
+        assert await waiter.wait_for_version(ORDER_VIEWS, order_stream(order_id), 1, 0)
+        assert not await waiter.wait_for_version(ORDER_VIEWS, order_stream(order_id), 2, 0)
 
         refused = uuid.uuid4()
         waiting = asyncio.create_task(waiter.wait_for_command(refused, 15))
         await asyncio.sleep(0.1)
-        await record_outcome(
+        await record_results(
             redis_client,
             keys,
-            command_id=refused,
-            command_type="ShipOrder",
-            order_id=str(order_id),
-            status=CommandStatus.REJECTED,
-            reason="order is shipped",
-            version=1,
+            [
+                CommandResult(
+                    command_id=refused,
+                    command_type="ShipOrder",
+                    stream_id=order_stream(order_id),
+                    status=CommandStatus.REJECTED,
+                    reason="order is shipped",
+                    version=1,
+                )
+            ],
         )
         progress = await asyncio.wait_for(waiting, 15)
         assert progress is not None
@@ -322,7 +334,7 @@ async def test_waiter_reads_notifications_only_while_someone_waits(
         [(_, count)] = await redis_client.pubsub_numsub(channel)
         return int(count)
 
-    waiter = Waiter(redis_client, keys, linger_s=0.2)
+    waiter = Waiter(redis_client, keys, registry_of(isolated_settings), linger_s=0.2)
     try:
         assert await subscribers() == 0  # nobody has waited yet
 
@@ -332,15 +344,19 @@ async def test_waiter_reads_notifications_only_while_someone_waits(
             waiting = asyncio.create_task(waiter.wait_for_command(refused, 15))
             await asyncio.wait_for(waiter.subscribed.wait(), 10)
             assert not waiting.done()
-            await record_outcome(
+            await record_results(
                 redis_client,
                 keys,
-                command_id=refused,
-                command_type="ShipOrder",
-                order_id=str(uuid.uuid4()),
-                status=CommandStatus.REJECTED,
-                reason="order not found",
-                version=0,
+                [
+                    CommandResult(
+                        command_id=refused,
+                        command_type="ShipOrder",
+                        stream_id=order_stream(uuid.uuid4()),
+                        status=CommandStatus.REJECTED,
+                        reason="order not found",
+                        version=0,
+                    )
+                ],
             )
             progress = await asyncio.wait_for(waiting, 15)
             assert progress is not None

@@ -15,12 +15,12 @@ import pytest
 from redis.asyncio import Redis
 
 from common.contracts.envelopes import RecordedEvent
-from common.contracts.orders import ItemAdded, OrderCreated
-from common.messaging.topology import PROJECTOR_QUEUE
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from orders.contracts import ItemAdded, OrderCreated
+from orders.layout import order_suffix
 from projector_worker.rebuild import Rebuild
-from projector_worker.redis_views import ViewWriter
+from projector_worker.runner import writer_for
 from tests.conftest import settings_env
 from tests.integration.test_projector import queue_counts
 from tests.integration.test_projector_support import (
@@ -29,11 +29,22 @@ from tests.integration.test_projector_support import (
     all_events,
     event_publisher,
     line,
+    order_stream,
     publish,
     until,
 )
+from tests.support.domains import projection_names, projection_queues, registry_of
 from tests.support.processes import ROOT, ProcessFactory
-from tests.support.views import dump_generation, keys_with_prefix, live_generation, views_reached
+from tests.support.views import (
+    ORDER_VIEWS,
+    dump_generation,
+    dump_live,
+    keys_with_prefix,
+    live_generation,
+    projection_keys,
+    views_match_streams,
+    views_reached,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +70,7 @@ async def test_rebuild_while_events_flow_switches_to_identical_views(
     processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     keys = Keys(isolated_settings.redis_key_prefix)
+    order_keys = projection_keys(keys)
     processes.start("projector_worker")
     gateway = processes.start("gateway")
     ledger = Ledger(pg)
@@ -83,7 +95,7 @@ async def test_rebuild_while_events_flow_switches_to_identical_views(
         rng = random.Random(3)
         while not stop.is_set():
             after = ledger.last_position
-            rebuilding = bool(await redis_client.exists(keys.rebuilding))
+            rebuilding = bool(await redis_client.exists(order_keys.rebuilding))
             if rng.random() < 0.5:
                 await ledger.create(f"cust-{rng.randrange(5)}", [line("sku-flow", 1, "2.00")])
             else:
@@ -91,7 +103,7 @@ async def test_rebuild_while_events_flow_switches_to_identical_views(
                 await ledger.append(order_id, ItemAdded(item=line("sku-more", 1, "0.50")))
             await send(await all_events(pg, after))
             published += 1
-            if rebuilding and await redis_client.exists(keys.rebuilding):
+            if rebuilding and await redis_client.exists(order_keys.rebuilding):
                 during_rebuild += 1
 
     reads = 0
@@ -113,7 +125,9 @@ async def test_rebuild_while_events_flow_switches_to_identical_views(
         writer = asyncio.create_task(keep_writing())
         reader = asyncio.create_task(keep_reading(client))
         # Three processes replay side by side, while live projectors write to both generations.
-        code, stderr = await rebuild(isolated_settings, "--batch-size", "10", "--partitions", "3")
+        code, stderr = await rebuild(
+            isolated_settings, ORDER_VIEWS, "--batch-size", "10", "--partitions", "3"
+        )
         await asyncio.sleep(0.3)
         stop.set()
         await asyncio.gather(writer, reader)
@@ -121,26 +135,31 @@ async def test_rebuild_while_events_flow_switches_to_identical_views(
     assert code == 0, stderr
     assert "events" in stderr
     assert "/s" in stderr
-    assert "rebuild done" in stderr
+    assert f"rebuild of {ORDER_VIEWS} done" in stderr
     assert during_rebuild > 0
     assert reads > 0
     after = await live_generation(redis_client, keys)
     assert after is not None
     assert after > before
-    assert await keys_with_prefix(redis_client, keys.views(before).base) == []
+    assert await keys_with_prefix(redis_client, order_keys.views(before).base) == []
 
     await until(lambda: views_reached(redis_client, keys, ledger.versions), 30, "the last events")
-    await until(lambda: _drained(isolated_settings), 30, "the projector queue to drain")
-    live = await dump_generation(redis_client, keys, after)
-    code, stderr = await rebuild(isolated_settings, "--quiet", "--partitions", "1")
+    await until(lambda: _drained(isolated_settings), 30, "the projection queues to drain")
+    assert await views_match_streams(redis_client, keys, pg)
+    live = await dump_live(redis_client, keys)
+    assert live[ORDER_VIEWS] == await dump_generation(redis_client, keys, after)
+    code, stderr = await rebuild(isolated_settings, "--all", "--quiet", "--partitions", "1")
     assert code == 0, stderr
+    assert await dump_live(redis_client, keys) == live
     fresh = await live_generation(redis_client, keys)
     assert fresh is not None
-    assert await dump_generation(redis_client, keys, fresh) == live
+    assert fresh > after
 
 
 async def _drained(settings: Settings) -> bool:
-    return (await queue_counts(settings, PROJECTOR_QUEUE)) == [0]
+    """Every projection's queue is empty."""
+    queues = projection_queues(settings)
+    return (await queue_counts(settings, *queues)) == [0] * len(queues)
 
 
 async def test_a_second_rebuild_waits_its_turn_and_an_empty_redis_is_restored(
@@ -150,10 +169,12 @@ async def test_a_second_rebuild_waits_its_turn_and_an_empty_redis_is_restored(
     ledger = Ledger(pg)
     await ledger.seed(10)
     # No projector runs: the CLI restores views and command statuses on its own.
-    code, stderr = await rebuild(isolated_settings, "--partitions", "2")
+    code, stderr = await rebuild(isolated_settings, "--all", "--partitions", "2")
     assert code == 0, stderr
-    assert "Redis was empty" in stderr
+    for name in projection_names():
+        assert f"rebuild of {name} done: g1 (Redis was empty)" in stderr
     assert await views_reached(redis_client, keys, ledger.versions)
+    assert await views_match_streams(redis_client, keys, pg)
     command_ids = [r["command_id"] for r in await pg.fetch("SELECT command_id FROM commands")]
     assert command_ids
     for command_id in command_ids:
@@ -161,10 +182,10 @@ async def test_a_second_rebuild_waits_its_turn_and_an_empty_redis_is_restored(
         assert status[b"status"] == b"succeeded"
         assert int(status[b"projected_version"]) == int(status[b"version"])
 
-    await redis_client.set(keys.rebuild_lock, "someone-else", px=60_000)
-    code, stderr = await rebuild(isolated_settings)
+    await redis_client.set(projection_keys(keys).rebuild_lock, "someone-else", px=60_000)
+    code, stderr = await rebuild(isolated_settings, ORDER_VIEWS)
     assert code == 1
-    assert "another process is rebuilding" in stderr
+    assert f"another process is rebuilding {ORDER_VIEWS}" in stderr
 
 
 @pytest.mark.parametrize("poison", ["unparseable", "cannot-follow"])
@@ -193,16 +214,21 @@ async def test_an_invalid_event_is_skipped_and_its_order_stops_before_it(
         bad_type, bad_data = again.type, again.model_dump(mode="json", exclude={"type"})
     await pg.execute(
         "UPDATE events SET type = $2, data = $3 WHERE stream_id = $1 AND version = 3",
-        str(bad),
+        order_stream(bad),
         bad_type,
         orjson.dumps(bad_data).decode(),
     )
-    writer = ViewWriter(redis_client, keys)
-    for _restore, _plain in ((1, 0), (0, 1)):
-        summary = await Rebuild(writer, pg).run()
-        assert summary.skipped == 1
-        assert summary.applied == summary.events - 2  # the bad event and the one after it
-        assert await views_reached(redis_client, keys, {o: ledger.versions[o] for o in good})
-        view = await redis_client.hgetall(keys.views(summary.generation).order(str(bad)))
-        assert view[b"version"] == b"2"
-        assert orjson.loads(view[b"items"])[-1]["product_id"] == "sku-2"
+    registry = registry_of(isolated_settings)
+    writer = writer_for(redis_client, keys, registry, registry.projections[ORDER_VIEWS])
+    try:
+        for _restore, _plain in ((1, 0), (0, 1)):
+            summary = await Rebuild(writer, registry, pg).run()
+            assert summary.skipped == 1
+            assert summary.applied == summary.events - 2  # the bad event and the one after it
+            assert await views_reached(redis_client, keys, {o: ledger.versions[o] for o in good})
+            view_keys = projection_keys(keys).views(summary.generation)
+            view = await redis_client.hgetall(view_keys.key(order_suffix(str(bad))))
+            assert view[b"version"] == b"2"
+            assert orjson.loads(view[b"items"])[-1]["product_id"] == "sku-2"
+    finally:
+        await writer.close()

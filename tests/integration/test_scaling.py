@@ -25,21 +25,23 @@ import pytest
 from redis.asyncio import Redis
 
 from common.contracts.envelopes import RecordedEvent
-from common.messaging.topology import COMMANDS_QUEUE, PROJECTOR_QUEUE, dlq_name
+from common.messaging.topology import dlq_name
 from common.readmodel.keys import Keys
 from common.settings import Settings
-from projector_worker.projection import history_entry, parse_payload, replay
+from orders.projection import history_entry, replay
 from tests.integration.test_projector import queue_counts, run_rebuild
 from tests.integration.test_projector_support import (
     all_events,
-    dump_generation,
     live_generation,
+    order_stream,
     until,
     views_reached,
 )
+from tests.support.domains import projection_names, registry_of, topology_of
 from tests.support.invariants import relay_caught_up, write_side_problems
 from tests.support.processes import ProcessFactory
 from tests.support.scrape import scrape
+from tests.support.views import dump_live, views_match_streams
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -210,11 +212,12 @@ async def test_three_command_workers_and_two_projectors_lose_nothing(
 
         events = await all_events(pg)
         streams = by_stream(events)
-        assert sorted(streams) == sorted(str(o) for o in order_ids)
+        assert sorted(streams) == sorted(order_stream(o) for o in order_ids)
+        assert {r["stream_id"] for r in rows} <= set(streams)
         succeeded_by_order: dict[str, set[uuid.UUID]] = defaultdict(set)
         for command_id, status in outcome.items():
             if status == "succeeded":
-                succeeded_by_order[str(sent.order_of[command_id])].add(command_id)
+                succeeded_by_order[order_stream(sent.order_of[command_id])].add(command_id)
         for stream_id, stream in streams.items():
             assert [e.version for e in stream] == list(range(1, len(stream) + 1))
             # Each succeeded command has exactly its one event; no other command has any.
@@ -223,15 +226,17 @@ async def test_three_command_workers_and_two_projectors_lose_nothing(
             )
 
         # The read side: every view and history equals a replay of its stream.
-        versions = {uuid.UUID(s): len(stream) for s, stream in streams.items()}
+        versions = {s: len(stream) for s, stream in streams.items()}
         await until(lambda: views_reached(redis_client, keys, versions), 30, "every view")
         await until(lambda: relay_caught_up(pg), 10, "the relay to catch up")
         await until(
-            lambda: _drained(isolated_settings), 30, "the command and projector queues to drain"
+            lambda: _drained(isolated_settings), 30, "the command and projection queues to drain"
         )
+        assert await views_match_streams(redis_client, keys, pg)
+        registry = registry_of(isolated_settings)
         for order_id in order_ids:
-            stream = streams[str(order_id)]
-            expected = replay((e, parse_payload(e)) for e in stream)
+            stream = streams[order_stream(order_id)]
+            expected = replay((e, registry.parse_event(e)) for e in stream)
             assert expected is not None
             view = (await http.get(f"/orders/{order_id}")).json()
             assert view == orjson.loads(orjson.dumps(expected.to_api())), order_id
@@ -243,20 +248,21 @@ async def test_three_command_workers_and_two_projectors_lose_nothing(
                 )
                 assert quantities == sent.added[order_id] + Counter({"base": 1})
 
-    # The whole live generation (views, histories, every index) equals a fresh replay.
-    live = await live_generation(redis_client, keys)
-    assert live is not None
-    live_dump = await dump_generation(redis_client, keys, live)
-    result = run_rebuild(isolated_settings, "--quiet")
+    # The whole live generation of every projection (views, histories, every index) equals
+    # a fresh replay.
+    lives = {name: await live_generation(redis_client, keys, name) for name in projection_names()}
+    assert None not in lives.values(), lives
+    live_dump = await dump_live(redis_client, keys)
+    result = run_rebuild(isolated_settings, "--all", "--quiet")
     assert result.returncode == 0, result.stderr
-    rebuilt = await live_generation(redis_client, keys)
-    assert rebuilt is not None
-    assert rebuilt != live
-    assert await dump_generation(redis_client, keys, rebuilt) == live_dump
+    for name, live in lives.items():
+        rebuilt = await live_generation(redis_client, keys, name)
+        assert rebuilt is not None
+        assert rebuilt != live, name
+    assert await dump_live(redis_client, keys) == live_dump
 
-    assert await queue_counts(
-        isolated_settings, dlq_name(COMMANDS_QUEUE), dlq_name(PROJECTOR_QUEUE)
-    ) == [0, 0]
+    dlqs = [dlq_name(q) for q in topology_of(isolated_settings).work_queues]
+    assert await queue_counts(isolated_settings, *dlqs) == [0] * len(dlqs)
 
     conflicts = {"batch": 0.0, "command": 0.0}
     handled = 0.0
@@ -280,4 +286,6 @@ async def test_three_command_workers_and_two_projectors_lose_nothing(
 
 
 async def _drained(settings: Settings) -> bool:
-    return await queue_counts(settings, COMMANDS_QUEUE, PROJECTOR_QUEUE) == [0, 0]
+    """The commands queue and every projection's queue are empty."""
+    queues = topology_of(settings).work_queues
+    return await queue_counts(settings, *queues) == [0] * len(queues)

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from common.messaging.topology import COMMANDS_QUEUE, PROJECTOR_QUEUE
 from common.settings import Settings
 from tests.support.amqp import channel, eventually
+from tests.support.domains import topology_of
 from tests.support.processes import Proc, ProcessFactory, http_status
 from tests.support.services import Endpoints
 
@@ -80,11 +80,18 @@ def close_connections(services: Endpoints, names: list[str]) -> None:
         services.management("DELETE", f"/connections/{urllib.parse.quote(name, safe='')}")
 
 
+def one_consumer_each(settings: Settings) -> list[int]:
+    """One consumer on the commands queue and on every projection's queue."""
+    return [1] * len(topology_of(settings).work_queues)
+
+
 async def consumer_counts(settings: Settings) -> list[int]:
-    """Live consumer counts (a passive declare, not the management API's sampled statistics)."""
-    async with channel(settings.amqp_url) as ch:
+    """Live consumer counts of the commands queue and every projection's queue (a passive
+    declare, not the management API's sampled statistics)."""
+    topology = topology_of(settings)
+    async with channel(settings.amqp_url, settings.retry_base_delay_ms, topology) as ch:
         counts = []
-        for name in (COMMANDS_QUEUE, PROJECTOR_QUEUE):
+        for name in topology.work_queues:
             queue = await ch.declare_queue(name, passive=True)
             counts.append(int(queue.declaration_result.consumer_count or 0))
         return counts
@@ -126,13 +133,14 @@ async def test_every_process_recovers_when_the_broker_closes_its_connections(
         lambda: (c := process_connections(services, system.vhost)) and len(c) == 3 and c,
         what="the three processes' connections to be listed",
     )
-    assert await consumer_counts(isolated_settings) == [1, 1]
+    assert await consumer_counts(isolated_settings) == one_consumer_each(isolated_settings)
 
     close_connections(services, list(before.values()))
 
     await recovered(system, services, set(before.values()))
     await eventually(
-        lambda: _counts_are(isolated_settings, [1, 1]), what="both consumers to be restored"
+        lambda: _counts_are(isolated_settings, one_consumer_each(isolated_settings)),
+        what="every consumer to be restored",
     )
     view = await create_visible(system.http)
     assert view["status"] == "created"
@@ -182,7 +190,8 @@ async def test_commands_get_a_quick_503_while_the_gateway_cannot_reconnect(
 
     await recovered(system, services, set(before.values()))
     await eventually(
-        lambda: _counts_are(isolated_settings, [1, 1]), what="both consumers to be restored"
+        lambda: _counts_are(isolated_settings, one_consumer_each(isolated_settings)),
+        what="every consumer to be restored",
     )
     await create_visible(system.http)
 

@@ -6,9 +6,9 @@ import asyncpg
 import pytest
 
 from common.messaging.messages import command_message
-from common.messaging.topology import COMMANDS_EXCHANGE, COMMANDS_QUEUE
 from common.settings import Settings
 from tests.support.amqp import channel, depth, eventually
+from tests.support.domains import registry_of, topology_of
 from tests.support.invariants import relay_caught_up, write_side_problems
 from tests.support.load import command_mix
 from tests.support.processes import ProcessFactory
@@ -21,10 +21,15 @@ async def recorded(pool: asyncpg.Pool) -> int:
 
 
 async def publish_all(settings: Settings, commands: list) -> None:  # type: ignore[type-arg]
+    registry = registry_of(settings)
+    topology = topology_of(settings)
     async with channel(settings.amqp_url) as ch:
-        exchange = await ch.get_exchange(COMMANDS_EXCHANGE)
+        exchange = await ch.get_exchange(topology.commands_exchange)
         for command in commands:
-            await exchange.publish(command_message(command), routing_key=COMMANDS_QUEUE)
+            stream = registry.aggregate_of_command[command.type].stream_of(command)
+            await exchange.publish(
+                command_message(command, stream), routing_key=topology.commands_queue
+            )
 
 
 async def test_kill_9_of_a_command_worker_mid_load_loses_nothing(
@@ -59,7 +64,7 @@ async def test_sigterm_finishes_in_flight_work_and_exits_cleanly(
     async with channel(isolated_settings.amqp_url) as ch:
 
         async def drained() -> bool:
-            return await depth(ch, COMMANDS_QUEUE) == 0
+            return await depth(ch, topology_of(isolated_settings).commands_queue) == 0
 
         await eventually(drained, what="queue drained")
 

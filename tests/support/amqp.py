@@ -10,25 +10,30 @@ from contextlib import asynccontextmanager
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from common.messaging.topology import EVENTS_EXCHANGE, declare_topology
+from common.messaging.topology import Topology, declare_topology
+from tests.support.domains import topology_of
 
 
 @asynccontextmanager
-async def channel(amqp_url: str, retry_base_delay_ms: int = 50) -> AsyncIterator[AbstractChannel]:
-    """A channel on a connection with the topology declared."""
+async def channel(
+    amqp_url: str, retry_base_delay_ms: int = 50, topology: Topology | None = None
+) -> AsyncIterator[AbstractChannel]:
+    """A channel on a connection with the topology declared (by default, the one of the
+    environment's settings: every projection of the loaded domains)."""
     connection = await aio_pika.connect(amqp_url)
     try:
         ch = await connection.channel()
-        await declare_topology(ch, retry_base_delay_ms)
+        await declare_topology(ch, topology or topology_of(), retry_base_delay_ms)
         yield ch
     finally:
         await connection.close()
 
 
-async def tap_events(ch: AbstractChannel) -> AbstractQueue:
-    """An exclusive queue bound to orders.events: sees every event published from now on."""
+async def tap_events(ch: AbstractChannel, topology: Topology | None = None) -> AbstractQueue:
+    """An exclusive queue bound to the events exchange: sees every event published from now
+    on."""
     queue = await ch.declare_queue("", exclusive=True)
-    await queue.bind(EVENTS_EXCHANGE)
+    await queue.bind((topology or topology_of()).events_exchange)
     return queue
 
 

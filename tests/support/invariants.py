@@ -11,10 +11,11 @@ import asyncpg
 from redis.asyncio import Redis
 
 from command_worker.relay import CHECKPOINT
-from common.messaging.topology import WORK_QUEUES, dlq_name
+from common.messaging.topology import Topology, dlq_name
 from common.readmodel.keys import Keys
 from common.settings import Settings
 from tests.support.amqp import depth
+from tests.support.domains import registry_of, topology_of
 from tests.support.views import ViewComparison, compare_with_replay
 
 TERMINAL = frozenset({b"succeeded", b"rejected", b"failed"})
@@ -107,12 +108,14 @@ async def not_terminal_in_redis(redis: Redis, keys: Keys, sent: Iterable[UUID]) 
     return [c for c, status in zip(ids, statuses, strict=True) if status not in TERMINAL]
 
 
-async def dead_letters(amqp_url: str) -> dict[str, int]:
-    """Messages waiting in each dead-letter queue."""
+async def dead_letters(amqp_url: str, topology: Topology | None = None) -> dict[str, int]:
+    """Messages waiting in the dead-letter queue of each work queue (the commands queue and
+    every projection's queue)."""
+    queues = (topology or topology_of()).work_queues
     connection = await aio_pika.connect(amqp_url)
     try:
         ch = await connection.channel()
-        return {dlq_name(q): await depth(ch, dlq_name(q)) for q in WORK_QUEUES}
+        return {dlq_name(q): await depth(ch, dlq_name(q)) for q in queues}
     finally:
         await connection.close()
 
@@ -140,7 +143,7 @@ class Verdict:
 
     @property
     def views_wrong(self) -> int:
-        return len(self.views.wrong) if self.views.live_generation is not None else -1
+        return len(self.views.wrong) if self.views.has_views else -1
 
     def problems(self) -> list[str]:
         found = self.write.problems()
@@ -172,6 +175,6 @@ async def judge(
         write=await write_side(pool, ids),
         not_terminal=await not_terminal_in_redis(redis, keys, ids),
         relay_caught_up=await relay_caught_up(pool),
-        views=await compare_with_replay(redis, keys, pool),
-        dead_letters=await dead_letters(settings.amqp_url),
+        views=await compare_with_replay(redis, keys, pool, registry_of(settings)),
+        dead_letters=await dead_letters(settings.amqp_url, topology_of(settings)),
     )

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from common.contracts.orders import (
+from orders.contracts import (
     AddItem,
     CancelOrder,
     Command,

@@ -68,13 +68,15 @@ class Proc:
     def wait_ready(self, timeout: float = 30) -> None:
         def check() -> bool:
             if self.popen.poll() is not None:
-                raise AssertionError(f"{self.module} exited early:\n{self.log()}")
+                raise AssertionError(f"{self.module} exited early:\n{self.log()[-20000:]}")
             return self.ready()
 
         wait_for(check, timeout, f"{self.module} to be ready")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-20000:]
+        """Everything the process logged so far (a check for a line must not miss an early
+        one because the process has been busy since)."""
+        return self.log_path.read_text(errors="replace")
 
     def digest(self, warnings: int = 40, last: int = 15) -> str:
         """The process's last `warnings` warning-or-worse lines and its last `last` lines."""

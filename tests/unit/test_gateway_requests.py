@@ -10,7 +10,7 @@ import pytest
 from gateway import idempotency
 from gateway.bodies import is_json_media_type, parse_json
 from gateway.problems import Problem
-from gateway.requests import AddItemRequest, CreateOrderRequest, ShipOrderRequest
+from orders.requests import AddItemRequest, CreateOrderRequest, ShipOrderRequest
 
 ORDER = (
     b'{"customer_id": "c-1", "items": [{"product_id": "p", "quantity": 3, "price": 19.99}],'
@@ -104,10 +104,10 @@ def test_idempotency_ids_are_stable_and_distinct() -> None:
     assert idempotency.parse_key("k" * 200) == "k" * 200
     assert idempotency.command_id_for("a") == idempotency.command_id_for("a")
     assert idempotency.command_id_for("a") != idempotency.command_id_for("b")
-    assert idempotency.order_id_for("a") != idempotency.command_id_for("a")
+    assert idempotency.aggregate_id_for("a", "Order") != idempotency.command_id_for("a")
     # Pinned: a new namespace would give keys already in use new ids.
     assert str(idempotency.command_id_for("a")) == "f9c042f3-de38-5ac2-b318-9f5ce03fb887"
-    assert str(idempotency.order_id_for("a")) == "ca3aaee0-4f7d-51c8-ba13-8171309fa82b"
+    assert str(idempotency.aggregate_id_for("a", "Order")) == "ca3aaee0-4f7d-51c8-ba13-8171309fa82b"
 
 
 def test_fingerprint_covers_method_path_and_body() -> None:

@@ -10,8 +10,9 @@ from typing import Any
 import pydantic
 import pytest
 
-from command_worker.order import Order, OrderStatus, Rejection, decide, evolve
-from common.contracts.orders import (
+from common.domain import Rejection
+from orders.aggregate import Order, OrderStatus, decide, evolve
+from orders.contracts import (
     AddItem,
     CancelOrder,
     Command,

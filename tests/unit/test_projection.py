@@ -12,7 +12,9 @@ import orjson
 import pytest
 
 from common.contracts.envelopes import EventMetadata, RecordedEvent
-from common.contracts.orders import (
+from common.domain import UnknownEvent, load_domains, stream_id
+from common.readmodel.projection import ProjectionError, ViewChange
+from orders.contracts import (
     ItemAdded,
     OrderCancelled,
     OrderCreated,
@@ -20,25 +22,20 @@ from common.contracts.orders import (
     OrderShipped,
     ShippingAddress,
 )
-from common.readmodel.layout import BY_CREATED, BY_TOTAL
-from common.readmodel.order_view import (
+from orders.layout import BY_CREATED, BY_TOTAL
+from orders.projection import OrderViews, index_entries, search_tokens
+from orders.view import (
     OrderView,
     ViewStatus,
     api_json,
     query_terms,
     text_tokens,
 )
-from projector_worker.projection import (
-    ProjectionError,
-    ViewChange,
-    index_entries,
-    parse_payload,
-    plan,
-    plan_run,
-    search_tokens,
-)
 
 ORDER = uuid.UUID("0b9a4d0e-9d7e-4a53-9a51-3c1f3c6d7e01")
+STREAM = stream_id("Order", ORDER)
+PROJECTION = OrderViews()
+REGISTRY = load_domains("orders")
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 ADDRESS = ShippingAddress(
     recipient="Ada Lovelace",
@@ -59,7 +56,7 @@ def recorded(payload: Any, version: int, *, order: uuid.UUID = ORDER) -> Recorde
     return RecordedEvent(
         event_id=uuid.uuid4(),
         position=100 + version,
-        stream_id=str(order),
+        stream_id=stream_id("Order", order),
         version=version,
         type=payload.type,
         data=data,
@@ -82,8 +79,12 @@ def created(*lines: OrderLine, customer: str = "cust-1") -> RecordedEvent:
     )
 
 
+def parse_payload(event: RecordedEvent) -> Any:
+    return REGISTRY.parse_event(event)
+
+
 def step(before: OrderView | None, event: RecordedEvent) -> ViewChange:
-    return plan(before, event, parse_payload(event))
+    return PROJECTION.plan(before, event, parse_payload(event))
 
 
 def run(*events: RecordedEvent) -> OrderView:
@@ -219,12 +220,14 @@ def test_a_run_changes_what_its_events_change_one_by_one(start: int) -> None:
     for change in changes[:start]:
         apply_sets(got, change)
     before = changes[start - 1].view if start else None
-    run = plan_run(before, [(e, parse_payload(e)) for e in events[start:]])
-    apply_sets(got, run.change)
+    run = PROJECTION.plan_run(before, [(e, parse_payload(e)) for e in events[start:]])
+    apply_sets(got, run)
     assert {k: v for k, v in got.items() if v} == {k: v for k, v in expected.items() if v}
-    assert run.change.view == changes[-1].view
-    assert run.history == tuple(c.history_entry for c in changes[start:])
+    assert run.view == changes[-1].view
+    assert run.fields == changes[-1].fields
+    assert run.history == tuple(entry for c in changes[start:] for entry in c.history)
     assert run.first_version == start + 1
+    assert run.version == len(events)
 
 
 def random_stream(rng: random.Random) -> list[RecordedEvent]:
@@ -253,7 +256,7 @@ def test_sorted_sets_always_hold_the_entries_of_the_view(seed: int) -> None:
     for change in changes[:cut]:
         apply_sets(sets, change)
     before = changes[cut - 1].view if cut else None
-    apply_sets(sets, plan_run(before, [(e, parse_payload(e)) for e in events[cut:]]).change)
+    apply_sets(sets, PROJECTION.plan_run(before, [(e, parse_payload(e)) for e in events[cut:]]))
     expected = {
         suffix: {str(ORDER): score} for suffix, score in index_entries(changes[-1].view).items()
     }
@@ -267,7 +270,9 @@ def test_sorted_sets_always_hold_the_entries_of_the_view(seed: int) -> None:
 def test_a_run_with_an_event_that_cannot_follow_is_refused() -> None:
     first = created(line("p-1", 1, "1.00"))
     with pytest.raises(ProjectionError, match="cannot follow"):
-        plan_run(None, [(e, parse_payload(e)) for e in (first, recorded(OrderShipped(), 3))])
+        PROJECTION.plan_run(
+            None, [(e, parse_payload(e)) for e in (first, recorded(OrderShipped(), 3))]
+        )
 
 
 def test_creation_indexes_the_order_everywhere() -> None:
@@ -283,6 +288,20 @@ def test_creation_indexes_the_order_everywhere() -> None:
         assert (f"token:{token}", score) in added
     assert change.zrem == ()
     assert all(member == str(ORDER) for _key, _score, member in change.zadd)
+    assert change.hincrby == change.zincrby == ()
+
+
+def test_the_view_and_its_history_live_under_the_bare_order_id() -> None:
+    change = step(None, created(line("p-1", 1, "1.00")))
+    assert change.stream_id == STREAM == f"Order-{ORDER}"
+    assert change.view.order_id == str(ORDER)
+    assert change.view_key == f"order:{ORDER}"
+    assert change.history_key == f"history:{ORDER}"
+    assert change.fields == change.view.to_hash()
+    assert (change.version, change.first_version) == (1, 1)
+    assert PROJECTION.follows(STREAM)
+    assert not PROJECTION.follows(str(ORDER))
+    assert not PROJECTION.follows(f"Product-{ORDER}")
 
 
 def test_status_change_moves_the_order_between_status_sets() -> None:
@@ -307,7 +326,8 @@ def test_item_added_reindexes_total_and_new_products_only() -> None:
 
 def test_history_entry_carries_what_the_api_returns() -> None:
     event = created(line("p-1", 1, "1.00"))
-    entry = orjson.loads(step(None, event).history_entry)
+    [raw] = step(None, event).history
+    entry = orjson.loads(raw)
     assert entry == {
         "position": 101,
         "version": 1,
@@ -334,13 +354,24 @@ def test_events_out_of_place_are_refused(
         step(before, event)
 
 
-def test_invalid_payloads_are_projection_errors() -> None:
+def test_invalid_payloads_are_unknown_events() -> None:
     event = created(line("p", 1, "1.00")).model_copy(update={"data": {"order_id": "nope"}})
-    with pytest.raises(ProjectionError, match="invalid OrderCreated payload"):
+    with pytest.raises(UnknownEvent, match="invalid OrderCreated payload"):
         parse_payload(event)
     unknown = created(line("p", 1, "1.00")).model_copy(update={"type": "OrderExploded"})
-    with pytest.raises(ProjectionError):
+    with pytest.raises(UnknownEvent):
         parse_payload(unknown)
+    untyped = created(line("p", 1, "1.00")).model_copy(update={"stream_id": str(ORDER)})
+    with pytest.raises(UnknownEvent):
+        parse_payload(untyped)
+
+
+def test_an_order_created_for_another_stream_is_refused() -> None:
+    other = created(line("p", 1, "1.00")).model_copy(
+        update={"stream_id": stream_id("Order", uuid.uuid4())}
+    )
+    with pytest.raises(ProjectionError, match="another stream"):
+        step(None, other)
 
 
 def test_payload_may_carry_its_type() -> None:

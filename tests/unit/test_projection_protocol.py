@@ -7,15 +7,17 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from common.readmodel.keys import Keys
 from common.readmodel.layout import ViewKeys
 from common.readmodel.notifications import (
     CommandProgress,
-    order_version_message,
     projected_command_message,
+    stream_version_message,
 )
-from common.readmodel.order_queries import Page, SearchQuery
-from common.readmodel.order_view import ViewStatus
 from gateway.waiting import prefer_wait
+from orders.layout import history_suffix, order_suffix
+from orders.queries import Page, SearchQuery
+from orders.view import ViewStatus
 
 
 def test_a_command_is_settled_when_refused_or_visible() -> None:
@@ -33,7 +35,7 @@ def test_progress_from_the_hash_and_from_both_kinds_of_message() -> None:
     raw = {
         b"command_id": b"c",
         b"type": b"CreateOrder",
-        b"order_id": b"o",
+        b"stream_id": b"Order-o",
         b"status": b"succeeded",
         b"reason": b"",
         b"version": b"1",
@@ -43,16 +45,23 @@ def test_progress_from_the_hash_and_from_both_kinds_of_message() -> None:
     assert progress is not None
     assert progress.settled
     assert progress.to_json()["projected"] is True
+    assert progress.stream_id == "Order-o"
     assert CommandProgress.from_hash({b"projected_version": b"1"}) is None
 
-    projected = CommandProgress.from_message(orjson.loads(projected_command_message("c", "o", 3)))
+    projected = CommandProgress.from_message(
+        orjson.loads(projected_command_message("c", "Order-o", 3))
+    )
     assert projected.settled
     assert projected.version == 3
+    assert projected.stream_id == "Order-o"
     worker = CommandProgress.from_message(
         {"command_id": "c", "status": "succeeded", "version": 3, "reason": ""}
     )
     assert not worker.settled
-    assert orjson.loads(order_version_message("o", 3)) == {"order_id": "o", "version": 3}
+    assert orjson.loads(stream_version_message("Order-o", 3)) == {
+        "stream_id": "Order-o",
+        "version": 3,
+    }
 
 
 @pytest.mark.parametrize(
@@ -92,8 +101,9 @@ def test_pages_count_their_pages() -> None:
 
 
 def test_view_keys_live_under_their_generation() -> None:
-    keys = ViewKeys("orders:", 7)
-    assert keys.order("o-1") == "orders:g7:order:o-1"
-    assert keys.history("o-1") == "orders:g7:history:o-1"
-    assert keys.members == "orders:g7:members"
-    assert keys.checkpoint == "orders:g7:checkpoint"
+    keys = Keys("orders:").projection("order_views").views(7)
+    assert keys == ViewKeys("orders:order_views:", 7)
+    assert keys.key(order_suffix("o-1")) == "orders:order_views:g7:order:o-1"
+    assert keys.key(history_suffix("o-1")) == "orders:order_views:g7:history:o-1"
+    assert keys.members == "orders:order_views:g7:members"
+    assert keys.checkpoint == "orders:order_views:g7:checkpoint"

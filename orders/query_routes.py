@@ -1,4 +1,4 @@
-"""The read side over HTTP: order views and searches, from Redis only.
+"""The orders domain's queries over HTTP: order views and searches, from Redis only.
 
 Included after the command routes. `/orders/search` is declared before `/orders/{order_id}`
 so the template does not swallow it.
@@ -9,22 +9,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable
 from decimal import Decimal
-from typing import Annotated, Any, TypeVar, cast
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import Field, TypeAdapter, ValidationError
-from redis.exceptions import RedisError
 from starlette.responses import Response
 
-from common.readmodel.order_queries import (
-    OrderQueries,
-    SearchQuery,
-    SortBy,
-    SortOrder,
-    ViewsUnavailable,
-)
-from common.readmodel.order_view import ViewStatus
+from common.domain import stream_id
+from gateway import reads
 from gateway.openapi import (
     header_parameter,
     json_response_doc,
@@ -32,17 +25,25 @@ from gateway.openapi import (
     problem_response,
     query_parameter,
 )
-from gateway.problems import Problem, ProblemType, unavailable, validation_problem
-from gateway.responses import JSON, Order, OrderHistory, OrderPage, json_response
+from gateway.problems import Problem, ProblemType, validation_problem
+from gateway.responses import JSON, json_response
 from gateway.routing import RawRoute, path_uuid
 from gateway.runtime import runtime_of
 from gateway.waiting import prefer_wait, waiter_of
+from orders.projection import STREAM_TYPE, OrderViews
+from orders.queries import (
+    OrderQueries,
+    SearchQuery,
+    SortBy,
+    SortOrder,
+)
+from orders.responses import Order, OrderHistory, OrderPage
+from orders.view import ViewStatus
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["queries"])
 
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 STALE_HEADER = "X-Stale"
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -61,23 +62,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def queries_of(request: Request) -> OrderQueries:
-    state = request.app.state
-    queries = getattr(state, "order_queries", None)
-    if queries is None:
-        runtime = runtime_of(request)
-        queries = state.order_queries = OrderQueries(runtime.redis, runtime.keys)
-    return cast(OrderQueries, queries)
+    return reads.queries_of(request, OrderQueries)
 
 
 async def _read(call: Awaitable[T]) -> T:
-    """Await a read; Redis trouble or missing views become 503 problems."""
-    try:
-        return await call
-    except ViewsUnavailable as exc:
-        raise unavailable("The order views are being rebuilt; retry shortly.") from exc
-    except REDIS_ERRORS as exc:
-        log.warning("redis read failed: %r", exc)
-        raise unavailable("The order views cannot be read now.") from exc
+    return await reads.read(call, "the order views")
 
 
 def _not_found(order_id: UUID) -> Problem:
@@ -147,7 +136,8 @@ async def get_order(request: Request) -> Response:
         asked = prefer_wait(request.headers.get("prefer"))
         timeout = min(limit, asked) if asked is not None else limit
         waiter = await waiter_of(request)
-        await _read(waiter.wait_for_order_version(order_id, min_version, timeout))
+        stream = stream_id(STREAM_TYPE, order_id)
+        await _read(waiter.wait_for_version(OrderViews.name, stream, min_version, timeout))
     view = await _read(queries_of(request).order(str(order_id)))
     # Stale is what the answer shows, not how the wait went: the view may have got there
     # between the end of the wait and the read.

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import StrEnum
 
-from common.contracts.orders import (
+from common.domain import Rejection
+from orders.contracts import (
     AddItem,
     CancelOrder,
     Command,
@@ -31,14 +32,6 @@ class OrderStatus(StrEnum):
     CREATED = "created"
     SHIPPED = "shipped"
     CANCELLED = "cancelled"
-
-
-class Rejection(Exception):
-    """The command is refused by the domain; nothing is appended. `reason` is for humans."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)

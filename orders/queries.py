@@ -14,9 +14,10 @@ import orjson
 from redis.asyncio import Redis
 
 from common.contracts.base import money_str
-from common.readmodel import read_scripts
 from common.readmodel.keys import Keys
-from common.readmodel.layout import (
+from common.readmodel.reading import ProjectionReader, ViewsUnavailable
+from orders import read_scripts
+from orders.layout import (
     BY_CREATED,
     BY_TOTAL,
     customer_suffix,
@@ -25,7 +26,10 @@ from common.readmodel.layout import (
     status_suffix,
     token_suffix,
 )
-from common.readmodel.order_view import ViewStatus, api_json, query_terms
+from orders.view import ViewStatus, api_json, query_terms
+
+PROJECTION = "order_views"
+"""The projection these queries read (`orders.projection.OrderViews`)."""
 
 SCRATCH = "scratch:search"
 """Suffix of the search's scratch set; created and deleted inside one script call."""
@@ -34,8 +38,7 @@ MAX_TERMS = 8
 """Search terms used from `q`; every term must match."""
 
 
-class ViewsUnavailable(Exception):
-    """Redis holds no views (it was emptied and the projectors are rebuilding them)."""
+__all__ = ["OrderQueries", "ViewsUnavailable"]
 
 
 class SortBy(StrEnum):
@@ -105,40 +108,29 @@ def _views(raw: Sequence[Sequence[bytes]]) -> list[orjson.Fragment]:
 
 
 class OrderQueries:
-    """The queries of the read side, over one Redis client."""
+    """The queries of the `order_views` projection, over one Redis client."""
 
     def __init__(self, redis: Redis, keys: Keys) -> None:
-        self._keys = keys
-        self._order = redis.register_script(read_scripts.ORDER)
-        self._version = redis.register_script(read_scripts.ORDER_VERSION)
-        self._history = redis.register_script(read_scripts.HISTORY)
+        self._reader = ProjectionReader(redis, keys.projection(PROJECTION))
         self._search = redis.register_script(read_scripts.SEARCH)
 
     async def _call(self, script: Any, *args: Any) -> list[Any]:
-        reply = await script(keys=[self._keys.generation], args=[self._keys.prefix, *args])
-        if not reply[0]:
-            raise ViewsUnavailable("no views in Redis")
-        return list(reply)
+        return await self._reader.call(script, *args)
 
     async def order(self, order_id: str) -> OrderJson | None:
         """The order view as the API shows it, or None when no such order is projected."""
-        _, fields = await self._call(self._order, order_suffix(order_id))
-        if not fields:
+        pairs = await self._reader.view(order_suffix(order_id))
+        if not pairs:
             return None
-        pairs = _pairs(fields)
         return OrderJson(int(pairs[b"version"]), api_json(pairs))
 
     async def order_version(self, order_id: str) -> int:
         """The order's projected version; 0 when it is not projected."""
-        _, version = await self._call(self._version, order_suffix(order_id))
-        return int(version)
+        return await self._reader.version(order_suffix(order_id))
 
     async def history(self, order_id: str) -> list[bytes] | None:
         """The order's events as JSON documents in version order, or None for no such order."""
-        _, exists, entries = await self._call(
-            self._history, order_suffix(order_id), history_suffix(order_id)
-        )
-        return list(entries) if exists else None
+        return await self._reader.history(order_suffix(order_id), history_suffix(order_id))
 
     async def customer_orders(
         self, customer_id: str, status: ViewStatus | None, page: int, page_size: int

@@ -1,47 +1,12 @@
-"""The gateway's read scripts. Each resolves the generation pointer and reads inside one atomic
-call, so a query never mixes two generations and never sees a generation before its switch.
-
-Every script takes KEYS[1] = the generation pointer and ARGV[1] = the key prefix, and answers
-`{0}` when there is no pointer (Redis is empty), else `{1, ...}`. The generation base
-`prefix .. 'g' .. n .. ':'` mirrors `layout.generation_base`; every other key arrives as a
-suffix computed in Python by `layout.py`.
-"""
+"""The order search's read script, beyond the generic ones of `common/readmodel/reading.py`
+(whose conventions it follows: KEYS[1] the pointer, ARGV[1] the projection's key prefix)."""
 
 from __future__ import annotations
 
-_BASE = """
-local generation = redis.call('GET', KEYS[1])
-if not generation then return {0} end
-local base = ARGV[1] .. 'g' .. generation .. ':'
-"""
-
-ORDER = (
-    _BASE
-    + """
--- ARGV[2] order suffix
-return {1, redis.call('HGETALL', base .. ARGV[2])}
-"""
-)
-
-ORDER_VERSION = (
-    _BASE
-    + """
--- ARGV[2] order suffix
-return {1, tonumber(redis.call('HGET', base .. ARGV[2], 'version') or '0')}
-"""
-)
-
-HISTORY = (
-    _BASE
-    + """
--- ARGV[2] order suffix, ARGV[3] history suffix
-if redis.call('EXISTS', base .. ARGV[2]) == 0 then return {1, 0, {}} end
-return {1, 1, redis.call('LRANGE', base .. ARGV[3], 0, -1)}
-"""
-)
+from common.readmodel.reading import GENERATION_BASE
 
 SEARCH = (
-    _BASE
+    GENERATION_BASE
     + """
 -- ARGV[2] order suffix without the id, [3] by-created suffix, [4] by-total suffix,
 -- [5] scratch suffix, [6] 'created_at' | 'total_amount', [7] 'asc' | 'desc',

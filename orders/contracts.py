@@ -6,14 +6,13 @@ fanned out to projectors. Both are plain data: no behaviour, no infrastructure.
 
 from __future__ import annotations
 
-from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import Field, StringConstraints, TypeAdapter
+from pydantic import Field
 
 from common.contracts.base import Contract, Money, Quantity, Slug, Text
+from common.contracts.commands import CommandBase
 
 
 class OrderLine(Contract):
@@ -37,43 +36,35 @@ class ShippingAddress(Contract):
 # --- commands ---------------------------------------------------------------------------------
 
 
-class CommandBase(Contract):
-    """What every command message carries besides its own fields."""
+class OrderCommand(CommandBase):
+    """A command on one order."""
 
-    command_id: UUID
     order_id: UUID
-    correlation_id: UUID
-    causation_id: UUID | None = None
-    schema_version: Literal[1] = 1
-    issued_at: datetime
-    fingerprint: Annotated[str, StringConstraints(pattern=r"^[!-~]{1,128}$")] | None = None
-    """Hash of the request that produced the command, to refuse a reused idempotency key."""
 
 
-class CreateOrder(CommandBase):
+class CreateOrder(OrderCommand):
     type: Literal["CreateOrder"] = "CreateOrder"
     customer_id: Slug
     items: Annotated[list[OrderLine], Field(min_length=1, max_length=100)]
     shipping_address: ShippingAddress
 
 
-class AddItem(CommandBase):
+class AddItem(OrderCommand):
     type: Literal["AddItem"] = "AddItem"
     item: OrderLine
 
 
-class ShipOrder(CommandBase):
+class ShipOrder(OrderCommand):
     type: Literal["ShipOrder"] = "ShipOrder"
 
 
-class CancelOrder(CommandBase):
+class CancelOrder(OrderCommand):
     type: Literal["CancelOrder"] = "CancelOrder"
     reason: Text
 
 
-Command = Annotated[CreateOrder | AddItem | ShipOrder | CancelOrder, Field(discriminator="type")]
-COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
-COMMAND_TYPES = frozenset({"CreateOrder", "AddItem", "ShipOrder", "CancelOrder"})
+Command = CreateOrder | AddItem | ShipOrder | CancelOrder
+COMMANDS = (CreateOrder, AddItem, ShipOrder, CancelOrder)
 
 
 # --- events -----------------------------------------------------------------------------------
@@ -101,12 +92,5 @@ class OrderCancelled(Contract):
     reason: Text
 
 
-OrderEvent = Annotated[
-    OrderCreated | ItemAdded | OrderShipped | OrderCancelled, Field(discriminator="type")
-]
-ORDER_EVENT_ADAPTER: TypeAdapter[OrderEvent] = TypeAdapter(OrderEvent)
-
-
-def line_total(line: OrderLine) -> Decimal:
-    """quantity x price, exact."""
-    return line.price * line.quantity
+OrderEvent = OrderCreated | ItemAdded | OrderShipped | OrderCancelled
+EVENTS = (OrderCreated, ItemAdded, OrderShipped, OrderCancelled)

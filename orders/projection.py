@@ -1,19 +1,20 @@
-"""The orders projection, pure: from an event and the view before it, the view after it and every
-index change, as data. No I/O here; `redis_views.py` turns a `ViewChange` into one script call.
+"""The `order_views` projection, pure: an order's view, history and index entries from its
+events. No I/O here; the projector host writes what `plan` returns in one script call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
 from common.contracts.base import money_str
 from common.contracts.envelopes import RecordedEvent
-from common.contracts.orders import (
-    ORDER_EVENT_ADAPTER,
+from common.domain import split_stream_id
+from common.readmodel.projection import Projection, ProjectionError, ZAdd, ZRem
+from orders.contracts import (
     ItemAdded,
     OrderCancelled,
     OrderCreated,
@@ -21,7 +22,7 @@ from common.contracts.orders import (
     OrderLine,
     OrderShipped,
 )
-from common.readmodel.layout import (
+from orders.layout import (
     BY_CREATED,
     BY_TOTAL,
     customer_suffix,
@@ -30,7 +31,7 @@ from common.readmodel.layout import (
     status_suffix,
     token_suffix,
 )
-from common.readmodel.order_view import (
+from orders.view import (
     OrderView,
     ViewLine,
     ViewStatus,
@@ -39,65 +40,7 @@ from common.readmodel.order_view import (
     utc,
 )
 
-COMMAND_OF_EVENT = {
-    "OrderCreated": "CreateOrder",
-    "ItemAdded": "AddItem",
-    "OrderShipped": "ShipOrder",
-    "OrderCancelled": "CancelOrder",
-}
-"""The command type that produces each event type, to fill a command's status hash."""
-
-
-class ProjectionError(Exception):
-    """The event cannot follow the view it is applied to: a poison event or a corrupt view."""
-
-
-def parse_payload(event: RecordedEvent) -> OrderEvent:
-    """The typed payload of a recorded event; `ProjectionError` when it is not an order event."""
-    try:
-        return ORDER_EVENT_ADAPTER.validate_python({**event.data, "type": event.type})
-    except ValidationError as exc:
-        raise ProjectionError(f"invalid {event.type} payload: {exc}") from exc
-
-
-@dataclass(frozen=True, slots=True)
-class ViewChange:
-    """Everything one event changes in one generation, keys named by their suffix."""
-
-    view: OrderView
-    history_entry: bytes
-    zadd: tuple[tuple[str, str, str], ...]
-    """(key suffix, score, member)"""
-    zrem: tuple[tuple[str, str], ...]
-    """(key suffix, member); applied before `zadd`."""
-
-    @property
-    def order_key(self) -> str:
-        return order_suffix(self.view.order_id)
-
-    @property
-    def history_key(self) -> str:
-        return history_suffix(self.view.order_id)
-
-    def index_keys(self) -> list[str]:
-        """The sorted-set suffixes this change touches, each once, in a stable order."""
-        seen: dict[str, None] = {}
-        for suffix, _member in self.zrem:
-            seen.setdefault(suffix, None)
-        for suffix, _score, _member in self.zadd:
-            seen.setdefault(suffix, None)
-        return list(seen)
-
-
-@dataclass(frozen=True, slots=True)
-class RunChange:
-    """The changes of consecutive events of one order as one: the last view, every history
-    entry in order, and the net effect on the sorted sets."""
-
-    change: ViewChange
-    """The last view, with the net `zadd` and `zrem` of the run."""
-    history: tuple[bytes, ...]
-    first_version: int
+STREAM_TYPE = "Order"
 
 
 def _merge(lines: tuple[ViewLine, ...], added: Iterable[OrderLine]) -> tuple[ViewLine, ...]:
@@ -119,14 +62,15 @@ def evolve(before: OrderView | None, event: RecordedEvent, payload: OrderEvent) 
     expected = before.version if before is not None else 0
     if event.version != expected + 1:
         raise ProjectionError(f"event version {event.version} cannot follow version {expected}")
+    order_id = split_stream_id(event.stream_id)[1]
     moment = utc(event.metadata.occurred_at)
     if isinstance(payload, OrderCreated):
         if before is not None:
             raise ProjectionError("OrderCreated on an existing order")
-        if str(payload.order_id) != event.stream_id:
+        if str(payload.order_id) != order_id:
             raise ProjectionError("OrderCreated for another stream")
         return OrderView(
-            order_id=event.stream_id,
+            order_id=order_id,
             customer_id=payload.customer_id,
             status=ViewStatus.CREATED,
             lines=_merge((), payload.items),
@@ -227,7 +171,7 @@ def _state_entries(view: OrderView) -> dict[str, str]:
 
 def index_change(
     before: OrderView | None, after: OrderView
-) -> tuple[tuple[tuple[str, str, str], ...], tuple[tuple[str, str], ...]]:
+) -> tuple[tuple[ZAdd, ...], tuple[ZRem, ...]]:
     """(`zadd`, `zrem`) taking the sorted sets from `before`'s entries to `after`'s. Only an
     order's creation sets its creation entries (`evolve` never changes id, customer, address
     or creation time), so later changes compare the state entries alone."""
@@ -243,29 +187,44 @@ def index_change(
     return zadd, zrem
 
 
-def plan(before: OrderView | None, event: RecordedEvent, payload: OrderEvent) -> ViewChange:
-    """The view after `event` and the index changes that go with it."""
-    after = evolve(before, event, payload)
-    zadd, zrem = index_change(before, after)
-    return ViewChange(after, history_entry(event), zadd, zrem)
+class OrderViews(Projection[OrderView]):
+    """Each order's view and history, and the sorted sets its queries page through."""
 
+    name = "order_views"
+    categories = frozenset({STREAM_TYPE})
+    keeps_history = True
 
-def plan_run(
-    before: OrderView | None, events: Sequence[tuple[RecordedEvent, OrderEvent]]
-) -> RunChange:
-    """The changes of consecutive events of one order as one call's worth: each event
-    evolves the view, and the sorted sets change once, from `before` to the last view.
-    Applying it equals applying the events one by one; `ProjectionError` as `plan`."""
-    view = before
-    history: list[bytes] = []
-    for event, payload in events:
-        view = evolve(view, event, payload)
-        history.append(history_entry(event))
-    if view is None:
-        raise ProjectionError("an empty run")
-    zadd, zrem = index_change(before, view)
-    change = ViewChange(view, history[-1], zadd, zrem)
-    return RunChange(change, tuple(history), events[0][0].version)
+    def evolve(self, before: OrderView | None, event: RecordedEvent, payload: Any) -> OrderView:
+        return evolve(before, event, payload)
+
+    def to_hash(self, view: OrderView) -> dict[str, str]:
+        return view.to_hash()
+
+    def from_hash(self, raw: Mapping[bytes, bytes]) -> OrderView:
+        return OrderView.from_hash(raw)
+
+    def version_of(self, view: OrderView) -> int:
+        return view.version
+
+    def view_key(self, stream_id: str) -> str:
+        return order_suffix(split_stream_id(stream_id)[1])
+
+    def history_key(self, stream_id: str) -> str:
+        return history_suffix(split_stream_id(stream_id)[1])
+
+    def member(self, stream_id: str) -> str:
+        return split_stream_id(stream_id)[1]
+
+    def index(self, view: OrderView) -> dict[str, str]:
+        return index_entries(view)
+
+    def index_change(
+        self, stream_id: str, before: OrderView | None, after: OrderView
+    ) -> tuple[tuple[ZAdd, ...], tuple[ZRem, ...]]:
+        return index_change(before, after)
+
+    def history_entry(self, event: RecordedEvent) -> bytes:
+        return history_entry(event)
 
 
 def replay(events: Iterable[tuple[RecordedEvent, OrderEvent]]) -> OrderView | None:

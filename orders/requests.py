@@ -12,7 +12,7 @@ from typing import Annotated
 from pydantic import Field
 
 from common.contracts.base import Contract, Slug, Text
-from common.contracts.orders import OrderLine, ShippingAddress
+from orders.contracts import OrderLine, ShippingAddress
 
 
 class CreateOrderRequest(Contract):

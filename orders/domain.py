@@ -1,0 +1,57 @@
+"""The orders domain as the hosts see it: its aggregate, projections and routes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from common.domain import Aggregate, Domain
+from orders import aggregate, contracts
+from orders.projection import STREAM_TYPE, OrderViews
+from orders.sales import ProductSales
+
+
+def _routes() -> Sequence[Any]:
+    # The HTTP layer is the gateway's business: imported only when the gateway asks.
+    from orders.routes import routers
+
+    return routers()
+
+
+def _schemas() -> Sequence[type[BaseModel]]:
+    from orders import requests, responses
+
+    return [
+        requests.CreateOrderRequest,
+        requests.AddItemRequest,
+        requests.ShipOrderRequest,
+        responses.Order,
+        responses.OrderPage,
+        responses.OrderHistory,
+        responses.ProductSalesView,
+        responses.TopProducts,
+    ]
+
+
+ORDER = Aggregate(
+    stream_type=STREAM_TYPE,
+    id_field="order_id",
+    commands=contracts.COMMANDS,
+    events=contracts.EVENTS,
+    initial=aggregate.Order(),
+    decide=aggregate.decide,
+    evolve=aggregate.evolve,
+    visible_in=OrderViews.name,
+    creates=frozenset({"CreateOrder"}),
+    location=lambda order_id: f"/orders/{order_id}",
+)
+
+DOMAIN = Domain(
+    name="orders",
+    aggregates=(ORDER,),
+    projections=(OrderViews(), ProductSales()),
+    routes=_routes,
+    schemas=_schemas,
+)
