@@ -1,0 +1,1 @@
+"""Domains that exist only to test the generic hosts (see docs/extending.md)."""
