@@ -71,6 +71,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--keep", action="store_true", help="leave the vhost, database and keys for a look"
     )
     parser.add_argument("--redis-db", type=int, default=0, help="Redis index (%(default)s)")
+    parser.add_argument(
+        "--projections",
+        type=lambda text: tuple(name.strip() for name in text.split(",") if name.strip()),
+        help="the projections the projectors run (default: every registered one)",
+    )
     return parser.parse_args(argv)
 
 
@@ -89,6 +94,7 @@ def plan_of(args: argparse.Namespace) -> Plan:
         "rebuild_events": args.rebuild_events,
         "generator_check": args.generator_check,
         "log_level": args.log_level,
+        "projections": args.projections,
     }
     plan = dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v is not None})
     if plan.warmup_s >= plan.duration_s:

@@ -58,6 +58,8 @@ class Plan:
     generator_check: bool = True
     rerun_one_worker: bool = True
     log_level: str = "INFO"
+    projections: tuple[str, ...] = ()
+    """The projections the projectors run (`--projections`); empty: every registered one."""
 
     @classmethod
     def full(cls) -> Plan:
@@ -113,6 +115,8 @@ class Bench:
         self.keys = Keys(isolation.prefix)
         self.raw: dict[str, Any] = {"cores": len(os.sched_getaffinity(0))}
         self.notes: list[str] = []
+        if plan.projections:
+            self.notes.append(f"the projectors ran only {', '.join(plan.projections)}")
         self.floor: Proc | None = None
         self.gateway: Proc | None = None
         self._generators = 0
@@ -129,9 +133,11 @@ class Bench:
         return proc
 
     def start_workers(self, index: int) -> list[Proc]:
+        subset = self.plan.projections
+        chosen = ["--projections", ",".join(subset)] if subset else []
         return [
             self.procs.start(f"command-{index}", "command_worker", metrics=True),
-            self.procs.start(f"projector-{index}", "projector_worker", metrics=True),
+            self.procs.start(f"projector-{index}", "projector_worker", *chosen, metrics=True),
         ]
 
     def start_system(self) -> Proc:
@@ -394,7 +400,9 @@ class Bench:
         """Wait until the projectors applied every stored event before the next phase."""
         iso = self.iso
         caught_up, lag = run_on_uvloop_value(
-            seed.wait_caught_up(iso.database_url, iso.redis_url, iso.prefix, timeout_s)
+            seed.wait_caught_up(
+                iso.database_url, iso.redis_url, iso.prefix, timeout_s, self.plan.projections
+            )
         )
         if not caught_up:
             self.notes.append(f"after {after}: the views were still {lag} events behind")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, cast
@@ -22,6 +23,7 @@ from common.eventstore.database import create_pool, prepare_database
 from common.eventstore.store import CommandOutcome, EventStore, NewEvent
 from common.readmodel.keys import Keys, ProjectionKeys
 from common.readmodel.layout import ViewKeys
+from common.readmodel.projection import Projection
 from common.settings import get_settings
 from orders.contracts import (
     ItemAdded,
@@ -169,13 +171,15 @@ def order_views(prefix: str) -> ProjectionKeys:
     return Keys(prefix).projection(ORDER_VIEWS)
 
 
-async def projection_lag(database_url: str, redis: Redis, keys: Keys, projections: Registry) -> int:
+async def projection_lag(
+    database_url: str, redis: Redis, keys: Keys, projections: Mapping[str, Projection[Any]]
+) -> int:
     """The most positions any projection's live views are behind the last event of a stream
     it follows (events of other streams never move its checkpoint)."""
     conn = await asyncpg.connect(database_url)
     try:
         heads = {}
-        for name, projection in projections.projections.items():
+        for name, projection in projections.items():
             # Backwards along the primary key: stops at the first event the projection follows.
             head = await conn.fetchval(
                 "SELECT position FROM events WHERE split_part(stream_id, '-', 1) = ANY($1::text[])"
@@ -198,14 +202,21 @@ async def projection_lag(database_url: str, redis: Redis, keys: Keys, projection
 
 
 async def wait_caught_up(
-    database_url: str, redis_url: str, prefix: str, timeout_s: float
+    database_url: str,
+    redis_url: str,
+    prefix: str,
+    timeout_s: float,
+    only: Sequence[str] = (),
 ) -> tuple[bool, int]:
-    """Wait until every projection applied every stored event; (caught up, lag left)."""
+    """Wait until every projection (or those in `only`) applied every stored event; (caught
+    up, lag left)."""
     import asyncio
 
     redis = Redis.from_url(redis_url)
     keys = Keys(prefix)
-    projections = registry()
+    projections = registry().projections
+    if only:
+        projections = {name: projections[name] for name in only}
     deadline = time.monotonic() + timeout_s
     try:
         while True:

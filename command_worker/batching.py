@@ -2,7 +2,7 @@
 round trip.
 
 Nothing waits for a batch to fill: a batch is whatever is pending when a slot frees up, so a
-lone command goes at once and a burst amortises its round trips. Commands on one order stay in
+lone command goes at once and a burst amortises its round trips. Commands on one stream stay in
 arrival order and never run in two batches at once (no self-inflicted version conflicts).
 """
 
@@ -72,7 +72,7 @@ class Batcher(Generic[Item, Result]):
                 taken_keys.add(key)
             else:
                 left.append(entry)
-                blocked.add(key)  # keep the order's later commands behind this one
+                blocked.add(key)  # keep the stream's later commands behind this one
         self._pending = left
         self._busy |= taken_keys
         return taken

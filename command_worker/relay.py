@@ -33,6 +33,7 @@ import asyncpg
 
 from command_worker.window import InFlight
 from common.contracts.envelopes import RecordedEvent
+from common.domain import UnknownEvent
 from common.eventstore.database import connect
 from common.eventstore.store import EventStore
 from common.messaging.connection import BrokerUnavailable
@@ -235,7 +236,7 @@ class Relay:
             await window.room_for(len(events))
             if self._stopping.is_set():
                 return None
-            messages = [("", event_message(self._upcast(event))) for event in events]
+            messages = [("", event_message(self._current(event))) for event in events]
             sent = events[-1].position
             publish = self._publisher().publish_many(self._exchange, messages)
             window.send(publish, sent, len(events))
@@ -243,6 +244,15 @@ class Relay:
             if len(events) < self._batch_size:
                 return up_to  # a short read ends the range: no empty read to confirm it
         return None
+
+    def _current(self, event: RecordedEvent) -> RecordedEvent:
+        """The event in its current schema version; as stored (its version in the header) when
+        it cannot be upcast, so one bad event never stops the log: projectors dead-letter it."""
+        try:
+            return self._upcast(event)
+        except UnknownEvent as exc:
+            log.error("publishing %s as stored: %s", event.event_id, exc)
+            return event
 
     def _on_confirmed(self, up_to: int, events: int) -> None:
         self.published_up_to = up_to

@@ -15,7 +15,7 @@ import importlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
@@ -107,7 +107,10 @@ class Aggregate(Generic[State]):
             upcaster = self.upcasters.get((event_type, version))
             if upcaster is None:
                 raise UnknownEvent(f"no upcaster for {event_type} v{version}")
-            data = upcaster(data)
+            try:
+                data = upcaster(data)
+            except Exception as exc:
+                raise UnknownEvent(f"cannot upcast {event_type} v{version}: {exc!r}") from exc
             version += 1
         return data
 
@@ -190,7 +193,8 @@ class Registry:
             raise UnknownEvent(f"invalid {event_type} payload: {exc}") from exc
 
     def upcast(self, event: RecordedEvent) -> RecordedEvent:
-        """`event` with its data in the current schema version (unchanged when it is)."""
+        """`event` with its data in the current schema version (unchanged when it is);
+        `UnknownEvent` when an upcaster is missing or fails."""
         aggregate = self.aggregate_of_stream(event.stream_id)
         if aggregate is None:
             return event
@@ -222,8 +226,6 @@ def _union_adapter(models: Sequence[type[BaseModel]]) -> TypeAdapter[Any]:
     union = models[0]
     for model in models[1:]:
         union = union | model  # type: ignore[assignment]
-    from typing import Annotated
-
     return TypeAdapter(Annotated[union, Field(discriminator="type")])  # type: ignore[arg-type]
 
 

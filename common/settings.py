@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,7 +33,8 @@ class Settings(BaseSettings):
     """Redis URL of the read model; its path is the database index."""
 
     redis_key_prefix: str = "orders:"
-    """Prefix of every Redis key and pub/sub channel, so deployments can share one Redis."""
+    """Prefix of every Redis key and pub/sub channel, so deployments can share one Redis;
+    `<APP_PREFIX>:` unless set."""
 
     command_prefetch: int = Field(default=200, ge=1, le=5000)
     """Unacked command messages per worker
@@ -80,6 +83,13 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     """Root log level."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_prefix_follows_app_prefix(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("redis_key_prefix") and data.get("app_prefix"):
+            return {**data, "redis_key_prefix": f"{data['app_prefix']}:"}
+        return data
 
     @property
     def domain_names(self) -> list[str]:

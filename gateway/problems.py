@@ -43,7 +43,7 @@ class ProblemType(StrEnum):
     UNAVAILABLE = "urn:orders:problem:unavailable"
     """A dependency (RabbitMQ, Redis) is down; retry after `Retry-After` seconds."""
     COMMAND_REJECTED = "urn:orders:problem:command-rejected"
-    """The command was refused by the order's rules (`Prefer: wait` answers); see `detail`."""
+    """The command was refused by its domain's rules (`Prefer: wait` answers); see `detail`."""
     COMMAND_FAILED = "urn:orders:problem:command-failed"
     """The command could not be applied (too many concurrent changes); see `detail`."""
     UNAUTHORIZED = "urn:orders:problem:unauthorized"

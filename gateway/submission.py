@@ -36,7 +36,15 @@ log = logging.getLogger(__name__)
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 """What a Redis call raises when Redis is down or slow."""
 
-_ACCEPTED = metrics.COMMANDS
+_ACCEPTED: dict[str, Any] = {}
+"""The `accepted` counter of each command type, looked up once (`labels` takes a lock)."""
+
+
+def _count_accepted(command_type: str) -> None:
+    counter = _ACCEPTED.get(command_type)
+    if counter is None:
+        counter = _ACCEPTED[command_type] = metrics.COMMANDS.labels(command_type, "accepted")
+    counter.inc()
 
 
 async def command_fields(
@@ -106,7 +114,7 @@ async def dispatch(request: Request, runtime: Runtime, command: CommandBase) -> 
             exc,
             extra={"command_id": str(command_id)},
         )
-    _ACCEPTED.labels(command.type, "accepted").inc()
+    _count_accepted(command.type)
     log.info(
         "command accepted",
         extra={"command_id": str(command_id), "type": command.type, "stream_id": stream},

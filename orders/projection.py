@@ -8,8 +8,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-import orjson
-
 from common.contracts.base import money_str
 from common.contracts.envelopes import RecordedEvent
 from common.domain import split_stream_id
@@ -111,20 +109,6 @@ def evolve(before: OrderView | None, event: RecordedEvent, payload: OrderEvent) 
     raise ProjectionError(f"unknown event type {event.type}")  # pragma: no cover
 
 
-def history_entry(event: RecordedEvent) -> bytes:
-    """One line of an order's history, as returned by `GET /orders/{id}/history`."""
-    return orjson.dumps(
-        {
-            "position": event.position,
-            "version": event.version,
-            "type": event.type,
-            "data": event.data,
-            "time": utc(event.metadata.occurred_at).isoformat(),
-            "command_id": str(event.metadata.command_id),
-        }
-    )
-
-
 def search_tokens(view: OrderView) -> set[str]:
     """The tokens an order is found by: its id, its customer, its products, its address."""
     return _identity_tokens(view) | _product_tokens(view)
@@ -222,9 +206,6 @@ class OrderViews(Projection[OrderView]):
         self, stream_id: str, before: OrderView | None, after: OrderView
     ) -> tuple[tuple[ZAdd, ...], tuple[ZRem, ...]]:
         return index_change(before, after)
-
-    def history_entry(self, event: RecordedEvent) -> bytes:
-        return history_entry(event)
 
 
 def replay(events: Iterable[tuple[RecordedEvent, OrderEvent]]) -> OrderView | None:

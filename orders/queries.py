@@ -26,10 +26,8 @@ from orders.layout import (
     status_suffix,
     token_suffix,
 )
+from orders.projection import OrderViews
 from orders.view import ViewStatus, api_json, query_terms
-
-PROJECTION = "order_views"
-"""The projection these queries read (`orders.projection.OrderViews`)."""
 
 SCRATCH = "scratch:search"
 """Suffix of the search's scratch set; created and deleted inside one script call."""
@@ -111,7 +109,7 @@ class OrderQueries:
     """The queries of the `order_views` projection, over one Redis client."""
 
     def __init__(self, redis: Redis, keys: Keys) -> None:
-        self._reader = ProjectionReader(redis, keys.projection(PROJECTION))
+        self._reader = ProjectionReader(redis, keys.projection(OrderViews.name))
         self._search = redis.register_script(read_scripts.SEARCH)
 
     async def _call(self, script: Any, *args: Any) -> list[Any]:

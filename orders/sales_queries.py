@@ -59,8 +59,8 @@ def _sales(product_id: str, fields: Mapping[bytes, bytes]) -> Sales | None:
         return None
     return Sales(
         product_id,
-        int(fields[UNITS.encode()]),
-        int(fields[REVENUE_CENTS.encode()]),
+        int(fields.get(UNITS.encode()) or 0),
+        int(fields.get(REVENUE_CENTS.encode()) or 0),
         int(fields[ORDERS.encode()]),
     )
 

@@ -177,6 +177,7 @@ async def _status(registry: Registry) -> int:
             writer = ViewWriter(redis, keys, projection)
             generations = await writer.generations()
             checkpoint = await writer.checkpoint(generations.live) if generations.live else 0
+            await writer.close()
             print(
                 f"{name}: generation {generations.live or '-'} (checkpoint {checkpoint}),"
                 f" rebuilding {generations.building or '-'}"

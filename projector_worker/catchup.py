@@ -81,12 +81,13 @@ async def plan_stream(
     stream = await store.read_stream(stream_id)
     changes: list[tuple[RecordedEvent, ViewChange]] = []
     view: Any | None = None
-    for stored in map(registry.upcast, stream[:up_to_version]):
+    for stored in stream[:up_to_version]:
         try:
-            change = projection.plan(view, stored, registry.parse_event(stored))
+            current = registry.upcast(stored)
+            change = projection.plan(view, current, registry.parse_event(current))
         except (UnknownEvent, ProjectionError) as exc:
             return changes, str(exc)
-        changes.append((stored, change))
+        changes.append((current, change))
         view = change.view
     return changes, None
 

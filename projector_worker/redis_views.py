@@ -16,6 +16,7 @@ from common.contracts.envelopes import RecordedEvent
 from common.domain import split_stream_id
 from common.readmodel.commands import PROJECTED_VERSION_FIELD, status_fields
 from common.readmodel.keys import Keys
+from common.readmodel.layout import CHECKPOINT, MEMBERS
 from common.readmodel.notifications import projected_command_message, stream_version_message
 from common.readmodel.pipelining import AutoPipeline
 from common.readmodel.projection import Projection, ViewChange
@@ -136,10 +137,6 @@ class ViewWriter:
         """Whether clients wait for this projection to show the stream's commands."""
         return split_stream_id(stream_id)[0] in self.visible_for
 
-    def records(self, event: RecordedEvent) -> bool:
-        """Whether applying `event` records it on its command's status."""
-        return self.makes_visible(event.stream_id)
-
     def _call(
         self,
         event: RecordedEvent,
@@ -225,7 +222,7 @@ class ViewWriter:
         self, event: RecordedEvent, change: ViewChange, generations: Generations
     ) -> ApplyResult:
         """Apply to every current target, notify waiters, record the command's projection."""
-        records = self.records(event)
+        records = self.makes_visible(event.stream_id)
         keys, args = self._call(
             event,
             change,
@@ -273,7 +270,7 @@ class ViewWriter:
             expect_live="*",
             expect_building=str(generation),
             live_block=0,
-            record_command=record_commands and self.records(event),
+            record_command=record_commands and self.makes_visible(event.stream_id),
             notify=False,
         )
         await self._apply(keys=keys, args=args, client=pipe)
@@ -301,7 +298,8 @@ class ViewWriter:
         """Move the checkpoints of the generations being written up to `position`, which the
         projection passed without a change."""
         await self._advance(
-            keys=[self.keys.generation, self.keys.rebuilding], args=[self.keys.prefix, position]
+            keys=[self.keys.generation, self.keys.rebuilding],
+            args=[self.keys.prefix, position, CHECKPOINT, MEMBERS],
         )
 
     async def checkpoint(self, generation: int) -> int:

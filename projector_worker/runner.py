@@ -293,9 +293,7 @@ class Projector:
         stopped meanwhile."""
         backoff = 0.2
         while not stop.is_set():
-            ensuring: asyncio.Future[list[None]] = asyncio.ensure_future(
-                asyncio.gather(*(runner.views_missing() for runner in self.runners))
-            )
+            ensuring: asyncio.Future[list[None]] = asyncio.ensure_future(self._queues_then_views())
             stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
             await asyncio.wait({ensuring, stopping}, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
@@ -313,6 +311,18 @@ class Projector:
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, 5.0)
         return False
+
+    async def _queues_then_views(self) -> list[None]:
+        """Declare the queues, then make sure every projection has views. In this order, a
+        projection new to the deployment has its queue before its first rebuild reads the
+        log: what the rebuild does not replay, the queue holds."""
+        connection = await aio_pika.connect(self.settings.amqp_url)
+        try:
+            channel = await connection.channel()
+            await declare_topology(channel, self.topology, self.settings.retry_base_delay_ms)
+        finally:
+            await connection.close()
+        return await asyncio.gather(*(runner.views_missing() for runner in self.runners))
 
     async def readiness(self) -> dict[str, bool]:
         try:

@@ -167,17 +167,18 @@ return 0
 """
 
 ADVANCE = """
--- KEYS: pointer, marker; ARGV: projection prefix, position
+-- KEYS: pointer, marker; ARGV: projection prefix, position, checkpoint and members suffixes
 -- Move the checkpoint of every generation being written up to a position the projection has
 -- passed without a change (events of streams it does not follow), so its lag can reach 0.
+-- The generation base mirrors `layout.generation_base`, as in the read scripts.
 local position = tonumber(ARGV[2])
 for _, generation in ipairs({redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2])}) do
   if generation then
     local base = ARGV[1] .. 'g' .. generation .. ':'
-    local checkpoint = tonumber(redis.call('GET', base .. 'checkpoint') or '0')
+    local checkpoint = tonumber(redis.call('GET', base .. ARGV[3]) or '0')
     if position > checkpoint then
-      redis.call('SET', base .. 'checkpoint', position)
-      redis.call('SADD', base .. 'members', base .. 'checkpoint')
+      redis.call('SET', base .. ARGV[3], position)
+      redis.call('SADD', base .. ARGV[4], base .. ARGV[3])
     end
   end
 end

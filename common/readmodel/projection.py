@@ -17,6 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -126,13 +127,17 @@ class Projection(ABC, Generic[View]):
         return {}
 
     def history_entry(self, event: RecordedEvent) -> bytes:
+        """One entry of a stream's history: where and when the event happened, and its data."""
+        occurred_at = event.metadata.occurred_at
+        if occurred_at.tzinfo is None:
+            occurred_at = occurred_at.replace(tzinfo=UTC)
         return orjson.dumps(
             {
                 "position": event.position,
                 "version": event.version,
                 "type": event.type,
                 "data": event.data,
-                "time": event.metadata.occurred_at.isoformat(),
+                "time": occurred_at.astimezone(UTC).isoformat(),
                 "command_id": str(event.metadata.command_id),
             }
         )
@@ -203,9 +208,11 @@ class Projection(ABC, Generic[View]):
 def _difference(
     after: dict[tuple[str, str], int], before: dict[tuple[str, str], int]
 ) -> tuple[Increment, ...]:
+    """The increments from `before`'s contributions to `after`'s. A contribution new in
+    `after` is sent even when it is 0, so the field or member it names exists."""
     deltas = []
     for key in {**before, **after}:
         delta = after.get(key, 0) - before.get(key, 0)
-        if delta:
+        if delta or key not in before:
             deltas.append((key[0], key[1], delta))
     return tuple(sorted(deltas))

@@ -27,7 +27,8 @@ from common.settings import Settings
 from orders.aggregate import Order, OrderStatus, evolve
 from tests.conftest import settings_env
 from tests.integration.test_queries_end_to_end import ORDER
-from tests.support.amqp import eventually
+from tests.support.amqp import channel, eventually
+from tests.support.domains import topology_of
 from tests.support.processes import ROOT, ProcessFactory
 
 pytestmark = pytest.mark.integration
@@ -222,3 +223,54 @@ async def test_sales_are_exact_under_races_kills_and_a_rebuild(
         top = (await client.get("/products/top", params={"by": "revenue", "limit": 100})).json()
         ranked = sorted(expected.values(), key=lambda s: (-Decimal(s["revenue"]), s["product_id"]))
         assert top["items"] == ranked
+
+
+async def consumers(settings: Settings, queue: str) -> int:
+    async with channel(settings.amqp_url, topology=topology_of(settings)) as ch:
+        declared = await ch.declare_queue(queue, passive=True)
+        return int(declared.declaration_result.consumer_count or 0)
+
+
+async def test_each_projection_runs_and_lags_on_its_own(
+    processes: ProcessFactory, isolated_settings: Settings, pg: asyncpg.Pool
+) -> None:
+    processes.start("command_worker")
+    processes.start("projector_worker", "--projections", "order_views")
+    sales = processes.start("projector_worker", "--projections", "product_sales")
+    gateway = processes.start("gateway")
+    topology = topology_of(isolated_settings)
+    line = {"product_id": "sku-1", "quantity": 1, "price": "2.00"}
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as client:
+
+        async def ship_one() -> None:
+            created = await client.post("/orders", json={**ORDER, "items": [line]}, headers=WAIT)
+            assert created.status_code == 201, created.text
+            shipped = await client.post(f"/orders/{created.json()['order_id']}/ship", headers=WAIT)
+            assert shipped.status_code == 200, shipped.text
+
+        async def units() -> int:
+            answer = await client.get("/products/sku-1/sales")
+            return int(answer.json()["units"]) if answer.status_code == 200 else 0
+
+        async def units_are(expected: int) -> bool:
+            return await units() == expected
+
+        await ship_one()
+        await eventually(lambda: units_are(1), what="the first sale")
+        for name in ("order_views", "product_sales"):
+            assert await consumers(isolated_settings, topology.projection_queue(name)) == 1
+
+        # Without its projector, product_sales falls behind; order_views does not notice.
+        sales.kill()
+        await ship_one()
+        await ship_one()
+        assert await units() == 1
+        sales_queue = topology.projection_queue("product_sales")
+
+        async def no_sales_consumer() -> bool:
+            return await consumers(isolated_settings, sales_queue) == 0
+
+        await eventually(no_sales_consumer, what="the killed projector's consumer to go")
+        processes.start("projector_worker", "--projections", "product_sales")
+        await eventually(lambda: units_are(3), what="product_sales to catch up")
+        assert await sales_match(client, pg)

@@ -28,7 +28,7 @@ from common.contracts.envelopes import RecordedEvent
 from common.messaging.topology import dlq_name
 from common.readmodel.keys import Keys
 from common.settings import Settings
-from orders.projection import history_entry, replay
+from orders.projection import OrderViews, replay
 from tests.integration.test_projector import queue_counts, run_rebuild
 from tests.integration.test_projector_support import (
     all_events,
@@ -241,7 +241,9 @@ async def test_three_command_workers_and_two_projectors_lose_nothing(
             view = (await http.get(f"/orders/{order_id}")).json()
             assert view == orjson.loads(orjson.dumps(expected.to_api())), order_id
             history = (await http.get(f"/orders/{order_id}/history")).json()
-            assert history["events"] == [orjson.loads(history_entry(e)) for e in stream]
+            assert history["events"] == [
+                orjson.loads(OrderViews().history_entry(e)) for e in stream
+            ]
             if order_id in sent.added:
                 quantities = Counter(
                     {line["product_id"]: line["quantity"] for line in view["items"]}
