@@ -14,9 +14,9 @@ from common.settings import Settings, get_settings
 from gateway import commands_api, health
 from gateway.auth import ApiKeyMiddleware
 from gateway.middleware import RequestMiddleware
-from gateway.openapi import install_openapi
+from gateway.openapi import install_openapi, ref
 from gateway.problems import install_problem_handlers
-from gateway.responses import AcceptedCommand, CommandStatusView, ProblemDetails
+from gateway.responses import CommandStatusView, ProblemDetails, accepted_model, status_model
 from gateway.runtime import Runtime
 from gateway.waiting import Waiter
 
@@ -63,7 +63,14 @@ def create_app(
     app.include_router(commands_api.router)
     app.include_router(health.router)
     install_problem_handlers(app)
-    install_openapi(app, [*loaded.schemas(), AcceptedCommand, CommandStatusView, ProblemDetails])
+    aggregates = list(loaded.aggregates.values())
+    statuses = [status_model(aggregate) for aggregate in aggregates]
+    install_openapi(
+        app,
+        [*loaded.schemas(), *map(accepted_model, aggregates), *statuses, ProblemDetails],
+        # `GET /commands/{id}` answers for a command on any loaded aggregate.
+        {CommandStatusView.__name__: {"anyOf": [ref(model) for model in statuses]}},
+    )
     # Added last = outermost: metrics see every answer, including 401s.
     if settings.api_key_set:
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_set)

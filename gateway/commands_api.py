@@ -17,6 +17,7 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
+from common.domain import Aggregate
 from common.readmodel.notifications import CommandProgress
 from gateway import idempotency
 from gateway.middleware import CORRELATION_HEADER
@@ -26,7 +27,7 @@ from gateway.openapi import (
     ref,
 )
 from gateway.problems import Problem, ProblemType, unavailable
-from gateway.responses import AcceptedCommand, CommandStatusView, json_response, status_json
+from gateway.responses import CommandStatusView, accepted_model, json_response, status_json
 from gateway.routing import RawEndpoint, RawRoute
 from gateway.runtime import runtime_of
 from gateway.submission import REDIS_ERRORS
@@ -47,11 +48,6 @@ _COMMAND_HEADERS = [
     header_parameter(CORRELATION_HEADER, "A UUID to follow the command through logs; echoed back."),
 ]
 _COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
-    202: {
-        "description": "Queued; `Location` is the command's status.",
-        "content": {"application/json": {"schema": ref(AcceptedCommand)}},
-        "headers": {"Location": {"schema": {"type": "string"}}},
-    },
     413: problem_response("The body is larger than allowed."),
     415: problem_response("The body is not `application/json`."),
     422: problem_response("Invalid input or reused Idempotency-Key; `errors` names the fields."),
@@ -64,13 +60,20 @@ def command_endpoint(
     method: str,
     path: str,
     *,
+    aggregate: Aggregate[Any],
     summary: str,
     body: dict[str, Any] | None = None,
     parameters: list[dict[str, Any]] | None = None,
 ) -> Callable[[RawEndpoint], RawEndpoint]:
-    """Register a command endpoint: a `RawRoute`, so it parses its own parameters."""
+    """Register a command endpoint for a command on `aggregate`: a `RawRoute`, so it parses its
+    own parameters."""
     extra: dict[str, Any] = {"parameters": [*(parameters or []), *_COMMAND_HEADERS], **(body or {})}
-    responses = _COMMAND_RESPONSES
+    accepted = {
+        "description": "Queued; `Location` is the command's status.",
+        "content": {"application/json": {"schema": ref(accepted_model(aggregate))}},
+        "headers": {"Location": {"schema": {"type": "string"}}},
+    }
+    responses = {202: accepted, **_COMMAND_RESPONSES}
     if body is None:
         responses = {code: doc for code, doc in responses.items() if code not in (413, 415)}
 

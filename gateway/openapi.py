@@ -83,8 +83,14 @@ def problem_response(description: str) -> dict[str, Any]:
     }
 
 
-def install_openapi(app: FastAPI, models: Iterable[type[BaseModel]]) -> None:
-    """Generate the schema once, with `models` (and their parts) among its components."""
+def install_openapi(
+    app: FastAPI,
+    models: Iterable[type[BaseModel]],
+    components: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Generate the schema once, with `models` (and their parts) and `components` (schemas
+    by name) among its components."""
+    extra = components or {}
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -97,9 +103,10 @@ def install_openapi(app: FastAPI, models: Iterable[type[BaseModel]]) -> None:
             _, definitions = models_json_schema(
                 [(model, "validation") for model in models], ref_template=REF
             )
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            found = schema.setdefault("components", {}).setdefault("schemas", {})
             for name, definition in definitions.get("$defs", {}).items():
-                components.setdefault(name, definition)
+                found.setdefault(name, definition)
+            found.update(extra)
             app.openapi_schema = schema
         return app.openapi_schema
 

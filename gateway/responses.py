@@ -6,11 +6,12 @@ Responses are serialised with orjson directly; the models only describe them.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from uuid import UUID
 
 import orjson
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, create_model
 from starlette.responses import Response
 
 from common.contracts.commands import CommandBase
@@ -22,19 +23,17 @@ JSON = "application/json"
 
 
 class AcceptedCommand(BaseModel):
-    """The command is queued durably; follow `Location` for its outcome. The aggregate's id
-    follows under its id field (`invoice_id` for an `Invoice`)."""
+    """The command is queued durably; follow `Location` for its outcome."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     command_id: UUID
 
 
 class CommandStatusView(BaseModel):
-    """Where a command is: `accepted` by the gateway, then an outcome from the workers. The
-    aggregate's id follows `type` under its id field (`invoice_id` for an `Invoice`)."""
+    """Where a command is: `accepted` by the gateway, then an outcome from the workers."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     command_id: UUID
     type: str
@@ -42,6 +41,23 @@ class CommandStatusView(BaseModel):
     reason: str | None
     version: int | None
     """The aggregate's version after the command, once it succeeded."""
+
+
+@functools.cache
+def _with_id(base: type[BaseModel], name: str, id_field: str) -> type[BaseModel]:
+    return create_model(name, __base__=base, **{id_field: (UUID, ...)})  # type: ignore[call-overload, no-any-return]
+
+
+def accepted_model(aggregate: Aggregate[Any]) -> type[BaseModel]:
+    """The 202 body of a command on `aggregate`: `AcceptedCommand` and its id field."""
+    name = f"Accepted{aggregate.stream_type}Command"
+    return _with_id(AcceptedCommand, name, aggregate.id_field)
+
+
+def status_model(aggregate: Aggregate[Any]) -> type[BaseModel]:
+    """The status of a command on `aggregate`: `CommandStatusView` and its id field."""
+    name = f"{aggregate.stream_type}CommandStatus"
+    return _with_id(CommandStatusView, name, aggregate.id_field)
 
 
 class FieldError(BaseModel):

@@ -32,7 +32,12 @@ _ORDER_ID = path_parameter("order_id", "The order's id, as returned by `POST /or
 
 
 @command_endpoint(
-    router, "POST", "/orders", summary="Create an order", body=json_body(CreateOrderRequest)
+    router,
+    "POST",
+    "/orders",
+    aggregate=ORDER,
+    summary="Create an order",
+    body=json_body(CreateOrderRequest),
 )
 async def create_order(request: Request) -> Response:
     runtime = runtime_of(request)
@@ -53,6 +58,7 @@ async def create_order(request: Request) -> Response:
     router,
     "POST",
     "/orders/{order_id}/items",
+    aggregate=ORDER,
     summary="Add an item to an order",
     body=json_body(AddItemRequest),
     parameters=[_ORDER_ID],
@@ -76,6 +82,7 @@ async def add_item(request: Request) -> Response:
     router,
     "POST",
     "/orders/{order_id}/ship",
+    aggregate=ORDER,
     summary="Ship an order",
     body=json_body(ShipOrderRequest, required=False),
     parameters=[_ORDER_ID],
@@ -99,6 +106,7 @@ async def ship_order(request: Request) -> Response:
     router,
     "DELETE",
     "/orders/{order_id}",
+    aggregate=ORDER,
     summary="Cancel an order",
     parameters=[
         _ORDER_ID,

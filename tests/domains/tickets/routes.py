@@ -38,7 +38,12 @@ class CloseTicketRequest(Contract):
 
 
 @command_endpoint(
-    router, "POST", "/tickets", summary="Open a ticket", body=json_body(OpenTicketRequest)
+    router,
+    "POST",
+    "/tickets",
+    aggregate=TICKET,
+    summary="Open a ticket",
+    body=json_body(OpenTicketRequest),
 )
 async def open_ticket(request: Request) -> Response:
     runtime = runtime_of(request)
@@ -53,6 +58,7 @@ async def open_ticket(request: Request) -> Response:
     router,
     "POST",
     "/tickets/{ticket_id}/close",
+    aggregate=TICKET,
     summary="Close a ticket",
     body=json_body(CloseTicketRequest),
     parameters=[_TICKET_ID],
