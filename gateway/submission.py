@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,7 +30,7 @@ from gateway.idempotency import CommandIds
 from gateway.middleware import request_correlation_id
 from gateway.problems import Problem, ProblemType, unavailable
 from gateway.responses import accepted_response, json_response, status_json
-from gateway.runtime import Runtime
+from gateway.runtime import Runtime, runtime_of
 from gateway.waiting import prefer_wait, waiter_of
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,35 @@ async def command_fields(
         "issued_at": datetime.now(UTC),
         "fingerprint": print_,
     }
+
+
+async def submit(
+    request: Request,
+    aggregate: Aggregate[Any],
+    command: Callable[[dict[str, Any]], CommandBase],
+    *,
+    path: str,
+    body: BaseModel,
+    aggregate_id: UUID | None = None,
+) -> Response:
+    """What a command route does once it has parsed its input: settle the command's identity
+    (`command_fields`, from the canonical `path` and `body`), build the command from those
+    fields, and `dispatch` it."""
+    runtime = runtime_of(request)
+    fields = await command_fields(
+        request,
+        runtime,
+        aggregate,
+        path=path,
+        canonical_body=body.model_dump_json().encode(),
+        aggregate_id=aggregate_id,
+    )
+    return await dispatch(request, runtime, command(fields))
+
+
+def max_body_bytes(request: Request) -> int:
+    """The largest request body the gateway accepts (`MAX_BODY_BYTES`)."""
+    return runtime_of(request).settings.max_body_bytes
 
 
 async def dispatch(request: Request, runtime: Runtime, command: CommandBase) -> Response:

@@ -12,8 +12,7 @@ from gateway.commands_api import command_endpoint
 from gateway.openapi import json_body, path_parameter, query_parameter
 from gateway.problems import problem_from_validation_error
 from gateway.routing import path_uuid
-from gateway.runtime import runtime_of
-from gateway.submission import command_fields, dispatch
+from gateway.submission import max_body_bytes, submit
 from orders.contracts import AddItem, CancelOrder, CreateOrder, ShipOrder
 from orders.domain import ORDER
 from orders.requests import (
@@ -40,18 +39,19 @@ _ORDER_ID = path_parameter("order_id", "The order's id, as returned by `POST /or
     body=json_body(CreateOrderRequest),
 )
 async def create_order(request: Request) -> Response:
-    runtime = runtime_of(request)
-    body = await read_json(request, CreateOrderRequest, runtime.settings.max_body_bytes)
-    fields = await command_fields(
-        request, runtime, ORDER, path="/orders", canonical_body=body.model_dump_json().encode()
+    body = await read_json(request, CreateOrderRequest, max_body_bytes(request))
+    return await submit(
+        request,
+        ORDER,
+        lambda fields: CreateOrder(
+            **fields,
+            customer_id=body.customer_id,
+            items=body.items,
+            shipping_address=body.shipping_address,
+        ),
+        path="/orders",
+        body=body,
     )
-    command = CreateOrder(
-        **fields,
-        customer_id=body.customer_id,
-        items=body.items,
-        shipping_address=body.shipping_address,
-    )
-    return await dispatch(request, runtime, command)
 
 
 @command_endpoint(
@@ -65,17 +65,15 @@ async def create_order(request: Request) -> Response:
 )
 async def add_item(request: Request) -> Response:
     order_id = path_uuid(request, "order_id")
-    runtime = runtime_of(request)
-    body = await read_json(request, AddItemRequest, runtime.settings.max_body_bytes)
-    fields = await command_fields(
+    body = await read_json(request, AddItemRequest, max_body_bytes(request))
+    return await submit(
         request,
-        runtime,
         ORDER,
+        lambda fields: AddItem(**fields, item=body),
         path=f"/orders/{order_id}/items",
-        canonical_body=body.model_dump_json().encode(),
+        body=body,
         aggregate_id=order_id,
     )
-    return await dispatch(request, runtime, AddItem(**fields, item=body))
 
 
 @command_endpoint(
@@ -89,17 +87,15 @@ async def add_item(request: Request) -> Response:
 )
 async def ship_order(request: Request) -> Response:
     order_id = path_uuid(request, "order_id")
-    runtime = runtime_of(request)
-    body = await read_optional_json(request, ShipOrderRequest, runtime.settings.max_body_bytes)
-    fields = await command_fields(
+    body = await read_optional_json(request, ShipOrderRequest, max_body_bytes(request))
+    return await submit(
         request,
-        runtime,
         ORDER,
+        lambda fields: ShipOrder(**fields),
         path=f"/orders/{order_id}/ship",
-        canonical_body=body.model_dump_json().encode(),
+        body=body,
         aggregate_id=order_id,
     )
-    return await dispatch(request, runtime, ShipOrder(**fields))
 
 
 @command_endpoint(
@@ -119,18 +115,16 @@ async def ship_order(request: Request) -> Response:
 )
 async def cancel_order(request: Request) -> Response:
     order_id = path_uuid(request, "order_id")
-    runtime = runtime_of(request)
     try:
         reason = request.query_params.get("reason")
         query = CancelOrderRequest.model_validate({} if reason is None else {"reason": reason})
     except ValidationError as exc:
         raise problem_from_validation_error(exc) from None
-    fields = await command_fields(
+    return await submit(
         request,
-        runtime,
         ORDER,
+        lambda fields: CancelOrder(**fields, reason=query.reason),
         path=f"/orders/{order_id}",
-        canonical_body=query.model_dump_json().encode(),
+        body=query,
         aggregate_id=order_id,
     )
-    return await dispatch(request, runtime, CancelOrder(**fields, reason=query.reason))

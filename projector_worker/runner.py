@@ -249,6 +249,10 @@ class Projector:
         self.connection = SupervisedConnection(
             settings.amqp_url, name="projector", on_connected=self._on_connected
         )
+        self._declared = asyncio.Event()
+        """Set once a session declared the queues."""
+        self._may_consume = asyncio.Event()
+        """Set once every projection has views: sessions then start the consumers."""
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -267,8 +271,12 @@ class Projector:
             for name, task in (("lag", runner.track_lag()), ("watch", runner.watch_views()))
         ]
         try:
+            # Connected first: a session declares every queue before any rebuild reads the log,
+            # so a projection new to the deployment holds every event its first rebuild does
+            # not replay. Its consumers start once every projection has views.
+            await self.connection.start()
             if await self._views_before_consuming(stop):
-                await self.connection.start()
+                self._may_consume.set()
                 settle_heap()
                 await stop.wait()
                 log.info("stopping: draining in-flight events")
@@ -288,12 +296,14 @@ class Projector:
         log.info("stopped")
 
     async def _views_before_consuming(self, stop: asyncio.Event) -> bool:
-        """Views first: rebuild (or wait for another projector's rebuild) each projection whose
-        views Redis lacks, retrying while Redis or PostgreSQL are unreachable. False when
-        stopped meanwhile."""
+        """Views first: once a session declared the queues, rebuild (or wait for another
+        projector's rebuild) each projection whose views Redis lacks, retrying while Redis or
+        PostgreSQL are unreachable. False when stopped meanwhile."""
         backoff = 0.2
         while not stop.is_set():
-            ensuring: asyncio.Future[list[None]] = asyncio.ensure_future(self._queues_then_views())
+            ensuring: asyncio.Future[list[None]] = asyncio.ensure_future(
+                self._declared_then_views()
+            )
             stopping: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
             await asyncio.wait({ensuring, stopping}, return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
@@ -312,16 +322,8 @@ class Projector:
             backoff = min(backoff * 2, 5.0)
         return False
 
-    async def _queues_then_views(self) -> list[None]:
-        """Declare the queues, then make sure every projection has views. In this order, a
-        projection new to the deployment has its queue before its first rebuild reads the
-        log: what the rebuild does not replay, the queue holds."""
-        connection = await aio_pika.connect(self.settings.amqp_url)
-        try:
-            channel = await connection.channel()
-            await declare_topology(channel, self.topology, self.settings.retry_base_delay_ms)
-        finally:
-            await connection.close()
+    async def _declared_then_views(self) -> list[None]:
+        await self._declared.wait()
         return await asyncio.gather(*(runner.views_missing() for runner in self.runners))
 
     async def readiness(self) -> dict[str, bool]:
@@ -342,5 +344,7 @@ class Projector:
             await declare_topology(channel, self.topology, self.settings.retry_base_delay_ms)
         finally:
             await channel.close()
+        self._declared.set()
+        await self._may_consume.wait()
         for runner in self.runners:
             await runner.start_consuming(connection)

@@ -19,8 +19,7 @@ from gateway.openapi import json_body, path_parameter
 from gateway.problems import Problem, ProblemType
 from gateway.responses import JSON
 from gateway.routing import path_uuid
-from gateway.runtime import runtime_of
-from gateway.submission import command_fields, dispatch
+from gateway.submission import max_body_bytes, submit
 from tests.domains.tickets.contracts import STREAM_TYPE, CloseTicket, OpenTicket
 from tests.domains.tickets.domain import TICKET
 from tests.domains.tickets.projection import TicketViews
@@ -46,12 +45,14 @@ class CloseTicketRequest(Contract):
     body=json_body(OpenTicketRequest),
 )
 async def open_ticket(request: Request) -> Response:
-    runtime = runtime_of(request)
-    body = await read_json(request, OpenTicketRequest, runtime.settings.max_body_bytes)
-    fields = await command_fields(
-        request, runtime, TICKET, path="/tickets", canonical_body=body.model_dump_json().encode()
+    body = await read_json(request, OpenTicketRequest, max_body_bytes(request))
+    return await submit(
+        request,
+        TICKET,
+        lambda fields: OpenTicket(**fields, title=body.title),
+        path="/tickets",
+        body=body,
     )
-    return await dispatch(request, runtime, OpenTicket(**fields, title=body.title))
 
 
 @command_endpoint(
@@ -65,17 +66,15 @@ async def open_ticket(request: Request) -> Response:
 )
 async def close_ticket(request: Request) -> Response:
     ticket_id = path_uuid(request, "ticket_id")
-    runtime = runtime_of(request)
-    body = await read_json(request, CloseTicketRequest, runtime.settings.max_body_bytes)
-    fields = await command_fields(
+    body = await read_json(request, CloseTicketRequest, max_body_bytes(request))
+    return await submit(
         request,
-        runtime,
         TICKET,
+        lambda fields: CloseTicket(**fields, resolution=body.resolution),
         path=f"/tickets/{ticket_id}/close",
-        canonical_body=body.model_dump_json().encode(),
+        body=body,
         aggregate_id=ticket_id,
     )
-    return await dispatch(request, runtime, CloseTicket(**fields, resolution=body.resolution))
 
 
 class TicketQueries:
