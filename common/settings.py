@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     max_wait_s: float = Field(default=10.0, ge=0)
     """Upper bound of `Prefer: wait=N` and `min_version` waits."""
 
+    max_waiters: int = Field(default=1000, ge=0)
+    """Pending `Prefer: wait` and `min_version` waits per gateway process; beyond it they are
+    answered at once (the plain 202, or the view with `X-Stale: true`)."""
+
+    http_max_concurrency: int = Field(default=2000, ge=1)
+    """Connections and requests one gateway process serves at once; uvicorn answers 503 beyond
+    it (`limit_concurrency`). Keep it above `MAX_WAITERS`."""
+
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
     """Time a worker gives in-flight messages to finish after SIGTERM."""
 

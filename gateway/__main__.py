@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
         timeout_keep_alive=KEEP_ALIVE_S,
+        limit_concurrency=settings.http_max_concurrency,
     )
 
 

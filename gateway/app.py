@@ -40,8 +40,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(settings, loaded)
         app.state.runtime = runtime
-        waiter = Waiter(runtime.redis, runtime.keys, loaded)
+        waiter = Waiter(runtime.redis, runtime.keys, loaded, max_waiters=settings.max_waiters)
         app.state.waiter = waiter
+        metrics.WAITS_PENDING.set_function(lambda: waiter.pending)
         try:
             await runtime.start(broker_wait_s)
             settle_heap()

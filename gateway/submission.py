@@ -31,7 +31,7 @@ from gateway.middleware import request_correlation_id
 from gateway.problems import Problem, ProblemType, unavailable
 from gateway.responses import accepted_response, json_response, status_json
 from gateway.runtime import Runtime, runtime_of
-from gateway.waiting import prefer_wait, waiter_of
+from gateway.waiting import WaitersFull, prefer_wait, waiter_of
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,8 @@ def max_body_bytes(request: Request) -> int:
 async def dispatch(request: Request, runtime: Runtime, command: CommandBase) -> Response:
     """Queue `command` and answer 202, or 503 if RabbitMQ did not confirm it; with
     `Prefer: wait=N`, answer with the outcome once it is visible in the views (see
-    `outcome_response`), or 202 when N seconds (capped by MAX_WAIT_S) pass first.
+    `outcome_response`), or 202 when N seconds (capped by MAX_WAIT_S) pass first, or at once
+    (without `Preference-Applied`) when MAX_WAITERS waits are pending already.
 
     The single exit of every command route.
     """
@@ -156,6 +157,8 @@ async def dispatch(request: Request, runtime: Runtime, command: CommandBase) -> 
     bound = min(wait_s, runtime.settings.max_wait_s)
     try:
         progress = await waiter.wait_for_command(command_id, bound)
+    except WaitersFull:
+        return accepted_response(command, aggregate)
     except REDIS_ERRORS as exc:
         log.warning("could not wait for %s: %r", command_id, exc)
         progress = None

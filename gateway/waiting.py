@@ -10,6 +10,9 @@ A wait registers a future *before* it reads the current state: a change after th
 arrives as a message, a change before it is in the read, so nothing slips between the two.
 Each (re)subscription makes every pending wait read the state again (messages published while
 unsubscribed are lost), so a wait that starts the subscription is as safe as any. No polling.
+
+Waits are bounded: past `max_waiters` pending ones, a wait raises `WaitersFull` before it
+registers anything, and the route answers at once with what it has.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from redis.asyncio.client import PubSub
 from starlette.requests import Request
 
 from common.domain import Registry
+from common.observability import metrics
 from common.readmodel.keys import Keys
 from common.readmodel.notifications import CommandProgress
 from common.readmodel.reading import ProjectionReader, ViewsUnavailable
@@ -40,14 +44,25 @@ LINGER_S = 30.0
 IDLE_CHECK_S = 1.0
 
 
+class WaitersFull(Exception):
+    """`max_waiters` waits are pending: answer at once instead of waiting."""
+
+
 class Waiter:
     """Futures keyed by command id and by (projection, stream, version), resolved from
     pub/sub."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, registry: Registry, *, linger_s: float = LINGER_S
+        self,
+        redis: Redis,
+        keys: Keys,
+        registry: Registry,
+        *,
+        linger_s: float = LINGER_S,
+        max_waiters: int | None = None,
     ) -> None:
         self._redis = redis
+        self._max_waiters = max_waiters
         self._linger_s = linger_s
         self._last_wait = 0.0
         self._closed = False
@@ -74,6 +89,13 @@ class Waiter:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
+    def _admit(self) -> None:
+        """Raise `WaitersFull` (and count it) when `max_waiters` waits are pending (None:
+        no bound)."""
+        if self._max_waiters is not None and self.pending >= self._max_waiters:
+            metrics.WAITS_REFUSED.inc()
+            raise WaitersFull(f"{self.pending} waits pending")
+
     def _wanted(self) -> None:
         """Someone waits: keep the subscription, or start it."""
         self._last_wait = asyncio.get_running_loop().time()
@@ -86,7 +108,9 @@ class Waiter:
         """The command's progress once it is settled (rejected, failed, or succeeded and
         visible to queries), or whatever is known when `timeout_s` runs out (check `.settled`);
         None if the command is unknown. Safe to call before or after the command is published.
+        Raises `WaitersFull` at once when `max_waiters` waits are pending.
         """
+        self._admit()
         key = str(command_id)
         future: asyncio.Future[CommandProgress] = asyncio.get_running_loop().create_future()
         with _registered(self._commands, key, future):
@@ -102,7 +126,9 @@ class Waiter:
         self, projection: str, stream_id: str, version: int, timeout_s: float
     ) -> bool:
         """Whether the stream's view in `projection` (one some aggregate is visible in)
-        reached `version` within `timeout_s`."""
+        reached `version` within `timeout_s`. Raises `WaitersFull` at once when `max_waiters`
+        waits are pending."""
+        self._admit()
         key = f"{projection} {stream_id}"
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         with _registered(self._versions, key, (version, future)):
@@ -249,7 +275,12 @@ async def waiter_of(request: Request) -> Waiter:
     waiter = getattr(state, "waiter", None)
     if waiter is None:
         runtime = state.runtime
-        waiter = Waiter(runtime.redis, runtime.keys, runtime.registry)
+        waiter = Waiter(
+            runtime.redis,
+            runtime.keys,
+            runtime.registry,
+            max_waiters=runtime.settings.max_waiters,
+        )
         state.waiter = waiter
     return cast(Waiter, waiter)
 

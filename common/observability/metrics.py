@@ -140,6 +140,18 @@ HTTP_REQUESTS = Histogram(
     namespace=NAMESPACE,
     registry=None,
 )
+WAITS_PENDING = Gauge(
+    "waits_pending",
+    "`Prefer: wait` and `min_version` waits pending in this gateway (at most MAX_WAITERS).",
+    namespace=NAMESPACE,
+    registry=None,
+)
+WAITS_REFUSED = Counter(
+    "waits_refused_total",
+    "`Prefer: wait` and `min_version` waits answered at once because MAX_WAITERS were pending.",
+    namespace=NAMESPACE,
+    registry=None,
+)
 
 GC_PAUSES = Histogram(
     "gc_pause_seconds",
@@ -184,7 +196,13 @@ def watch_gc_pauses() -> None:
 
 
 CONSUMER: tuple[Collector, ...] = (HANDLING_SECONDS, RETRIES, DEAD_LETTERS, ACK_FRAMES)
-GATEWAY: tuple[Collector, ...] = (COMMANDS, HTTP_REQUESTS, GC_PAUSES)
+GATEWAY: tuple[Collector, ...] = (
+    COMMANDS,
+    HTTP_REQUESTS,
+    WAITS_PENDING,
+    WAITS_REFUSED,
+    GC_PAUSES,
+)
 COMMAND_WORKER: tuple[Collector, ...] = (
     COMMANDS,
     COMMAND_LATENCY,

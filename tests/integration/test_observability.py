@@ -169,7 +169,7 @@ def families(metrics: Scrape) -> set[str]:
     return set(metrics.families)
 
 
-GATEWAY_ONLY = {"orders_http_request_seconds"}
+GATEWAY_ONLY = {"orders_http_request_seconds", "orders_waits_pending", "orders_waits_refused"}
 WORKER_ONLY = {
     "orders_command_latency_seconds",
     "orders_events_appended",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -9,7 +11,9 @@ import httpx
 import pytest
 
 from tests.integration.test_queries_end_to_end import ORDER
+from tests.support.amqp import eventually
 from tests.support.processes import ProcessFactory
+from tests.support.scrape import scrape
 
 pytestmark = pytest.mark.integration
 
@@ -80,3 +84,85 @@ async def test_the_wait_runs_out_with_a_plain_202(processes: ProcessFactory) -> 
         assert created.headers["location"] == f"/commands/{created.json()['command_id']}"
         status = await http.get(created.headers["location"])
         assert status.json()["status"] == "accepted"
+
+
+async def test_waits_past_max_waiters_are_answered_at_once(processes: ProcessFactory) -> None:
+    processes.start("command_worker")
+    processes.start("projector_worker")
+    gateway = processes.start("gateway", extra_env={"MAX_WAITERS": "2", "MAX_WAIT_S": "60"})
+    long_wait = {"Prefer": "wait=60"}
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=90) as http:
+        created = await http.post("/orders", json=ORDER, headers=WAIT)
+        assert created.status_code == 201, created.text
+        order = f"/orders/{created.json()['order_id']}"
+        # Two waits for a version nobody has written yet fill the gateway's waiters.
+        held = [
+            asyncio.create_task(http.get(order, params={"min_version": 3}, headers=long_wait))
+            for _ in range(2)
+        ]
+
+        async def pending() -> float:
+            return (await scrape(gateway.base_url)).total("orders_waits_pending")
+
+        async def full() -> bool:
+            return await pending() == 2
+
+        async def empty() -> bool:
+            return await pending() == 0
+
+        await eventually(full, what="two pending waits")
+
+        stale = await http.get(order, params={"min_version": 2}, headers=long_wait)
+        assert stale.status_code == 200, stale.text
+        assert stale.headers["x-stale"] == "true"
+        assert stale.json()["version"] == 1
+        # With room, this would wait for the outcome and answer 200 (see above).
+        added = await http.post(
+            f"{order}/items",
+            json={"product_id": "sku-z", "quantity": 1, "price": "1.00"},
+            headers=long_wait,
+        )
+        assert added.status_code == 202, added.text
+        assert "preference-applied" not in added.headers
+        assert (await scrape(gateway.base_url)).total("orders_waits_refused_total") == 2
+
+        # Version 3 releases the held waits, and waits are admitted again.
+        third = await http.post(
+            f"{order}/items",
+            json={"product_id": "sku-y", "quantity": 1, "price": "1.00"},
+            headers=WAIT,
+        )
+        assert third.status_code == 202, third.text  # still full when it was sent
+        for answer in await asyncio.gather(*held):
+            assert answer.status_code == 200, answer.text
+            assert "x-stale" not in answer.headers
+            assert answer.json()["version"] >= 3
+        await eventually(empty, what="no pending waits")
+        fourth = await http.post(
+            f"{order}/items",
+            json={"product_id": "sku-x", "quantity": 1, "price": "1.00"},
+            headers=WAIT,
+        )
+        assert fourth.status_code == 200, fourth.text
+        assert fourth.headers["preference-applied"] == "wait=15"
+
+
+async def test_requests_past_http_max_concurrency_get_503(processes: ProcessFactory) -> None:
+    gateway = processes.start("gateway", extra_env={"HTTP_MAX_CONCURRENCY": "3"})
+
+    async def live_status() -> int:
+        async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as fresh:
+            return (await fresh.get("/health/live")).status_code
+
+    async def served() -> bool:
+        return await live_status() == 200
+
+    async with contextlib.AsyncExitStack() as stack:
+        # Two kept-alive connections, opened one after the other (uvicorn counts the one a
+        # request comes on: the limit is reached at 3 open connections).
+        for _ in range(2):
+            client = httpx.AsyncClient(base_url=gateway.base_url, timeout=30)
+            await stack.enter_async_context(client)
+            assert (await client.get("/health/live")).status_code == 200
+        assert await live_status() == 503
+    await eventually(served, what="200 once the connections closed")
