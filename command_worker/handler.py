@@ -37,7 +37,12 @@ from common.messaging.consuming import attempt_of
 from common.messaging.outcomes import RejectMessage
 from common.observability import metrics
 from common.observability.logging import correlation_id
-from common.readmodel.commands import CommandResult, CommandStatus, record_results
+from common.readmodel.commands import (
+    STATUS_TTL_S,
+    CommandResult,
+    CommandStatus,
+    record_results,
+)
 from common.readmodel.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -123,8 +128,10 @@ class CommandHandler:
         *,
         max_batch: int = 200,
         max_parallel_batches: int = 1,
+        status_ttl_s: int = STATUS_TTL_S,
     ) -> None:
         self._registry = registry
+        self._status_ttl_s = status_ttl_s
         self._store = store
         self._redis = redis
         self._keys = keys
@@ -194,6 +201,7 @@ class CommandHandler:
                 )
                 for c, o in zip(commands, outcomes, strict=True)
             ],
+            ttl_s=self._status_ttl_s,
         )
         now = datetime.now(UTC)
         for command, outcome in zip(commands, outcomes, strict=True):

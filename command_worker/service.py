@@ -90,6 +90,7 @@ class CommandWorker:
             self._redis,
             Keys(settings.redis_key_prefix),
             settings.conflict_retries,
+            status_ttl_s=settings.command_status_ttl_s,
         )
         health = None
         if settings.metrics_port is not None:

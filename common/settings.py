@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     """Connections and requests one gateway process serves at once; uvicorn answers 503 beyond
     it (`limit_concurrency`). Keep it above `MAX_WAITERS`."""
 
+    command_status_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
+    """Lifetime of a command's status hash (`GET /commands/{command_id}`), renewed by each write."""
+
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
     """Time a worker gives in-flight messages to finish after SIGTERM."""
 

@@ -137,7 +137,14 @@ async def dispatch(request: Request, runtime: Runtime, command: CommandBase) -> 
         ) from exc
     try:
         await runtime.redis_batch.run(
-            lambda pipe: mark_accepted(pipe, runtime.keys, command_id, command.type, stream)
+            lambda pipe: mark_accepted(
+                pipe,
+                runtime.keys,
+                command_id,
+                command.type,
+                stream,
+                ttl_s=runtime.settings.command_status_ttl_s,
+            )
         )
     except REDIS_ERRORS as exc:
         # The command is safely queued; only its status lags until a worker records it.

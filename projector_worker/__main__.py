@@ -121,7 +121,13 @@ async def _rebuild(args: argparse.Namespace, registry: Registry, helpers: Helper
         for name in names:
             progress = Progress(stream=None if args.quiet else sys.stderr)
             rebuild = Rebuild(
-                writer_for(redis, keys, registry, registry.projections[name]),
+                writer_for(
+                    redis,
+                    keys,
+                    registry,
+                    registry.projections[name],
+                    status_ttl_s=settings.command_status_ttl_s,
+                ),
                 registry,
                 pool,
                 batch_size=args.batch_size,
@@ -154,7 +160,13 @@ async def _replay_partition(args: argparse.Namespace, registry: Registry) -> int
         sys.stdout.flush()
 
     try:
-        writer = writer_for(redis, keys, registry, registry.projections[args.projection])
+        writer = writer_for(
+            redis,
+            keys,
+            registry,
+            registry.projections[args.projection],
+            status_ttl_s=settings.command_status_ttl_s,
+        )
         rebuild = Rebuild(writer, registry, pool, batch_size=args.batch_size)
         await rebuild.replay_partition(
             args.generation, args.up_to, args.partition, args.record_commands, report

@@ -348,7 +348,9 @@ class Rebuild:
                         reason=record.reason,
                         version=record.version,
                     )
-                    pipe.hset(self._writer.root_keys.command(record.command_id), mapping=fields)  # type: ignore[arg-type]
+                    key = self._writer.root_keys.command(record.command_id)
+                    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+                    pipe.expire(key, self._writer.status_ttl_s)
                     restored += 1
                 await pipe.execute()
             last = records[-1].command_id

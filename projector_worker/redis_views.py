@@ -14,7 +14,7 @@ from redis.exceptions import NoScriptError
 
 from common.contracts.envelopes import RecordedEvent
 from common.domain import split_stream_id
-from common.readmodel.commands import PROJECTED_VERSION_FIELD, status_fields
+from common.readmodel.commands import PROJECTED_VERSION_FIELD, STATUS_TTL_S, status_fields
 from common.readmodel.keys import Keys
 from common.readmodel.layout import CHECKPOINT, MEMBERS
 from common.readmodel.notifications import projected_command_message, stream_version_message
@@ -104,8 +104,12 @@ class ViewWriter:
         keys: Keys,
         projection: Projection[Any],
         visible_for: Iterable[str] = (),
+        *,
+        status_ttl_s: int = STATUS_TTL_S,
     ) -> None:
         self.redis = redis
+        self.status_ttl_s = status_ttl_s
+        """Time to live of the command status hashes this writer records."""
         self.root_keys = keys
         self.keys = keys.projection(projection.name)
         self.projection = projection
@@ -205,6 +209,7 @@ class ViewWriter:
             )
             named["command"] = [item for pair in status.items() for item in pair]
             named["projected_field"] = PROJECTED_VERSION_FIELD
+            named["status_ttl_s"] = self.status_ttl_s
         if notify:
             named["notify"] = [
                 [

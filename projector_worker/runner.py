@@ -27,6 +27,7 @@ from common.observability import metrics
 from common.observability.logging import correlation_id
 from common.observability.server import HealthServer
 from common.process import settle_heap
+from common.readmodel.commands import STATUS_TTL_S
 from common.readmodel.keys import Keys
 from common.readmodel.projection import Projection, ProjectionError
 from common.settings import Settings
@@ -51,15 +52,21 @@ _APPLIED_MESSAGES = {
 
 
 def writer_for(
-    redis: Redis, keys: Keys, registry: Registry, projection: Projection[object]
+    redis: Redis,
+    keys: Keys,
+    registry: Registry,
+    projection: Projection[object],
+    *,
+    status_ttl_s: int = STATUS_TTL_S,
 ) -> ViewWriter:
-    """The writer of `projection`, recording command statuses for the aggregates visible in it."""
+    """The writer of `projection`, recording command statuses (kept `status_ttl_s`) for the
+    aggregates visible in it."""
     visible_for = [
         stream_type
         for stream_type, aggregate in registry.aggregates.items()
         if aggregate.visible_in == projection.name
     ]
-    return ViewWriter(redis, keys, projection, visible_for)
+    return ViewWriter(redis, keys, projection, visible_for, status_ttl_s=status_ttl_s)
 
 
 class KeyedLocks:
@@ -98,7 +105,13 @@ class ProjectionRunner:
         self.projector = projector
         self.projection = projection
         self.name = projection.name
-        self.writer = writer_for(projector.redis, projector.keys, projector.registry, projection)
+        self.writer = writer_for(
+            projector.redis,
+            projector.keys,
+            projector.registry,
+            projection,
+            status_ttl_s=projector.settings.command_status_ttl_s,
+        )
         self.locks = KeyedLocks()
         self.views_ready = asyncio.Event()
         self.consumer: QueueConsumer | None = None

@@ -42,6 +42,7 @@ APPLY_ARGS = (
     "live_block",  # 1-based block of the generation queries read; 0 if none is written
     "command",  # [field, value, ...] of the command's status hash, when it is recorded
     "projected_field",  # the status hash's field for the version visible to queries
+    "status_ttl_s",  # the status hash's time to live, set when it is recorded
     "notify",  # [[channel, message], ...] published when the live block applied
 )
 """The named arguments of APPLY, in ARGV[1]; `ViewWriter` builds them."""
@@ -110,6 +111,7 @@ if any_applied and a.command then
   redis.call('HSET', KEYS[3], 'status', 'succeeded')
   local projected = tonumber(redis.call('HGET', KEYS[3], a.projected_field) or '0')
   if version > projected then redis.call('HSET', KEYS[3], a.projected_field, version) end
+  redis.call('EXPIRE', KEYS[3], a.status_ttl_s)
 end
 if live_applied and a.notify then
   for _, note in ipairs(a.notify) do redis.call('PUBLISH', note[1], note[2]) end

@@ -2,6 +2,8 @@
 
 The outcome is written after the event store commit and before the message is acked, so a
 crash in between only means a redelivery writes it again; `accepted` never overwrites it.
+Every writer of a status hash (these functions, the projector's APPLY script, a rebuild's
+restore) sets its time to live to `COMMAND_STATUS_TTL_S`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import orjson
 from redis.asyncio import Redis
 
 from common.readmodel.keys import Keys
+from common.settings import Settings
 
 
 class CommandStatus(StrEnum):
@@ -27,10 +30,14 @@ class CommandStatus(StrEnum):
 TERMINAL = frozenset({CommandStatus.SUCCEEDED, CommandStatus.REJECTED, CommandStatus.FAILED})
 
 _MARK_ACCEPTED = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('HSETNX', KEYS[1], 'status', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
+
+STATUS_TTL_S: int = Settings.model_fields["command_status_ttl_s"].default
+"""The default of `COMMAND_STATUS_TTL_S`, for callers not given the setting."""
 
 PROJECTED_VERSION_FIELD = "projected_version"
 """The stream version the command's aggregate has reached in the views queries read."""
@@ -58,13 +65,19 @@ def status_fields(
 
 
 async def mark_accepted(
-    redis: Redis, keys: Keys, command_id: UUID, command_type: str, stream_id: str
+    redis: Redis,
+    keys: Keys,
+    command_id: UUID,
+    command_type: str,
+    stream_id: str,
+    *,
+    ttl_s: int = STATUS_TTL_S,
 ) -> None:
     """Record that the gateway queued the command, unless an outcome got there first."""
     fields = status_fields(command_id, command_type, stream_id)
     flat = [item for pair in fields.items() for item in pair]
     await redis.eval(
-        _MARK_ACCEPTED, 1, keys.command(command_id), CommandStatus.ACCEPTED.value, *flat
+        _MARK_ACCEPTED, 1, keys.command(command_id), CommandStatus.ACCEPTED.value, ttl_s, *flat
     )
 
 
@@ -80,7 +93,9 @@ class CommandResult:
     version: int
 
 
-async def record_results(redis: Redis, keys: Keys, results: Sequence[CommandResult]) -> None:
+async def record_results(
+    redis: Redis, keys: Keys, results: Sequence[CommandResult], *, ttl_s: int = STATUS_TTL_S
+) -> None:
     """Write terminal statuses and announce refusals, in one pipelined round trip."""
     async with redis.pipeline(transaction=False) as pipe:
         for result in results:
@@ -92,7 +107,9 @@ async def record_results(redis: Redis, keys: Keys, results: Sequence[CommandResu
                 reason=result.reason,
                 version=result.version,
             )
-            pipe.hset(keys.command(result.command_id), mapping=fields)  # type: ignore[arg-type]
+            key = keys.command(result.command_id)
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.expire(key, ttl_s)
             if result.status is not CommandStatus.SUCCEEDED:
                 # A success settles a waiter only once it is visible: the projector announces
                 # that. Rejections and failures never reach a projector, so they go out here.
