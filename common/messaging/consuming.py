@@ -34,7 +34,7 @@ from common.messaging.topology import (
     retry_queue_name,
 )
 from common.observability import metrics
-from common.observability.logging import correlation_id
+from common.observability.logging import correlation_id, redact
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,13 @@ ATTEMPT_HEADER = "x-attempt"
 REASON_HEADER = "x-failure-reason"
 KIND_HEADER = "x-failure-kind"
 QUEUE_HEADER = "x-original-queue"
+MAX_REASON_CHARS = 1000
+
+
+def failure_reason(reason: str) -> str:
+    """The `x-failure-reason` header of `reason`: redacted as logs are (anyone who can read a
+    dead-letter queue sees it), and at most `MAX_REASON_CHARS` long."""
+    return redact(reason)[:MAX_REASON_CHARS]
 
 
 def attempt_of(message: AbstractIncomingMessage) -> int:
@@ -265,7 +272,7 @@ class QueueConsumer:
         )
         retry_headers: dict[str, FieldValue] = {
             ATTEMPT_HEADER: attempt + 1,
-            REASON_HEADER: reason[:1000],
+            REASON_HEADER: failure_reason(reason),
         }
         await self._forward(
             message,
@@ -280,7 +287,7 @@ class QueueConsumer:
         metrics.DEAD_LETTERS.labels(self.queue_name, kind.value).inc()
         log.error("dead-lettering %s (%s): %s", message.message_id, kind.value, reason)
         failure: dict[str, FieldValue] = {
-            REASON_HEADER: reason[:1000],
+            REASON_HEADER: failure_reason(reason),
             KIND_HEADER: kind.value,
             QUEUE_HEADER: self.queue_name,
             "x-failed-at": datetime.now(UTC).isoformat(),

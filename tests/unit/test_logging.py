@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 
+from common.messaging.consuming import MAX_REASON_CHARS, failure_reason
 from common.observability.logging import JsonFormatter, correlation_id, redact
 
 
@@ -48,3 +49,12 @@ def test_a_line_is_json_with_the_correlation_id_and_no_password() -> None:
     assert "postgresql://u:***@db/x" in entry["exception"]
     line = json.dumps(entry)
     assert not [secret for secret in ("pw1", "pw2", "pw3") if secret in line]
+
+
+def test_failure_reason_headers_are_redacted_like_logs() -> None:
+    reason = "ConnectionError('redis://app:s3cret@cache:6379/0 refused')"
+    assert failure_reason(reason) == "ConnectionError('redis://app:***@cache:6379/0 refused')"
+    # Redacted before it is cut, so a cut cannot leave part of a password behind.
+    long = "x" * (MAX_REASON_CHARS - 20) + " amqp://guest:a-long-password@rabbit/"
+    assert "a-long" not in failure_reason(long)
+    assert len(failure_reason("y" * 5000)) == MAX_REASON_CHARS
