@@ -233,7 +233,9 @@ class CommandHandler:
                 stream = aggregate.stream_of(command)
                 loaded = states[stream]
                 try:
-                    new_events = aggregate.decide(loaded.state, command)
+                    new_events = aggregate.decide_within_limit(
+                        loaded.state, loaded.version, command
+                    )
                 except Rejection as rejection:
                     outcome = Handled(CommandStatus.REJECTED, loaded.version, rejection.reason)
                     rows.append(self._row(aggregate, command, outcome))
@@ -281,7 +283,7 @@ class CommandHandler:
             stored = await self._store.load_stream(stream)
             loaded = load(self._registry, aggregate, stream, stored)
             try:
-                new_events = aggregate.decide(loaded.state, command)
+                new_events = aggregate.decide_within_limit(loaded.state, loaded.version, command)
             except Rejection as rejection:
                 return await self._record(
                     command, stream, CommandStatus.REJECTED, rejection.reason, loaded.version

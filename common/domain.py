@@ -86,6 +86,10 @@ class Aggregate(Generic[State]):
     """The current schema version of each event type (1 when absent)."""
     upcasters: Mapping[tuple[str, int], Upcaster] = field(default_factory=dict)
     """`(event type, from version) -> data of the next version`, for every older version."""
+    max_events: int | None = None
+    """The most events one stream may hold; a command that would append past it is rejected
+    and appends nothing. None: no limit. A bound on every stream bounds the cost of loading
+    and folding one aggregate, so one busy instance cannot slow every other's commands."""
 
     def __post_init__(self) -> None:
         if not STREAM_TYPE.match(self.stream_type):
@@ -93,9 +97,21 @@ class Aggregate(Generic[State]):
         for (event_type, version), _upcaster in self.upcasters.items():
             if version >= self.event_version(event_type):
                 raise ValueError(f"upcaster of {event_type} v{version} is not for an old version")
+        if self.max_events is not None and self.max_events < 1:
+            raise ValueError(f"max_events of {self.stream_type} must be at least 1")
 
     def stream_of(self, command: CommandBase) -> str:
         return stream_id(self.stream_type, getattr(command, self.id_field))
+
+    def decide_within_limit(self, state: State, version: int, command: Any) -> Sequence[BaseModel]:
+        """`decide` on a stream at `version`, then the events limit: raises `Rejection` when the
+        new events would take the stream past `max_events` (the domain's own reason first)."""
+        events = self.decide(state, command)
+        if self.max_events is not None and events and version + len(events) > self.max_events:
+            raise Rejection(
+                f"the {self.stream_type.lower()} has reached its limit of {self.max_events} events"
+            )
+        return events
 
     def event_version(self, event_type: str) -> int:
         return self.event_versions.get(event_type, 1)

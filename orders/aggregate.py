@@ -85,11 +85,18 @@ def evolve(state: Order, event: OrderEvent) -> Order:
     raise TypeError(f"unknown event {event!r}")  # pragma: no cover
 
 
-def decide(state: Order, command: Command) -> list[OrderEvent]:
-    """The events `command` produces on `state`, or raise `Rejection`."""
+DEFAULT_MAX_LINES = 200
+"""The lines limit when the domain's settings name none (`orders.settings`)."""
+
+
+def decide(state: Order, command: Command, max_lines: int = DEFAULT_MAX_LINES) -> list[OrderEvent]:
+    """The events `command` produces on `state`, or raise `Rejection`. An order holds at most
+    `max_lines` distinct products."""
     if isinstance(command, CreateOrder):
         if state.exists:
             raise Rejection("order already exists")
+        if len({line.product_id for line in command.items}) > max_lines:
+            raise Rejection(f"an order holds at most {max_lines} lines")
         return [
             OrderCreated(
                 order_id=command.order_id,
@@ -104,6 +111,8 @@ def decide(state: Order, command: Command) -> list[OrderEvent]:
         raise Rejection(f"order is {state.status}")
     match command:
         case AddItem(item=item):
+            if item.product_id not in state.lines and len(state.lines) >= max_lines:
+                raise Rejection(f"the order has reached its limit of {max_lines} lines")
             return [ItemAdded(item=item)]
         case ShipOrder():
             return [OrderShipped()]

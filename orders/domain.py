@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
@@ -11,6 +12,7 @@ from common.domain import Aggregate, Domain
 from orders import aggregate, contracts
 from orders.projection import STREAM_TYPE, OrderViews
 from orders.sales import ProductSales
+from orders.settings import OrdersSettings
 
 
 def _routes() -> Sequence[Any]:
@@ -35,17 +37,20 @@ def _schemas() -> Sequence[type[BaseModel]]:
     ]
 
 
+_LIMITS = OrdersSettings()
+
 ORDER = Aggregate(
     stream_type=STREAM_TYPE,
     id_field="order_id",
     commands=contracts.COMMANDS,
     events=contracts.EVENTS,
     initial=aggregate.Order(),
-    decide=aggregate.decide,
+    decide=partial(aggregate.decide, max_lines=_LIMITS.max_lines),
     evolve=aggregate.evolve,
     visible_in=OrderViews.name,
     creates=frozenset({"CreateOrder"}),
     location=lambda order_id: f"/orders/{order_id}",
+    max_events=_LIMITS.max_events,
 )
 
 DOMAIN = Domain(

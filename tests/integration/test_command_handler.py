@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -21,6 +22,7 @@ from common.readmodel.commands import CommandStatus
 from common.readmodel.keys import Keys
 from common.settings import Settings
 from orders.contracts import AddItem, CreateOrder, OrderLine, ShipOrder, ShippingAddress
+from orders.domain import DOMAIN, ORDER
 from tests.support.domains import registry_of
 from tests.support.load import envelope
 
@@ -215,3 +217,33 @@ async def test_a_batch_that_meets_another_writer_falls_back_and_loses_nothing(
     assert [(o.status.value, o.version) for o in outcomes] == [("succeeded", 3), ("succeeded", 4)]
     stored = await EventStore(pg).load_stream(order_stream(order_id))
     assert [e.version for e in stored] == [1, 2, 3, 4]
+
+
+async def test_a_stream_at_its_events_limit_takes_no_more_on_either_path(
+    pg: asyncpg.Pool, redis_client: aioredis.Redis, keys: Keys
+) -> None:
+    limited = Registry([replace(DOMAIN, aggregates=[replace(ORDER, max_events=3)])])
+    handler = CommandHandler(limited, EventStore(pg), redis_client, keys, conflict_retries=5)
+    one_by_one = await created_order(handler)
+    assert (await handler.execute(add(one_by_one))).version == 2
+    assert (await handler.execute(add(one_by_one))).version == 3
+    refused = await handler.execute(add(one_by_one))
+    assert (refused.status, refused.version) == (CommandStatus.REJECTED, 3)
+    assert refused.reason == "the order has reached its limit of 3 events"
+
+    batched = await created_order(handler)
+    commands: list[CommandBase] = [add(batched, f"p{i}") for i in range(4)]
+    outcomes = await handler.execute_batch(commands)
+    assert [(o.status.value, o.version) for o in outcomes] == [
+        ("succeeded", 2),
+        ("succeeded", 3),
+        ("rejected", 3),
+        ("rejected", 3),
+    ]
+    assert outcomes[3].reason == "the order has reached its limit of 3 events"
+    store = EventStore(pg)
+    for order_id in (one_by_one, batched):
+        assert [e.version for e in await store.load_stream(order_stream(order_id))] == [1, 2, 3]
+    status = await redis_client.hgetall(keys.command(commands[2].command_id))
+    assert status[b"status"] == b"rejected"
+    assert status[b"reason"] == b"the order has reached its limit of 3 events"

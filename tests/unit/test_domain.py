@@ -13,11 +13,13 @@ from common.contracts.envelopes import EventMetadata, RecordedEvent
 from common.domain import (
     Domain,
     Registry,
+    Rejection,
     UnknownEvent,
     load_domains,
     split_stream_id,
     stream_id,
 )
+from orders.contracts import CreateOrder
 from orders.domain import DOMAIN as ORDERS
 from orders.domain import ORDER
 from tests.domains.tickets.domain import DOMAIN as TICKETS
@@ -102,3 +104,35 @@ def test_old_events_are_upcast_and_bad_ones_named() -> None:
         registry.parse_event(stored(f"Invoice-{uuid.uuid4()}", "InvoiceSent", 1, {}))
     with pytest.raises(UnknownEvent, match="invalid TicketClosed payload"):
         registry.parse_event(stored(stream, "TicketClosed", 1, {}))
+
+
+def test_the_events_limit_rejects_what_would_append_past_it() -> None:
+    limited = replace(ORDER, max_events=3)
+    state = limited.initial
+    command = CreateOrder.model_validate(
+        {
+            "command_id": uuid.uuid4(),
+            "order_id": uuid.uuid4(),
+            "correlation_id": uuid.uuid4(),
+            "issued_at": datetime.now(UTC),
+            "customer_id": "c",
+            "items": [{"product_id": "a", "quantity": 1, "price": "1.00"}],
+            "shipping_address": {
+                "recipient": "R",
+                "street": "S",
+                "city": "C",
+                "postal_code": "12345",
+                "country": "DE",
+            },
+        }
+    )
+    assert len(limited.decide_within_limit(state, 2, command)) == 1  # to version 3: allowed
+    with pytest.raises(Rejection, match=r"^the order has reached its limit of 3 events$"):
+        limited.decide_within_limit(state, 3, command)
+    # The domain's own reason comes first, and no limit means none.
+    created = limited.evolve(state, limited.decide(state, command)[0])
+    with pytest.raises(Rejection, match="order already exists"):
+        limited.decide_within_limit(created, 3, command)
+    assert len(replace(ORDER, max_events=None).decide_within_limit(state, 10**9, command)) == 1
+    with pytest.raises(ValueError, match="max_events of Order must be at least 1"):
+        replace(ORDER, max_events=0)

@@ -25,6 +25,8 @@ from orders.contracts import (
     ShipOrder,
     ShippingAddress,
 )
+from orders.domain import ORDER
+from orders.settings import OrdersSettings
 
 ORDER_ID = uuid.uuid4()
 ADDRESS = ShippingAddress(
@@ -181,3 +183,42 @@ def test_cancel_needs_a_reason() -> None:
 def test_create_needs_items() -> None:
     with pytest.raises(pydantic.ValidationError):
         create()
+
+
+def test_a_new_product_beyond_the_lines_limit_is_rejected() -> None:
+    state = run(Order(), create(line("a", 1, "1.00"), line("b", 1, "1.00")))
+    with pytest.raises(Rejection, match=r"^the order has reached its limit of 2 lines$"):
+        decide(state, AddItem(item=line("c", 1, "1.00"), **envelope()), max_lines=2)
+    # A product already on the order only raises its quantity.
+    assert decide(state, AddItem(item=line("a", 3, "1.00"), **envelope()), max_lines=2) == [
+        ItemAdded(item=line("a", 3, "1.00"))
+    ]
+    assert len(decide(state, AddItem(item=line("c", 1, "1.00"), **envelope()), max_lines=3)) == 1
+
+
+def test_a_create_with_more_products_than_the_limit_is_rejected() -> None:
+    many = create(line("a", 1, "1.00"), line("b", 1, "1.00"), line("a", 2, "1.00"))
+    assert len(decide(Order(), many, max_lines=2)) == 1  # two distinct products
+    with pytest.raises(Rejection, match=r"^an order holds at most 1 lines$"):
+        decide(Order(), many, max_lines=1)
+
+
+def test_the_default_lines_limit_is_200() -> None:
+    state = run(Order(), create(*(line(f"p{i}", 1, "1.00") for i in range(100))))
+    state = run(state, *(AddItem(item=line(f"q{i}", 1, "1.00"), **envelope()) for i in range(100)))
+    assert len(state.lines) == 200
+    with pytest.raises(Rejection, match="limit of 200 lines"):
+        decide(state, AddItem(item=line("one-more", 1, "1.00"), **envelope()))
+
+
+def test_the_domain_reads_its_limits_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert (OrdersSettings().max_lines, OrdersSettings().max_events) == (200, 1000)
+    assert ORDER.max_events == 1000
+    monkeypatch.setenv("ORDERS_MAX_LINES", "3")
+    monkeypatch.setenv("ORDERS_MAX_EVENTS", "7")
+    assert (OrdersSettings().max_lines, OrdersSettings().max_events) == (3, 7)
+    monkeypatch.setenv("ORDERS_MAX_EVENTS", "0")
+    with pytest.raises(pydantic.ValidationError):
+        OrdersSettings()
