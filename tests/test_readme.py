@@ -7,13 +7,17 @@ from pathlib import Path
 
 from common.settings import Settings
 from gateway.app import create_app
+from orders.settings import OrdersSettings
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 def test_every_setting_is_documented() -> None:
     documented = set(re.findall(r"^\| `([A-Z_]+)` \|", README, flags=re.MULTILINE))
-    assert documented == {name.upper() for name in Settings.model_fields}
+    orders_prefix = OrdersSettings.model_config.get("env_prefix", "")
+    assert documented == {name.upper() for name in Settings.model_fields} | {
+        f"{orders_prefix}{name}".upper() for name in OrdersSettings.model_fields
+    }
 
 
 def test_every_documented_route_exists() -> None:

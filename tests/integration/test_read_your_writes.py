@@ -166,3 +166,33 @@ async def test_requests_past_http_max_concurrency_get_503(processes: ProcessFact
             assert (await client.get("/health/live")).status_code == 200
         assert await live_status() == 503
     await eventually(served, what="200 once the connections closed")
+
+
+async def test_an_order_at_its_limits_answers_409_with_the_reason(
+    processes: ProcessFactory,
+) -> None:
+    limits = {"ORDERS_MAX_LINES": "3", "ORDERS_MAX_EVENTS": "4"}
+    processes.start("command_worker", extra_env=limits)
+    processes.start("projector_worker", extra_env=limits)
+    gateway = processes.start("gateway", extra_env=limits)
+    async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as http:
+        created = await http.post("/orders", json=ORDER, headers=WAIT)  # two lines, version 1
+        assert created.status_code == 201, created.text
+        items = f"/orders/{created.json()['order_id']}/items"
+
+        async def add(product_id: str) -> httpx.Response:
+            item = {"product_id": product_id, "quantity": 1, "price": "1.00"}
+            return await http.post(items, json=item, headers=WAIT)
+
+        assert (await add("sku-c")).json()["version"] == 2  # the third line
+        too_many_lines = await add("sku-d")
+        assert too_many_lines.status_code == 409, too_many_lines.text
+        assert too_many_lines.json()["detail"] == "the order has reached its limit of 3 lines"
+        assert (await add("sku-a")).json()["version"] == 3  # a known product: no new line
+        assert (await add("sku-a")).json()["version"] == 4
+        too_many_events = await add("sku-a")
+        assert too_many_events.status_code == 409, too_many_events.text
+        assert too_many_events.json()["detail"] == "the order has reached its limit of 4 events"
+        view = await http.get(f"/orders/{created.json()['order_id']}")
+        assert view.json()["version"] == 4
+        assert view.json()["item_count"] == 6
