@@ -126,9 +126,14 @@ class OrderQueries:
         """The order's projected version; 0 when it is not projected."""
         return await self._reader.version(order_suffix(order_id))
 
-    async def history(self, order_id: str) -> list[bytes] | None:
-        """The order's events as JSON documents in version order, or None for no such order."""
-        return await self._reader.history(order_suffix(order_id), history_suffix(order_id))
+    async def history(
+        self, order_id: str, after_version: int = 0, limit: int | None = None
+    ) -> list[bytes] | None:
+        """The order's events after `after_version` as JSON documents in version order, at most
+        `limit` of them (all when None), or None for no such order."""
+        return await self._reader.history(
+            order_suffix(order_id), history_suffix(order_id), after_version, limit
+        )
 
     async def customer_orders(
         self, customer_id: str, status: ViewStatus | None, page: int, page_size: int

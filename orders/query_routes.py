@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
+import orjson
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import Field, TypeAdapter, ValidationError
 from starlette.responses import Response
@@ -184,21 +185,51 @@ router.add_api_route(
 )
 
 
+HISTORY_PAGE = 100
+"""Events on a history page unless `limit` says otherwise."""
+MAX_HISTORY_PAGE = 1000
+MAX_VERSION = 2**31 - 1
+"""Above any stream's version: a larger `after_version` is a mistake, not a request."""
+
+
 @router.get(
     "/orders/{order_id}/history",
-    summary="One order's events, in version order",
+    summary="One order's events, in version order, a page at a time",
     response_class=Response,
     responses={
-        200: json_response_doc(OrderHistory, "The order's events."),
+        200: json_response_doc(
+            OrderHistory, "The events after `after_version`; `next` links the next page."
+        ),
         404: problem_response("No such order."),
         **_ERRORS,
     },
 )
-async def order_history(request: Request, order_id: OrderId) -> Response:
-    entries = await _read(queries_of(request).history(str(order_id)))
+async def order_history(
+    request: Request,
+    order_id: OrderId,
+    after_version: Annotated[
+        int,
+        Query(ge=0, le=MAX_VERSION, description="Start after this version (0: from the first)."),
+    ] = 0,
+    limit: Annotated[
+        int,
+        Query(ge=1, le=MAX_HISTORY_PAGE, description=f"Events per page (1-{MAX_HISTORY_PAGE})."),
+    ] = HISTORY_PAGE,
+) -> Response:
+    # One entry more than the page tells whether another page follows.
+    entries = await _read(queries_of(request).history(str(order_id), after_version, limit + 1))
     if entries is None:
         raise _not_found(order_id)
-    body = b'{"order_id":"%s","events":[%s]}' % (str(order_id).encode(), b",".join(entries))
+    page = entries[:limit]
+    next_page = None
+    if len(entries) > limit:
+        next_version = after_version + len(page)
+        next_page = f"/orders/{order_id}/history?after_version={next_version}&limit={limit}"
+    body = b'{"order_id":"%s","events":[%s],"next":%s}' % (
+        str(order_id).encode(),
+        b",".join(page),
+        orjson.dumps(next_page),
+    )
     return Response(body, media_type=JSON)
 
 

@@ -84,12 +84,14 @@ class HistoryEvent(BaseModel):
 
 
 class OrderHistory(BaseModel):
-    """An order's events in version order: `GET /orders/{order_id}/history`."""
+    """One page of an order's events in version order: `GET /orders/{order_id}/history`."""
 
     model_config = ConfigDict(extra="forbid")
 
     order_id: UUID
     events: list[HistoryEvent]
+    next: str | None
+    """The URL of the next page; null on the last one."""
 
 
 class ProductSalesView(BaseModel):

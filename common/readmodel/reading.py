@@ -41,9 +41,9 @@ return {1, tonumber(redis.call('HGET', base .. ARGV[2], 'version') or '0')}
 HISTORY = (
     GENERATION_BASE
     + """
--- ARGV[2] view suffix, ARGV[3] history suffix
+-- ARGV[2] view suffix, ARGV[3] history suffix, ARGV[4] first index, ARGV[5] last index
 if redis.call('EXISTS', base .. ARGV[2]) == 0 then return {1, 0, {}} end
-return {1, 1, redis.call('LRANGE', base .. ARGV[3], 0, -1)}
+return {1, 1, redis.call('LRANGE', base .. ARGV[3], ARGV[4], ARGV[5])}
 """
 )
 
@@ -79,7 +79,14 @@ class ProjectionReader:
         _, version = await self.call(self._version, view_key)
         return int(version)
 
-    async def history(self, view_key: str, history_key: str) -> list[bytes] | None:
-        """A stream's history entries (JSON) in version order; None when it has no view."""
-        _, exists, entries = await self.call(self._history, view_key, history_key)
+    async def history(
+        self, view_key: str, history_key: str, offset: int = 0, count: int | None = None
+    ) -> list[bytes] | None:
+        """A stream's history entries (JSON) in version order, from index `offset` (the entry
+        of version `offset + 1`), at most `count` of them (all when None); None when the stream
+        has no view. Redis reads only the slice asked for."""
+        if offset < 0 or (count is not None and count < 1):
+            raise ValueError("a history slice starts at 0 or later and holds at least one entry")
+        last = -1 if count is None else offset + count - 1
+        _, exists, entries = await self.call(self._history, view_key, history_key, offset, last)
         return list(entries) if exists else None

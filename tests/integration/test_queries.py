@@ -187,9 +187,54 @@ async def test_every_query(
     assert beyond["total"] == len(everything)
 
 
+async def test_history_comes_a_page_at_a_time(
+    client: httpx.AsyncClient, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+) -> None:
+    keys = Keys(isolated_settings.redis_key_prefix)
+    ledger = Ledger(pg)
+    order_id = await ledger.create("cust-1", [line("sku-0", 1, "1.00")])
+    for n in range(6):
+        await ledger.append(order_id, ItemAdded(item=line(f"sku-{n}", 1, "1.00")))
+    await publish(isolated_settings, await all_events(pg))
+    await until(lambda: views_reached(redis_client, keys, ledger.versions), 30, "the views")
+    path = f"/orders/{order_id}/history"
+
+    everything = (await client.get(path)).json()  # the default page holds all 7
+    assert [e["version"] for e in everything["events"]] == list(range(1, 8))
+    assert everything["next"] is None
+
+    versions: list[list[int]] = []
+    url: str | None = f"{path}?limit=3"
+    while url is not None:
+        response = await client.get(url)
+        assert response.status_code == 200, response.text
+        assert response.json()["order_id"] == str(order_id)
+        versions.append([e["version"] for e in response.json()["events"]])
+        url = response.json()["next"]
+    assert versions == [[1, 2, 3], [4, 5, 6], [7]]
+
+    exact = (await client.get(path, params={"after_version": 4, "limit": 3})).json()
+    assert [e["version"] for e in exact["events"]] == [5, 6, 7]
+    assert exact["next"] is None  # nothing after version 7: no empty page to follow
+    assert exact["events"] == everything["events"][4:]
+    beyond = (await client.get(path, params={"after_version": 99})).json()
+    assert (beyond["events"], beyond["next"]) == ([], None)
+    unknown = await client.get(f"/orders/{uuid.uuid4()}/history", params={"after_version": 3})
+    assert unknown.status_code == 404
+
+
 INVALID = [
     ("/orders/not-a-uuid", "order_id"),
     ("/orders/not-a-uuid/history", "order_id"),
+    (f"/orders/{uuid.uuid4()}/history?after_version=-1", "after_version"),
+    (f"/orders/{uuid.uuid4()}/history?after_version=1.5", "after_version"),
+    (f"/orders/{uuid.uuid4()}/history?after_version=" + "9" * 40, "after_version"),
+    (f"/orders/{uuid.uuid4()}/history?after_version=2147483648", "after_version"),
+    (f"/orders/{uuid.uuid4()}/history?after_version=", "after_version"),
+    (f"/orders/{uuid.uuid4()}/history?limit=0", "limit"),
+    (f"/orders/{uuid.uuid4()}/history?limit=1001", "limit"),
+    (f"/orders/{uuid.uuid4()}/history?limit=-5", "limit"),
+    (f"/orders/{uuid.uuid4()}/history?limit=%F0%9F%92%A9", "limit"),
     ("/orders/search?page=0", "page"),
     ("/orders/search?page_size=0", "page_size"),
     ("/orders/search?page_size=101", "page_size"),
