@@ -84,11 +84,11 @@ def load(
     registry: Registry, aggregate: Aggregate[Any], stream: str, stored: list[StoredEvent]
 ) -> Loaded:
     """Fold a stream's stored events (upcast to their current versions) into its state."""
-    state = aggregate.initial
-    for event in stored:
-        payload = registry.parse_stored(stream, event.type, event.schema_version, event.data)
-        state = aggregate.evolve(state, payload)
-    return Loaded(state, len(stored))
+    payloads = (
+        registry.parse_stored(stream, event.type, event.schema_version, event.data)
+        for event in stored
+    )
+    return Loaded(aggregate.fold_events(aggregate.initial, payloads), len(stored))
 
 
 def new_events_of(
@@ -240,9 +240,7 @@ class CommandHandler:
                     outcome = Handled(CommandStatus.REJECTED, loaded.version, rejection.reason)
                     rows.append(self._row(aggregate, command, outcome))
                 else:
-                    state = loaded.state
-                    for event in new_events:
-                        state = aggregate.evolve(state, event)
+                    state = aggregate.fold_events(loaded.state, new_events)
                     states[stream] = Loaded(state, loaded.version + len(new_events))
                     outcome = Handled(CommandStatus.SUCCEEDED, loaded.version + len(new_events))
                     rows.append(self._row(aggregate, command, outcome, new_events))

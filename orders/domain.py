@@ -47,6 +47,7 @@ ORDER = Aggregate(
     initial=aggregate.Order(),
     decide=partial(aggregate.decide, max_lines=_LIMITS.max_lines),
     evolve=aggregate.evolve,
+    fold=aggregate.fold,
     visible_in=OrderViews.name,
     creates=frozenset({"CreateOrder"}),
     location=lambda order_id: f"/orders/{order_id}",
