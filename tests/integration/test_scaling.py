@@ -240,7 +240,8 @@ async def test_three_command_workers_and_two_projectors_lose_nothing(
             assert expected is not None
             view = (await http.get(f"/orders/{order_id}")).json()
             assert view == orjson.loads(orjson.dumps(expected.to_api())), order_id
-            history = (await http.get(f"/orders/{order_id}/history")).json()
+            history = (await http.get(f"/orders/{order_id}/history?limit=1000")).json()
+            assert history["next"] is None
             assert history["events"] == [
                 orjson.loads(OrderViews().history_entry(e)) for e in stream
             ]
