@@ -99,11 +99,19 @@ def _add_line(lines: dict[str, OrderLine], line: OrderLine) -> None:
 
 DEFAULT_MAX_LINES = 200
 """The lines limit when the domain's settings name none (`orders.settings`)."""
+DEFAULT_MAX_EVENTS = 1000
+"""The events limit when the domain's settings name none."""
 
 
-def decide(state: Order, command: Command, max_lines: int = DEFAULT_MAX_LINES) -> list[OrderEvent]:
+def decide(
+    state: Order,
+    command: Command,
+    max_lines: int = DEFAULT_MAX_LINES,
+    max_events: int = DEFAULT_MAX_EVENTS,
+) -> list[OrderEvent]:
     """The events `command` produces on `state`, or raise `Rejection`. An order holds at most
-    `max_lines` distinct products."""
+    `max_lines` distinct products, and items are added while one event is left below
+    `max_events`, so an order at its limit can still be shipped or cancelled."""
     if isinstance(command, CreateOrder):
         if state.exists:
             raise Rejection("order already exists")
@@ -125,6 +133,11 @@ def decide(state: Order, command: Command, max_lines: int = DEFAULT_MAX_LINES) -
         case AddItem(item=item):
             if item.product_id not in state.lines and len(state.lines) >= max_lines:
                 raise Rejection(f"the order has reached its limit of {max_lines} lines")
+            if state.version >= max_events - 1:
+                raise Rejection(
+                    f"the order has reached its limit of {max_events} events;"
+                    " it can still be shipped or cancelled"
+                )
             return [ItemAdded(item=item)]
         case ShipOrder():
             return [OrderShipped()]

@@ -45,7 +45,7 @@ ORDER = Aggregate(
     commands=contracts.COMMANDS,
     events=contracts.EVENTS,
     initial=aggregate.Order(),
-    decide=partial(aggregate.decide, max_lines=_LIMITS.max_lines),
+    decide=partial(aggregate.decide, max_lines=_LIMITS.max_lines, max_events=_LIMITS.max_events),
     evolve=aggregate.evolve,
     fold=aggregate.fold,
     visible_in=OrderViews.name,

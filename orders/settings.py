@@ -19,5 +19,5 @@ class OrdersSettings(BaseSettings):
     is rejected (a product already on the order only raises its quantity)."""
 
     max_events: int = Field(default=1000, ge=1, le=1_000_000)
-    """The most events one order's stream may hold; a command that would append past it is
-    rejected."""
+    """The most events one order's stream may hold; items are added while one event is left,
+    so an order at its limit can still be shipped or cancelled."""

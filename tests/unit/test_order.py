@@ -199,6 +199,20 @@ def test_a_new_product_beyond_the_lines_limit_is_rejected() -> None:
     assert len(decide(state, AddItem(item=line("c", 1, "1.00"), **envelope()), max_lines=3)) == 1
 
 
+def test_items_stop_one_event_below_the_events_limit_so_the_order_can_still_end() -> None:
+    state = run(
+        Order(), create(line("a", 1, "1.00")), AddItem(item=line("a", 1, "1.00"), **envelope())
+    )
+    assert state.version == 2
+    with pytest.raises(Rejection, match=r"^the order has reached its limit of 3 events; it can"):
+        decide(state, AddItem(item=line("a", 1, "1.00"), **envelope()), max_events=3)
+    assert decide(state, ShipOrder(**envelope()), max_events=3) == [OrderShipped()]
+    assert decide(state, CancelOrder(reason="no", **envelope()), max_events=3) == [
+        OrderCancelled(reason="no")
+    ]
+    assert len(decide(state, AddItem(item=line("a", 1, "1.00"), **envelope()), max_events=4)) == 1
+
+
 def test_a_create_with_more_products_than_the_limit_is_rejected() -> None:
     many = create(line("a", 1, "1.00"), line("b", 1, "1.00"), line("a", 2, "1.00"))
     assert len(decide(Order(), many, max_lines=2)) == 1  # two distinct products
