@@ -86,8 +86,8 @@ async def prepare_database(url: str) -> None:
 async def _keep_session(_conn: asyncpg.Connection) -> None:
     """Pool connections carry no session state to reset (no LISTEN, no SET, no locks); the
     default reset costs a round trip on every release. asyncpg still rolls back a transaction
-    left open before it calls this (see the event store tests): one left idle would hold its
-    transaction id, and the relay waits for every running id below its horizon."""
+    left open before it calls this (see the event store tests): one left idle after an append
+    would hold the relay's horizon back, and any would hold its locks."""
 
 
 SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}

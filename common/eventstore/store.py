@@ -9,10 +9,19 @@ Reads in global order: positions come from a sequence when a row is inserted, bu
 commit in another order, so "everything below the highest position I can see" is not final: a
 transaction that took position 7 may still commit after 8 was read. `read_horizon` finds a
 position below which the log is final: it reads the sequence's last value P, *then* the
-transaction ids of this database's transactions running at that moment, R. Appends take their
-transaction id before their positions, so every transaction that took a position <= P had its id
-before P was read: it has ended or it is in R. Once every transaction in R has ended, every
-position <= P is committed and visible or rolled back for good.
+transaction ids R of the appenders running at that moment: the transactions of this database
+that hold the shared advisory lock `APPEND_LOCK`. Only those can hold positions: every insert
+into `events` takes the lock and its transaction id before it takes a position (the append
+functions as their first statements, any other insert through a statement trigger; see
+`schema.py`). So every transaction that took a position <= P held the lock and had its id
+before P was read, and keeps both until it ends: when R is read it has ended or it is in R.
+(Missing from either `pg_locks` or `pg_stat_activity` means ended: PostgreSQL clears a
+backend's transaction id when its outcome becomes visible, and releases its locks after that.)
+Once every transaction in R has ended, every position <= P is committed and visible or rolled
+back for good. A transaction that takes the lock after P was read takes positions > P: it
+cannot make the horizon wrong, and it is not waited for. Nor is a write transaction on another
+table, which never takes the lock: a `psql` session left open during a manual fix holds no
+position back.
 
 Not a snapshot's xmax: PostgreSQL sets it to the latest *completed* id + 1, so a running
 transaction with a newer id than the last one to finish is in no snapshot's list of running ids.
@@ -24,7 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -94,12 +104,43 @@ class Horizon:
 
     last_position: int
     running: tuple[int, ...] = ()
-    """Ids (32-bit, as `pg_stat_activity` shows them) of this database's transactions that were
-    running right after `last_position` was read."""
+    """Ids (32-bit, as `pg_stat_activity` shows them) of the appenders (holders of
+    `APPEND_LOCK` in this database) that were running right after `last_position` was read."""
 
     @property
     def final(self) -> bool:
         return not self.running
+
+
+@dataclass(frozen=True, slots=True)
+class Appender:
+    """The session of an appender whose transaction the horizon is waiting for, as
+    `pg_stat_activity` shows it: enough to find it (a forgotten `psql` session, a stuck
+    worker)."""
+
+    pid: int
+    application_name: str
+    client_addr: str | None
+    """None for a Unix socket."""
+    state: str | None
+    query_start: datetime | None
+    transaction_id: int
+
+    def __str__(self) -> str:
+        started = self.query_start.isoformat() if self.query_start is not None else None
+        return (
+            f"pid {self.pid} (application_name {self.application_name!r}, client"
+            f" {self.client_addr or 'local'}, state {self.state}, query_start {started},"
+            f" transaction {self.transaction_id})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HeldBack:
+    """The horizon has waited `waited_s` so far for `appenders` to end their transactions."""
+
+    waited_s: float
+    appenders: tuple[Appender, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,11 +199,18 @@ def _record(row: asyncpg.Record) -> RecordedEvent:
 
 
 _RUNNING_HERE = "SELECT running_transactions()"
-"""The ids of this database's running transactions (a PL/pgSQL function, see `schema.py`,
-which `read_horizon` also calls). `pg_stat_activity` shows every backend's transaction id to
-any user, from the id the backend holds, not from a snapshot. Transactions of other databases
-on the server cannot take our positions, and are left out: one left open there (a report, a
-forgotten session, another application) would otherwise stop the relay."""
+"""The ids of the running appenders' transactions (a PL/pgSQL function, see `schema.py`, which
+`read_horizon` also calls). `pg_stat_activity` shows every backend's transaction id to any
+user, from the id the backend holds, not from a snapshot. Transactions that do not hold
+`APPEND_LOCK` cannot take positions, and are left out: one left open (a report, a forgotten
+session, a migration, a transaction in another database) would otherwise stop the relay."""
+
+_APPENDERS = (
+    "SELECT pid, application_name, host(client_addr) AS client_addr, state, query_start,"
+    " backend_xid::text::bigint AS transaction_id FROM pg_stat_activity"
+    " WHERE datname = current_database() AND backend_xid::text::bigint = ANY($1::bigint[])"
+    " ORDER BY pid"
+)
 
 EVENT_COLUMNS = (
     "position, stream_id, version, event_id, type, schema_version, data, metadata, recorded_at"
@@ -343,6 +391,8 @@ class EventStore:
         *,
         poll_s: float = 0.0005,
         wake: asyncio.Event | None = None,
+        held_back: Callable[[HeldBack], None] | None = None,
+        held_back_every_s: float = 1.0,
     ) -> None:
         """Wait until every transaction in `horizon.running` has ended.
 
@@ -350,15 +400,23 @@ class EventStore:
         more than 5 ms: the wait adds at most that to an event's way to the projectors. `wake`,
         set when an append commits (the relay's NOTIFY listener), cuts a sleep short. (An id is
         only reused after 2^32 others, so a new transaction is never mistaken for one of
-        these.)"""
+        these.) `held_back` is told who is still being waited for once `held_back_every_s` has
+        passed, and again every `held_back_every_s` until the wait ends."""
         waiting = set(horizon.running)
         delay = poll_s
+        started = time.monotonic()
+        report_at = started + held_back_every_s
         while waiting:
             if wake is not None:
                 wake.clear()  # before the read: a commit after it still wakes the sleep below
             waiting.intersection_update(await conn.fetchval(_RUNNING_HERE))
             if not waiting:
                 return
+            now = time.monotonic()
+            if held_back is not None and now >= report_at:
+                rows = await conn.fetch(_APPENDERS, sorted(waiting))
+                held_back(HeldBack(now - started, tuple(Appender(**dict(r)) for r in rows)))
+                report_at = now + held_back_every_s
             if wake is None:
                 await asyncio.sleep(delay)
             else:

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import aio_pika
 import asyncpg
@@ -59,7 +60,7 @@ def new_stream() -> str:
 
 
 @asynccontextmanager
-async def running_relay(settings: Settings) -> AsyncIterator[Relay]:
+async def running_relay(settings: Settings, **options: Any) -> AsyncIterator[Relay]:
     connection = await aio_pika.connect(settings.amqp_url)
     publisher = await ConfirmedPublisher.open(connection, 5.0)
     relay = Relay(
@@ -69,6 +70,7 @@ async def running_relay(settings: Settings) -> AsyncIterator[Relay]:
         upcast=registry_of(settings).upcast,
         batch_size=100,
         idle_poll_s=0.2,
+        **options,
     )
     relay.start()
     try:
@@ -313,6 +315,73 @@ async def test_the_horizon_waits_for_a_newer_transaction_holding_a_lower_positio
             await conn.close()
 
 
+async def test_a_write_transaction_on_another_table_holds_nothing_back(
+    isolated_settings: Settings, pg: asyncpg.Pool
+) -> None:
+    """A write transaction left open in the event store's database on a table of its own (a
+    `psql` session during a manual fix) can take no position: the horizon is final at once and
+    the relay publishes on. It used to hold every view back for as long as it stayed open."""
+    store = EventStore(pg)
+    forgotten = await asyncpg.connect(isolated_settings.database_url)
+    try:
+        await forgotten.execute("CREATE TABLE scratch (x integer)")
+        await forgotten.execute("BEGIN")
+        await forgotten.execute("INSERT INTO scratch VALUES (1)")
+        assert await forgotten.fetchval("SELECT pg_current_xact_id_if_assigned()") is not None
+        [appended] = await append(store, new_stream(), 0)
+        async with pg.acquire() as conn:
+            horizon = await EventStore.read_horizon(conn)
+        assert horizon.last_position >= appended
+        assert horizon.final, horizon
+
+        async with channel(isolated_settings.amqp_url) as ch:
+            tap = await tap_events(ch)
+            async with running_relay(isolated_settings) as relay:
+                await eventually(lambda: relay.is_leader, what="relay leading")
+                [later] = await append(store, new_stream(), 0)
+                messages = await take(tap, 2, timeout=10)
+        assert forgotten.is_in_transaction()
+    finally:
+        await forgotten.close()
+    assert [orjson.loads(m.body)["position"] for m in messages] == [appended, later]
+
+
+async def test_any_insert_into_the_log_holds_the_horizon_until_it_ends(
+    isolated_settings: Settings, pg: asyncpg.Pool
+) -> None:
+    """Not only the append functions take positions: a manual `INSERT INTO events` does too, and
+    the statement trigger marks its transaction as an appender before its rows take their
+    positions. Left open, it holds the horizon; nothing after it is published before it ends."""
+    store = EventStore(pg)
+    manual = await asyncpg.connect(isolated_settings.database_url)
+    try:
+        manual_tx = manual.transaction()
+        await manual_tx.start()
+        low = await manual.fetchval(
+            "INSERT INTO events (stream_id, version, event_id, type, data, metadata)"
+            " VALUES ('manual', 1, gen_random_uuid(), 'ItemAdded', '{}', '{}')"
+            " RETURNING position"
+        )
+        manual_id = int(await manual.fetchval("SELECT pg_current_xact_id()::text::bigint"))
+        [high] = await append(store, new_stream(), 0)
+        async with pg.acquire() as conn:
+            horizon = await EventStore.read_horizon(conn)
+            assert horizon.last_position >= high
+            assert horizon.running == (manual_id % 2**32,)
+            waiting = asyncio.create_task(EventStore.wait_until_final(conn, horizon))
+            done, _ = await asyncio.wait({waiting}, timeout=0.5)
+            assert not done, "the horizon must not be final while the manual insert is open"
+            await manual_tx.commit()
+            await asyncio.wait_for(waiting, 10)
+            positions = await conn.fetch(
+                "SELECT position FROM events WHERE position <= $1 ORDER BY position",
+                horizon.last_position,
+            )
+        assert [p["position"] for p in positions] == [low, high]
+    finally:
+        await manual.close()
+
+
 async def test_rolled_back_positions_leave_a_gap_the_relay_passes(
     isolated_settings: Settings, pg: asyncpg.Pool
 ) -> None:
@@ -353,8 +422,8 @@ async def test_one_relay_leads_and_another_takes_over(
 async def test_a_connection_released_inside_a_transaction_comes_back_without_it(
     pg: asyncpg.Pool,
 ) -> None:
-    """An open transaction holds its id, and the relay waits for every running id below its
-    horizon: the pool must never hand such a connection out again, let alone keep it idle."""
+    """An open transaction holds its id and its locks, and after an append the relay's horizon
+    too: the pool must never hand such a connection out again, let alone keep it idle."""
     async with pg.acquire() as conn:
         await conn.execute("BEGIN")
         await conn.execute("INSERT INTO checkpoints (name, position) VALUES ('stray', 1)")
