@@ -15,7 +15,10 @@ and everything from the confirmed prefix on is sent again: duplicates, and event
 after their successors, are what projectors already handle (by version, and by catching up).
 
 It only reads below the gap-safe horizon (`EventStore.read_horizon`), so an event whose
-transaction commits after one with a higher position is never skipped. One relay per database
+transaction commits after one with a higher position is never skipped. The horizon waits for
+appenders only, never for other transactions; an appender that keeps the relay waiting past
+`HELD_BACK_REPORT_S` is logged by session and shown in `relay_blocked_seconds`. One relay per
+database
 is active at a time: each command worker runs one, and they elect a leader with a session
 advisory lock that PostgreSQL frees when the leader's connection dies.
 """
@@ -35,7 +38,7 @@ from command_worker.window import InFlight
 from common.contracts.envelopes import RecordedEvent
 from common.domain import UnknownEvent
 from common.eventstore.database import connect
-from common.eventstore.store import EventStore
+from common.eventstore.store import EventStore, HeldBack
 from common.messaging.connection import BrokerUnavailable
 from common.messaging.messages import event_message
 from common.messaging.publishing import ConfirmedPublisher
@@ -53,6 +56,13 @@ STOP_GRACE_S = 5.0
 CHECKPOINT_EVERY_S = 1.0
 """The checkpoint is written at most this often, and this long at the latest after the relay
 caught up: a crash republishes at most this much, which projectors drop as duplicates."""
+HELD_BACK_REPORT_S = 1.0
+"""An appender that keeps the relay waiting longer than this is reported: a warning naming its
+session and the `relay_blocked_seconds` gauge. Appends last milliseconds; a second is a
+transaction left open (a forgotten `psql` session that called an append function)."""
+HELD_BACK_LOG_EVERY_S = 60.0
+"""While the relay stays held back, the warning is repeated this often (the gauge follows every
+second)."""
 MAX_IN_FLIGHT = 8
 """Batches published and not yet confirmed: small ones, as at modest rates. Under a backlog,
 when batches are full, events in flight are capped at twice the batch size instead, so a busy
@@ -71,8 +81,12 @@ class Relay:
         upcast: Callable[[RecordedEvent], RecordedEvent] = lambda event: event,
         batch_size: int,
         idle_poll_s: float = 1.0,
+        held_back_report_s: float = HELD_BACK_REPORT_S,
     ) -> None:
         self._database_url = database_url
+        self._held_back_report_s = held_back_report_s
+        self._held_back_logged_at: float | None = None
+        """When the last warning about the current wait was logged; None: none logged."""
         self._publisher = publisher
         self._exchange = exchange
         self._upcast = upcast
@@ -152,6 +166,7 @@ class Relay:
         finally:
             self.is_leader = False
             metrics.RELAY_LEADER.set(0)
+            self._no_longer_held_back()
             try:
                 await asyncio.shield(self._save_on_leaving(conn))
             finally:
@@ -203,7 +218,14 @@ class Relay:
                     metrics.RELAY_LAG.set(max(horizon.last_position - scanned, 0))
                     if horizon.last_position <= scanned:
                         continue
-                    await EventStore.wait_until_final(conn, horizon, wake=self._appended)
+                    await EventStore.wait_until_final(
+                        conn,
+                        horizon,
+                        wake=self._appended,
+                        held_back=self._held_back,
+                        held_back_every_s=self._held_back_report_s,
+                    )
+                    self._no_longer_held_back()
                     reached = await self._send_range(conn, window, sent, horizon.last_position)
                     if reached is None:
                         break
@@ -223,6 +245,29 @@ class Relay:
             await window.settle()
         finally:
             await window.drop()
+
+    def _held_back(self, report: HeldBack) -> None:
+        metrics.RELAY_BLOCKED.set(report.waited_s)
+        now = time.monotonic()
+        logged_at = self._held_back_logged_at
+        if logged_at is not None and now - logged_at < HELD_BACK_LOG_EVERY_S:
+            return
+        self._held_back_logged_at = now
+        log.warning(
+            "relay held back for %.1f s by open appends: %s",
+            report.waited_s,
+            "; ".join(map(str, report.appenders)) or "(their sessions just ended)",
+            extra={
+                "held_back_s": round(report.waited_s, 1),
+                "pids": [a.pid for a in report.appenders],
+            },
+        )
+
+    def _no_longer_held_back(self) -> None:
+        metrics.RELAY_BLOCKED.set(0)
+        if self._held_back_logged_at is not None:
+            self._held_back_logged_at = None
+            log.info("relay no longer held back")
 
     async def _send_range(
         self, conn: asyncpg.Connection, window: InFlight, sent: int, up_to: int

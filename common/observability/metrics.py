@@ -81,6 +81,13 @@ RELAY_LAG = Gauge(
     namespace=NAMESPACE,
     registry=None,
 )
+RELAY_BLOCKED = Gauge(
+    "relay_blocked_seconds",
+    "How long the relay leader has been waiting for appenders' open transactions to end, "
+    "updated every second once it has waited a second (0 when it is not waiting).",
+    namespace=NAMESPACE,
+    registry=None,
+)
 EVENTS_PROJECTED = Counter(
     "events_projected_total",
     "Events applied to a projection's Redis views.",
@@ -211,6 +218,7 @@ COMMAND_WORKER: tuple[Collector, ...] = (
     EVENTS_RELAYED,
     RELAY_LEADER,
     RELAY_LAG,
+    RELAY_BLOCKED,
     GC_PAUSES,
     *CONSUMER,
 )

@@ -4,6 +4,7 @@ loudly, commands are recorded once, and the relay never skips a late-committing 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from common.domain import stream_id
 from common.eventstore.store import DuplicateCommand, EventStore, NewEvent, WrongExpectedVersion
 from common.messaging.connection import BrokerUnavailable
 from common.messaging.publishing import ConfirmedPublisher
+from common.observability import metrics
 from common.settings import Settings
 from tests.support.amqp import channel, eventually, take, tap_events
 from tests.support.domains import registry_of, topology_of
@@ -380,6 +382,55 @@ async def test_any_insert_into_the_log_holds_the_horizon_until_it_ends(
         assert [p["position"] for p in positions] == [low, high]
     finally:
         await manual.close()
+
+
+def relay_blocked_seconds() -> float:
+    [family] = metrics.RELAY_BLOCKED.collect()
+    [sample] = family.samples
+    return sample.value
+
+
+async def test_an_appender_holding_the_relay_back_is_named_in_logs_and_metrics(
+    isolated_settings: Settings, pg: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An append left open past `HELD_BACK_REPORT_S`: the relay holds back every event after it
+    and says who it waits for (a warning naming the session, `relay_blocked_seconds`); when the
+    append commits, both events are published in order and the gauge is back at 0."""
+    caplog.set_level(logging.WARNING, logger="command_worker.relay")
+    store = EventStore(pg)
+    held = await asyncpg.connect(
+        isolated_settings.database_url, server_settings={"application_name": "forgotten-append"}
+    )
+    try:
+        held_tx = held.transaction()
+        await held_tx.start()
+        low = await _open_append(held, new_stream())
+        [high] = await append(store, new_stream(), 0)
+
+        def named() -> list[str]:
+            return [
+                r.getMessage()
+                for r in caplog.records
+                if r.name == "command_worker.relay"
+                and r.levelno == logging.WARNING
+                and f"pid {held.get_server_pid()} " in r.getMessage()
+            ]
+
+        async with channel(isolated_settings.amqp_url) as ch:
+            tap = await tap_events(ch)
+            async with running_relay(isolated_settings):
+                await eventually(named, timeout=10, what="a warning naming the held session")
+                assert relay_blocked_seconds() >= 1.0
+                assert await tap.get(fail=False, no_ack=True) is None
+                await held_tx.commit()
+                messages = await take(tap, 2)
+                await eventually(lambda: relay_blocked_seconds() == 0, what="the gauge at 0")
+    finally:
+        await held.close()
+    assert [orjson.loads(m.body)["position"] for m in messages] == [low, high]
+    [warning] = named()[:1]
+    assert "'forgotten-append'" in warning, warning
+    assert "state idle in transaction" in warning, warning
 
 
 async def test_rolled_back_positions_leave_a_gap_the_relay_passes(

@@ -177,6 +177,7 @@ WORKER_ONLY = {
     "orders_events_relayed",
     "orders_relay_leader",
     "orders_relay_lag_positions",
+    "orders_relay_blocked_seconds",
 }
 PROJECTOR_ONLY = {
     "orders_events_projected",
@@ -234,6 +235,7 @@ async def test_each_process_exports_its_metrics(
     assert worker.total("orders_events_appended_total") == 1
     assert worker.total("orders_events_relayed_total") == 1
     assert worker.total("orders_relay_leader") == 1
+    assert worker.total("orders_relay_blocked_seconds") == 0
     assert {s["scope"] for s in worker.series("orders_version_conflicts_total")} == {
         "batch",
         "command",
