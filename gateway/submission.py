@@ -22,6 +22,7 @@ from starlette.responses import Response
 from common.contracts.commands import CommandBase
 from common.domain import Aggregate
 from common.messaging.connection import BrokerUnavailable
+from common.messaging.publishing import ConfirmTimeout
 from common.observability import metrics
 from common.readmodel.commands import CommandStatus, mark_accepted
 from common.readmodel.notifications import CommandProgress
@@ -131,10 +132,7 @@ async def dispatch(request: Request, runtime: Runtime, command: CommandBase) -> 
             exc,
             extra={"command_id": str(command_id), "type": command.type},
         )
-        raise unavailable(
-            "The command could not be queued and was not accepted; retry later"
-            " (with the same Idempotency-Key, if one was sent)."
-        ) from exc
+        raise not_queued(exc) from exc
     try:
         await runtime.redis_batch.run(
             lambda pipe: mark_accepted(
@@ -172,6 +170,21 @@ async def dispatch(request: Request, runtime: Runtime, command: CommandBase) -> 
     response = outcome_response(command, aggregate, progress)
     response.headers["preference-applied"] = f"wait={bound:g}"
     return response
+
+
+def not_queued(exc: BrokerUnavailable) -> Problem:
+    """The 503 for a publish that failed: nothing accepted, or (on a confirm timeout) an
+    outcome nobody knows, which only a retry with the same Idempotency-Key settles safely."""
+    if isinstance(exc, ConfirmTimeout):
+        return unavailable(
+            "RabbitMQ did not confirm the command in time: it may or may not have been"
+            " accepted, the outcome is unknown. A retry with the same Idempotency-Key is safe"
+            " (it runs the command at most once); without one, a retry may run it twice."
+        )
+    return unavailable(
+        "The command could not be queued and was not accepted; retry later"
+        " (with the same Idempotency-Key, if one was sent)."
+    )
 
 
 def outcome_response(

@@ -21,6 +21,11 @@ PUBLISH_ERRORS = (
 )
 
 
+class ConfirmTimeout(BrokerUnavailable):
+    """The broker did not confirm in time: the message may or may not have been taken, so the
+    outcome is unknown (unlike other `BrokerUnavailable`s, where nothing was accepted)."""
+
+
 class ConfirmedPublisher:
     """Publishes on one confirm-mode channel; every call returns only after the broker's ack."""
 
@@ -40,7 +45,8 @@ class ConfirmedPublisher:
         return not self._channel.is_closed
 
     async def publish(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
-        """Publish one message; raise `BrokerUnavailable` unless it was confirmed and routed."""
+        """Publish one message; raise `BrokerUnavailable` unless it was confirmed and routed
+        (`ConfirmTimeout` when the confirm did not come in time)."""
         await self.publish_many(exchange, [(routing_key, message)])
 
     async def publish_many(
@@ -62,6 +68,8 @@ class ConfirmedPublisher:
             )
         except aio_pika.exceptions.PublishError as exc:
             raise BrokerUnavailable(f"unroutable message: {exc}") from exc
+        except TimeoutError as exc:
+            raise ConfirmTimeout(f"no confirm within {self._timeout_s:g} s") from exc
         except PUBLISH_ERRORS as exc:
             raise BrokerUnavailable(f"publish failed: {exc!r}") from exc
 
