@@ -27,6 +27,7 @@ from common.contracts.envelopes import EventMetadata
 from common.domain import Aggregate, Registry, Rejection
 from common.eventstore.store import (
     CommandOutcome,
+    CommandRecord,
     DuplicateCommand,
     EventStore,
     NewEvent,
@@ -38,6 +39,7 @@ from common.messaging.outcomes import RejectMessage
 from common.observability import metrics
 from common.observability.logging import correlation_id
 from common.readmodel.commands import (
+    ID_REUSED_REASON,
     STATUS_TTL_S,
     CommandResult,
     CommandStatus,
@@ -66,6 +68,35 @@ class Loaded:
 
     state: Any
     version: int
+
+
+def reuses_id(first_fingerprint: str | None, command: CommandBase) -> bool:
+    """`command` has the id of a different request: both carry fingerprints and they differ
+    (an idempotency key reused after Redis forgot it)."""
+    return (
+        first_fingerprint is not None
+        and command.fingerprint is not None
+        and first_fingerprint != command.fingerprint
+    )
+
+
+def outcome_of_recorded(record: CommandRecord, command: CommandBase, version: int) -> Handled:
+    """What a command whose id the ledger already holds comes to: the recorded outcome for a
+    redelivery, or a refusal if the id was recorded for a different request. The refusal is
+    recorded nowhere in the ledger (the id is taken); `version` is its stream's version."""
+    if reuses_id(record.fingerprint, command):
+        return Handled(CommandStatus.REJECTED, version, ID_REUSED_REASON)
+    return Handled(CommandStatus(record.status), record.version, record.reason)
+
+
+def again_in_batch(
+    first: CommandBase, outcome: Handled, command: CommandBase, version: int
+) -> Handled:
+    """The outcome of `command`, whose id `first`, earlier in the same batch, has: the same,
+    or a refusal if it is a different request."""
+    if reuses_id(first.fingerprint, command):
+        return Handled(CommandStatus.REJECTED, version, ID_REUSED_REASON)
+    return outcome
 
 
 def parse_command(registry: Registry, message: AbstractIncomingMessage) -> CommandBase:
@@ -185,10 +216,14 @@ class CommandHandler:
         each with its own bounded conflict retries.
 
         Only commands delivered before are looked up in the ledger first; any other command
-        the ledger already holds (published twice) fails the transaction on the ledger's key,
-        and the fallback then settles each command by itself, duplicates included."""
+        the ledger already holds (published twice) fails the transaction on the ledger's key.
+        The batch is then tried once more with all its ids looked up in one query, so one
+        duplicate does not make the whole batch run one command at a time."""
         try:
-            outcomes = await self._try_batch(commands)
+            try:
+                outcomes = await self._try_batch(commands)
+            except DuplicateCommand:
+                outcomes = await self._try_batch(commands, look_up_all=True)
         except (WrongExpectedVersion, DuplicateCommand):
             _BATCH_CONFLICTS.inc()
             outcomes = [await self.execute(command) for command in commands]
@@ -197,7 +232,13 @@ class CommandHandler:
             self._keys,
             [
                 CommandResult(
-                    c.command_id, c.type, self._stream_of(c), o.status, o.reason, o.version
+                    c.command_id,
+                    c.type,
+                    self._stream_of(c),
+                    o.status,
+                    o.reason,
+                    o.version,
+                    c.fingerprint,
                 )
                 for c, o in zip(commands, outcomes, strict=True)
             ],
@@ -210,9 +251,13 @@ class CommandHandler:
             metrics.COMMAND_LATENCY.labels(command.type).observe(max(latency, 0.0))
         return outcomes
 
-    async def _try_batch(self, commands: list[CommandBase]) -> list[Handled]:
+    async def _try_batch(
+        self, commands: list[CommandBase], *, look_up_all: bool = False
+    ) -> list[Handled]:
         async with self._store.pool.acquire() as conn:
-            suspects = [c.command_id for c in commands if c.command_id in self._seen_before]
+            suspects = [
+                c.command_id for c in commands if look_up_all or c.command_id in self._seen_before
+            ]
             known = await self._store.get_commands(conn, suspects) if suspects else {}
             streams = await self._store.load_streams(
                 conn, list(dict.fromkeys(self._stream_of(c) for c in commands))
@@ -221,17 +266,24 @@ class CommandHandler:
                 stream: load(self._registry, self._aggregate_of_stream(stream), stream, events)
                 for stream, events in streams.items()
             }
-            outcomes: dict[uuid.UUID, Handled] = {
-                command_id: Handled(CommandStatus(r.status), r.version, r.reason)
-                for command_id, r in known.items()
-            }
+            outcomes: list[Handled] = []
+            decided: dict[uuid.UUID, int] = {}
+            """The index of the first command with each id this batch decides."""
             rows: list[CommandOutcome] = []
             for command in commands:
-                if command.command_id in outcomes:
-                    continue  # handled before, or twice in this batch
                 aggregate = self._aggregate(command)
                 stream = aggregate.stream_of(command)
                 loaded = states[stream]
+                record = known.get(command.command_id)
+                if record is not None:
+                    outcomes.append(outcome_of_recorded(record, command, loaded.version))
+                    continue
+                first = decided.get(command.command_id)
+                if first is not None:  # twice in this batch
+                    outcomes.append(
+                        again_in_batch(commands[first], outcomes[first], command, loaded.version)
+                    )
+                    continue
                 try:
                     new_events = aggregate.decide_within_limit(
                         loaded.state, loaded.version, command
@@ -244,11 +296,12 @@ class CommandHandler:
                     states[stream] = Loaded(state, loaded.version + len(new_events))
                     outcome = Handled(CommandStatus.SUCCEEDED, loaded.version + len(new_events))
                     rows.append(self._row(aggregate, command, outcome, new_events))
-                outcomes[command.command_id] = outcome
+                decided[command.command_id] = len(outcomes)
+                outcomes.append(outcome)
             if rows:
                 await self._store.append_batch(conn, rows)
         metrics.EVENTS_APPENDED.inc(sum(len(r.events) for r in rows))
-        return [outcomes[c.command_id] for c in commands]
+        return outcomes
 
     def _aggregate_of_stream(self, stream: str) -> Aggregate[Any]:
         aggregate = self._registry.aggregate_of_stream(stream)
@@ -300,7 +353,7 @@ class CommandHandler:
                 await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
                 continue
             except DuplicateCommand:
-                return await self._recorded(command)
+                return await self._recorded(command, loaded.version)
             metrics.EVENTS_APPENDED.inc(len(new_events))
             return Handled(CommandStatus.SUCCEEDED, loaded.version + len(new_events))
         reason = f"gave up after {self._conflict_retries + 1} concurrent-update conflicts"
@@ -318,9 +371,9 @@ class CommandHandler:
             version=version,
             fingerprint=command.fingerprint,
         )
-        return Handled(CommandStatus(record.status), record.version, record.reason)
+        return outcome_of_recorded(record, command, version)
 
-    async def _recorded(self, command: CommandBase) -> Handled:
+    async def _recorded(self, command: CommandBase, version: int) -> Handled:
         record = await self._store.get_command(command.command_id)
         assert record is not None, "a duplicate command has a record"
-        return Handled(CommandStatus(record.status), record.version, record.reason)
+        return outcome_of_recorded(record, command, version)

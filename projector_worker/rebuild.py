@@ -347,6 +347,7 @@ class Rebuild:
                         status=CommandStatus(record.status),
                         reason=record.reason,
                         version=record.version,
+                        fingerprint=record.fingerprint,
                     )
                     key = self._writer.root_keys.command(record.command_id)
                     pipe.hset(key, mapping=fields)  # type: ignore[arg-type]

@@ -29,12 +29,38 @@ class CommandStatus(StrEnum):
 
 TERMINAL = frozenset({CommandStatus.SUCCEEDED, CommandStatus.REJECTED, CommandStatus.FAILED})
 
-_MARK_ACCEPTED = """
+ID_REUSED_REASON = "Idempotency-Key was used with a different request"
+"""The reason of a command refused because its id is recorded for a request with another
+fingerprint: a key reused after Redis forgot it. The gateway answers it with 422."""
+
+FINGERPRINT_FIELD = "fingerprint"
+"""The fingerprint of the request a status hash describes, when it had one."""
+
+_WRITE_IF_OURS = """
+local first = redis.call('HGET', KEYS[1], 'fingerprint')
+if redis.call('EXISTS', KEYS[1]) == 1 and first ~= ARGV[1] then return 0 end
+"""
+"""A status hash is written only if it is new or describes the same request (ARGV[1] is the
+request's fingerprint): a request that reuses another one's command id must not overwrite it."""
+
+_MARK_ACCEPTED = (
+    _WRITE_IF_OURS
+    + """
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSETNX', KEYS[1], 'status', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+)
+
+_RECORD_REFUSAL = (
+    _WRITE_IF_OURS
+    + """
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('HSETNX', KEYS[1], 'status', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
+)
 
 STATUS_TTL_S: int = Settings.model_fields["command_status_ttl_s"].default
 """The default of `COMMAND_STATUS_TTL_S`, for callers not given the setting."""
@@ -51,6 +77,7 @@ def status_fields(
     status: CommandStatus | None = None,
     reason: str | None = None,
     version: int | None = None,
+    fingerprint: str | None = None,
 ) -> dict[str, str]:
     """The fields of a command's status hash: the one definition of its layout, used by the
     gateway (`accepted`), the command worker (outcomes), the projector (a projected success,
@@ -61,6 +88,8 @@ def status_fields(
     if version is not None:
         fields["reason"] = reason or ""
         fields["version"] = str(version)
+    if fingerprint is not None:
+        fields[FINGERPRINT_FIELD] = fingerprint
     return fields
 
 
@@ -71,13 +100,21 @@ async def mark_accepted(
     command_type: str,
     stream_id: str,
     *,
+    fingerprint: str | None = None,
     ttl_s: int = STATUS_TTL_S,
 ) -> None:
-    """Record that the gateway queued the command, unless an outcome got there first."""
-    fields = status_fields(command_id, command_type, stream_id)
+    """Record that the gateway queued the command, unless an outcome got there first or the
+    hash describes another request with the same command id."""
+    fields = status_fields(command_id, command_type, stream_id, fingerprint=fingerprint)
     flat = [item for pair in fields.items() for item in pair]
     await redis.eval(
-        _MARK_ACCEPTED, 1, keys.command(command_id), CommandStatus.ACCEPTED.value, ttl_s, *flat
+        _MARK_ACCEPTED,
+        1,
+        keys.command(command_id),
+        fingerprint or "",
+        CommandStatus.ACCEPTED.value,
+        ttl_s,
+        *flat,
     )
 
 
@@ -91,12 +128,19 @@ class CommandResult:
     status: CommandStatus
     reason: str | None
     version: int
+    fingerprint: str | None = None
+
+    @property
+    def refuses_reused_id(self) -> bool:
+        """The command was refused because its id belongs to another request."""
+        return self.status is CommandStatus.REJECTED and self.reason == ID_REUSED_REASON
 
 
 async def record_results(
     redis: Redis, keys: Keys, results: Sequence[CommandResult], *, ttl_s: int = STATUS_TTL_S
 ) -> None:
-    """Write terminal statuses and announce refusals, in one pipelined round trip."""
+    """Write terminal statuses and announce refusals, in one pipelined round trip. A refusal
+    of a reused command id never overwrites the status of the request that first used it."""
     async with redis.pipeline(transaction=False) as pipe:
         for result in results:
             fields = status_fields(
@@ -106,10 +150,15 @@ async def record_results(
                 status=result.status,
                 reason=result.reason,
                 version=result.version,
+                fingerprint=result.fingerprint,
             )
             key = keys.command(result.command_id)
-            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-            pipe.expire(key, ttl_s)
+            if result.refuses_reused_id:
+                flat = [item for pair in fields.items() for item in pair]
+                pipe.eval(_RECORD_REFUSAL, 1, key, result.fingerprint or "", ttl_s, *flat)
+            else:
+                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+                pipe.expire(key, ttl_s)
             if result.status is not CommandStatus.SUCCEEDED:
                 # A success settles a waiter only once it is visible: the projector announces
                 # that. Rejections and failures never reach a projector, so they go out here.

@@ -18,7 +18,7 @@ from common.contracts.commands import CommandBase
 from common.contracts.envelopes import EventMetadata
 from common.domain import Registry, stream_id
 from common.eventstore.store import EventStore, NewEvent, StoredEvent
-from common.readmodel.commands import CommandStatus
+from common.readmodel.commands import ID_REUSED_REASON, CommandStatus
 from common.readmodel.keys import Keys
 from common.settings import Settings
 from orders.contracts import AddItem, CreateOrder, OrderLine, ShipOrder, ShippingAddress
@@ -247,3 +247,92 @@ async def test_a_stream_at_its_events_limit_takes_no_more_on_either_path(
     status = await redis_client.hgetall(keys.command(commands[2].command_id))
     assert status[b"status"] == b"rejected"
     assert status[b"reason"] == b"the order has reached its limit of 3 events"
+
+
+async def test_one_duplicate_is_dropped_after_one_lookup_and_the_batch_still_commits_at_once(
+    pg: asyncpg.Pool, redis_client: aioredis.Redis, keys: Keys, registry: Registry
+) -> None:
+    store = EventStore(pg)
+    handler = CommandHandler(registry, store, redis_client, keys, conflict_retries=5)
+    order_id = await created_order(handler)
+    published_twice = add(order_id, "twice")
+    [first] = await handler.execute_batch([published_twice])
+    lookups: list[list[uuid.UUID]] = []
+    original = store.get_commands
+
+    async def counting(conn, command_ids):  # type: ignore[no-untyped-def]
+        lookups.append(list(command_ids))
+        return await original(conn, command_ids)
+
+    async def one_at_a_time(command: CommandBase) -> None:
+        raise AssertionError(f"fell back to one command at a time for {command.command_id}")
+
+    store.get_commands = counting  # type: ignore[method-assign]
+    handler.execute = one_at_a_time  # type: ignore[method-assign,assignment]
+    batch: list[CommandBase] = [add(order_id, "a"), published_twice, add(order_id, "b")]
+    outcomes = await handler.execute_batch(batch)
+    assert [(o.status.value, o.version) for o in outcomes] == [
+        ("succeeded", 3),
+        ("succeeded", first.version),
+        ("succeeded", 4),
+    ]
+    assert lookups == [[c.command_id for c in batch]]
+    stored = await store.load_stream(order_stream(order_id))
+    assert [e.version for e in stored] == [1, 2, 3, 4]
+
+
+def keyed(command: CommandBase, command_id: uuid.UUID, fingerprint: str) -> CommandBase:
+    """`command` under an id a reused idempotency key gives, with its request's fingerprint."""
+    return command.model_copy(update={"command_id": command_id, "fingerprint": fingerprint})
+
+
+@pytest.mark.parametrize("path", ["batch", "redelivered batch", "one at a time"])
+async def test_a_reused_command_id_with_another_fingerprint_is_refused_and_changes_nothing(
+    pg: asyncpg.Pool, redis_client: aioredis.Redis, keys: Keys, registry: Registry, path: str
+) -> None:
+    store = EventStore(pg)
+    handler = CommandHandler(registry, store, redis_client, keys, conflict_retries=5)
+    order_id = await created_order(handler)
+    other_order = await created_order(handler)
+    reused_id = uuid.uuid4()
+    first = keyed(add(order_id, "first"), reused_id, "f" * 64)
+    [done] = await handler.execute_batch([first])
+    assert done.status is CommandStatus.SUCCEEDED
+    first_status = await redis_client.hgetall(keys.command(reused_id))
+
+    second = keyed(ShipOrder(**envelope(other_order)), reused_id, "e" * 64)
+    if path == "one at a time":
+        refused = await handler.execute(second)
+    else:
+        if path == "redelivered batch":
+            handler._seen_before.add(reused_id)
+        [refused] = await handler.execute_batch([second])
+    assert (refused.status, refused.reason) == (CommandStatus.REJECTED, ID_REUSED_REASON)
+    assert refused.version == 1
+    assert [e.type for e in await store.load_stream(order_stream(other_order))] == ["OrderCreated"]
+    record = await store.get_command(reused_id)
+    assert record is not None
+    assert (record.type, record.status, record.fingerprint) == ("AddItem", "succeeded", "f" * 64)
+    # The first request's status is intact: the refusal never overwrites it.
+    assert await redis_client.hgetall(keys.command(reused_id)) == first_status
+
+    # A genuine redelivery of the first request still gets its outcome.
+    assert await handler.execute_batch([first]) == [done]
+    assert await handler.execute(first) == done
+
+
+async def test_a_refusal_of_a_reused_id_is_the_status_once_redis_forgot_the_first(
+    pg: asyncpg.Pool, redis_client: aioredis.Redis, keys: Keys, registry: Registry
+) -> None:
+    handler = CommandHandler(registry, EventStore(pg), redis_client, keys, conflict_retries=5)
+    order_id = await created_order(handler)
+    reused_id = uuid.uuid4()
+    await handler.execute_batch([keyed(add(order_id, "first"), reused_id, "f" * 64)])
+    await redis_client.delete(keys.command(reused_id))
+    second = keyed(ShipOrder(**envelope(order_id)), reused_id, "e" * 64)
+    await handler.execute_batch([second, second])
+    status = await redis_client.hgetall(keys.command(reused_id))
+    assert status[b"status"] == b"rejected"
+    assert status[b"reason"] == ID_REUSED_REASON.encode()
+    assert status[b"type"] == b"ShipOrder"
+    assert status[b"fingerprint"] == b"e" * 64
