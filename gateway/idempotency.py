@@ -1,9 +1,13 @@
 """Idempotency keys: the same key always names the same command, whoever asks first.
 
 The ids are derived from the key (uuid5), not stored first and read back, so concurrent
-duplicates agree on them without a race. Redis remembers the request's fingerprint for a day to
-refuse the key for a different request. A repeated request is published again: the command
-worker deduplicates by command id, and republishing rescues a command whose first publish failed.
+duplicates agree on them without a race; with API keys on, from the key and the API key, so two
+clients never share a command. Redis remembers the request's fingerprint for a day to refuse the
+key for a different request, and the command's status hash remembers it for as long as it lives.
+Past both, the command worker compares the fingerprint the event store recorded with the command
+and refuses a different request (`ID_REUSED_REASON`, answered with 422 here too). A repeated
+request is published again: the command worker deduplicates by command id, and republishing
+rescues a command whose first publish failed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from uuid import UUID
 import orjson
 from redis.exceptions import RedisError
 
+from common.readmodel.commands import FINGERPRINT_FIELD, ID_REUSED_REASON
 from common.readmodel.keys import Keys
 from common.readmodel.pipelining import AutoPipeline
 from gateway.problems import Problem, ProblemType, unavailable, validation_problem
@@ -55,13 +60,31 @@ def parse_key(value: str | None) -> str | None:
     return value
 
 
+def scoped(key: str, client: str) -> str:
+    """The key as one client's: `client` (see `auth.client_of`) and a newline, which no key
+    contains, before it; the key itself when API keys are off, so ids stay as they were."""
+    return f"{client}\n{key}" if client else key
+
+
 def command_id_for(key: str) -> UUID:
+    """The command id of a (scoped) key."""
     return uuid.uuid5(NAMESPACE, key)
 
 
 def aggregate_id_for(key: str, stream_type: str) -> UUID:
     """The id of the aggregate a keyed create makes (`invoice:<key>` for an `Invoice`)."""
     return uuid.uuid5(NAMESPACE, f"{stream_type.lower()}:{key}")
+
+
+def key_reused() -> Problem:
+    """422: the key was first used with a different request."""
+    return Problem(
+        422,
+        f"{ID_REUSED_REASON}.",
+        type_=ProblemType.IDEMPOTENCY_KEY_REUSED,
+        title="Idempotency-Key reused",
+        errors=[{"field": HEADER, "message": "was used with a different request"}],
+    )
 
 
 def fingerprint(method: str, path: str, canonical_body: bytes) -> str:
@@ -74,13 +97,26 @@ def fingerprint(method: str, path: str, canonical_body: bytes) -> str:
     return digest.hexdigest()
 
 
+_CLAIM = f"""
+local previous = redis.call('GET', KEYS[1])
+if previous then return previous end
+local first = redis.call('HGET', KEYS[2], '{FINGERPRINT_FIELD}')
+if first and first ~= ARGV[2] then return cjson.encode({{fingerprint = first}}) end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return false
+"""
+"""The record of the key's first use: the one stored, else what the command's status hash
+says (it outlives the record), else none and this use's record is stored."""
+
+
 async def claim(
     batch: AutoPipeline, keys: Keys, key: str, ids: CommandIds, request_fingerprint: str
 ) -> None:
-    """Remember `key` for this request, or check that it was first used for the same one.
+    """Remember `key` (scoped) for this request, or check that it was first used for the same
+    one, by its record or by the status hash of its command.
 
-    One round trip: `SET NX GET` stores the record unless one exists and returns the old one.
-    Raises 422 if the key belongs to a different request, 503 if Redis cannot tell.
+    One round trip (`_CLAIM`). Raises 422 if the key belongs to a different request, 503 if
+    Redis cannot tell.
     """
     record = orjson.dumps(
         {
@@ -91,7 +127,15 @@ async def claim(
     )
     try:
         [previous] = await batch.run(
-            lambda pipe: pipe.set(keys.idempotency(key), record, nx=True, ex=TTL_S, get=True)
+            lambda pipe: pipe.eval(
+                _CLAIM,
+                2,
+                keys.idempotency(key),
+                keys.command(ids.command_id),
+                record,
+                request_fingerprint,
+                TTL_S,
+            )
         )
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning("idempotency key not checked: %r", exc)
@@ -103,10 +147,4 @@ async def claim(
         with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
             stored = orjson.loads(previous).get("fingerprint")
     if stored != request_fingerprint:
-        raise Problem(
-            422,
-            "Idempotency-Key was used with a different request.",
-            type_=ProblemType.IDEMPOTENCY_KEY_REUSED,
-            title="Idempotency-Key reused",
-            errors=[{"field": HEADER, "message": "was used with a different request"}],
-        )
+        raise key_reused()

@@ -24,9 +24,10 @@ from common.domain import Aggregate
 from common.messaging.connection import BrokerUnavailable
 from common.messaging.publishing import ConfirmTimeout
 from common.observability import metrics
-from common.readmodel.commands import CommandStatus, mark_accepted
+from common.readmodel.commands import ID_REUSED_REASON, CommandStatus, mark_accepted
 from common.readmodel.notifications import CommandProgress
 from gateway import idempotency
+from gateway.auth import client_of
 from gateway.idempotency import CommandIds
 from gateway.middleware import request_correlation_id
 from gateway.problems import Problem, ProblemType, unavailable
@@ -68,6 +69,8 @@ async def command_fields(
     """
     key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
     print_ = idempotency.fingerprint(request.method, path, canonical_body)
+    if key is not None:
+        key = idempotency.scoped(key, client_of(request))
     if key is None:
         ids = CommandIds(uuid.uuid4(), aggregate_id or uuid.uuid4())
     else:
@@ -141,6 +144,7 @@ async def dispatch(request: Request, runtime: Runtime, command: CommandBase) -> 
                 command_id,
                 command.type,
                 stream,
+                fingerprint=command.fingerprint,
                 ttl_s=runtime.settings.command_status_ttl_s,
             )
         )
@@ -191,7 +195,8 @@ def outcome_response(
     command: CommandBase, aggregate: Aggregate[Any], progress: CommandProgress | None
 ) -> Response:
     """201 + Location for a visible create, 200 + the status for any other visible success,
-    409 problem+json with the reason for a rejection or failure, else the plain 202."""
+    422 for a reused idempotency key the worker refused, 409 problem+json with the reason for
+    any other rejection or failure, else the plain 202."""
     if progress is None or not progress.settled:
         return accepted_response(command, aggregate)
     if progress.status == CommandStatus.SUCCEEDED:
@@ -204,6 +209,10 @@ def outcome_response(
             return response
         return json_response(status)
     rejected = progress.status == CommandStatus.REJECTED
+    if rejected and progress.reason == ID_REUSED_REASON:
+        problem = idempotency.key_reused()
+        problem.headers["location"] = f"/commands/{command.command_id}"
+        return problem.response()
     return Problem(
         409,
         progress.reason or progress.status,

@@ -20,7 +20,9 @@ import redis.asyncio as aioredis
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from common.domain import Registry, stream_id
+from common.readmodel.keys import Keys
 from common.settings import Settings
+from gateway.idempotency import HEADER
 from gateway.runtime import redis_client_name
 from orders.contracts import AddItem, CancelOrder, CreateOrder, OrderCommand, ShipOrder
 from tests.support.domains import registry_of, topology_of
@@ -398,6 +400,35 @@ async def test_same_idempotency_key_gives_same_ids_and_republishes(
     )
 
 
+async def test_a_key_whose_record_expired_still_refuses_a_different_request(
+    client: httpx.AsyncClient,
+    channel: AbstractChannel,
+    commands_queue: str,
+    redis_client: aioredis.Redis,
+    isolated_settings: Settings,
+) -> None:
+    key = f"order-{uuid.uuid4()}"
+    first = assert_accepted(await client.post("/orders", json=ORDER, headers={HEADER: key}))
+    status_url = f"/commands/{first['command_id']}"
+    first_status = (await client.get(status_url)).json()
+    assert first_status["type"] == "CreateOrder"
+    # The key's record expires (24 h) while the command's status lives on (7 days).
+    keys = Keys(isolated_settings.redis_key_prefix)
+    assert await redis_client.delete(keys.idempotency(key)) == 1
+
+    other_path = f"/orders/{first['order_id']}/items"
+    refused = await client.post(other_path, json=ITEM, headers={HEADER: key})
+    assert "different request" in assert_problem(refused, 422, HEADER)["detail"]
+    assert (await client.get(status_url)).json() == first_status
+    # The same request again is still the same command.
+    assert assert_accepted(await client.post("/orders", json=ORDER, headers={HEADER: key})) == (
+        first
+    )
+    messages = await take(channel, commands_queue, 2)
+    assert [m.type for m in messages] == ["CreateOrder", "CreateOrder"]
+    assert await queue_depth(channel, commands_queue) == 0
+
+
 async def test_concurrent_duplicates_all_get_the_same_ids(
     client: httpx.AsyncClient,
     channel: AbstractChannel,
@@ -569,6 +600,27 @@ async def test_api_keys_guard_everything_but_health(processes: ProcessFactory) -
         )
         assert_accepted(response)
         assert "second-key" not in proc.log()
+
+
+async def test_two_api_keys_with_the_same_idempotency_key_get_two_commands(
+    processes: ProcessFactory,
+) -> None:
+    proc = processes.start("gateway", extra_env={"API_KEYS": "first-key,second-key"})
+    key = {HEADER: "order-1"}
+    first_client = {"Authorization": "Bearer first-key", **key}
+    second_client = {"Authorization": "Bearer second-key", **key}
+    async with httpx.AsyncClient(base_url=proc.base_url, timeout=10) as http:
+        first = assert_accepted(await http.post("/orders", json=ORDER, headers=first_client))
+        second = assert_accepted(
+            await http.post("/orders", json=with_item(quantity=5), headers=second_client)
+        )
+        assert first["command_id"] != second["command_id"]
+        assert first["order_id"] != second["order_id"]
+        # Each client's key still names its own command.
+        assert first == assert_accepted(
+            await http.post("/orders", json=ORDER, headers=first_client)
+        )
+        assert_problem(await http.post("/orders", json=ORDER, headers=second_client), 422, HEADER)
 
 
 async def test_health_endpoints(client: httpx.AsyncClient) -> None:

@@ -9,7 +9,12 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
+from common.readmodel.commands import ID_REUSED_REASON
+from common.readmodel.keys import Keys
+from common.settings import Settings
+from gateway.idempotency import HEADER
 from tests.integration.test_queries_end_to_end import ORDER
 from tests.support.amqp import eventually
 from tests.support.processes import ProcessFactory
@@ -201,3 +206,55 @@ async def test_an_order_at_its_limits_answers_409_with_the_reason(
         assert view.json()["version"] == 4
         assert view.json()["status"] == "shipped"
         assert view.json()["item_count"] == 5
+
+
+async def test_a_reused_idempotency_key_never_reports_success_whatever_redis_forgot(
+    client: httpx.AsyncClient, redis_client: aioredis.Redis, isolated_settings: Settings
+) -> None:
+    keys = Keys(isolated_settings.redis_key_prefix)
+    key = f"order-{uuid.uuid4()}"
+    created = await client.post("/orders", json=ORDER, headers={**WAIT, HEADER: key})
+    assert created.status_code == 201, created.text
+    command_id = created.json()["command_id"]
+    status_url = f"/commands/{command_id}"
+    first_status = (await client.get(status_url)).json()
+    assert (first_status["status"], first_status["type"]) == ("succeeded", "CreateOrder")
+    other = {**ORDER, "customer_id": "someone-else"}
+
+    # Past the key's 24 h: its record is gone, the command's status is not.
+    await redis_client.delete(keys.idempotency(key))
+    refused = await client.post("/orders", json=other, headers={**WAIT, HEADER: key})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["type"] == "urn:orders:problem:idempotency-key-reused"
+    assert (await client.get(status_url)).json() == first_status
+
+    # Redis lost both: the command worker refuses it from the event store's record.
+    await redis_client.delete(keys.idempotency(key), keys.command(command_id))
+    refused = await client.post("/orders", json=other, headers={**WAIT, HEADER: key})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["type"] == "urn:orders:problem:idempotency-key-reused"
+    status = (await client.get(status_url)).json()
+    assert (status["status"], status["reason"]) == ("rejected", ID_REUSED_REASON)
+
+    # Without waiting, the 202's status shows the refusal and never a success.
+    await redis_client.delete(keys.idempotency(key), keys.command(command_id))
+    accepted = await client.post(
+        f"/orders/{created.json()['order_id']}/ship", headers={HEADER: key}
+    )
+    assert accepted.status_code == 202, accepted.text
+    seen: list[str] = []
+
+    async def settled() -> bool:
+        status = (await client.get(accepted.headers["location"])).json()
+        seen.append(status["status"])
+        return bool(status["status"] == "rejected")
+
+    await eventually(settled, what="the refusal")
+    assert "succeeded" not in seen
+    assert (await client.get(status_url)).json()["reason"] == ID_REUSED_REASON
+    view = (await client.get(f"/orders/{created.json()['order_id']}")).json()
+    assert (view["status"], view["customer_id"], view["version"]) == (
+        "created",
+        ORDER["customer_id"],
+        1,
+    )
