@@ -199,6 +199,11 @@ def outcome_response(
     any other rejection or failure, else the plain 202."""
     if progress is None or not progress.settled:
         return accepted_response(command, aggregate)
+    stream = aggregate.stream_of(command)
+    if (progress.type or command.type, progress.stream_id or stream) != (command.type, stream):
+        # A status of another request with this command id (one written before statuses kept
+        # fingerprints): the key was reused, and that request's outcome is not this one's.
+        return _key_reused(command)
     if progress.status == CommandStatus.SUCCEEDED:
         status = status_json(progress, aggregate, command.type)
         if command.type in aggregate.creates and aggregate.location is not None:
@@ -210,9 +215,7 @@ def outcome_response(
         return json_response(status)
     rejected = progress.status == CommandStatus.REJECTED
     if rejected and progress.reason == ID_REUSED_REASON:
-        problem = idempotency.key_reused()
-        problem.headers["location"] = f"/commands/{command.command_id}"
-        return problem.response()
+        return _key_reused(command)
     return Problem(
         409,
         progress.reason or progress.status,
@@ -220,3 +223,9 @@ def outcome_response(
         title="Command rejected" if rejected else "Command failed",
         headers={"location": f"/commands/{command.command_id}"},
     ).response()
+
+
+def _key_reused(command: CommandBase) -> Response:
+    problem = idempotency.key_reused()
+    problem.headers["location"] = f"/commands/{command.command_id}"
+    return problem.response()
