@@ -19,7 +19,8 @@ class Keys:
         return f"{self.prefix}command:{command_id}"
 
     def idempotency(self, key: str) -> str:
-        """String: JSON {command_id, aggregate_id, fingerprint} of the first use of a key."""
+        """String: JSON {command_id, aggregate_id, fingerprint} of the first use of a key (the
+        key scoped per API key when API keys are on)."""
         return f"{self.prefix}idempotency:{key}"
 
     @property
