@@ -46,6 +46,9 @@ class ProblemType(StrEnum):
     """The command was refused by its domain's rules (`Prefer: wait` answers); see `detail`."""
     COMMAND_FAILED = "urn:orders:problem:command-failed"
     """The command could not be applied (too many concurrent changes); see `detail`."""
+    QUERY_TOO_BROAD = "urn:orders:problem:query-too-broad"
+    """The query would make the read store do more work than a query may: refine it (`errors`
+    names the parameters that cause it)."""
     UNAUTHORIZED = "urn:orders:problem:unauthorized"
     NOT_FOUND = "urn:orders:problem:not-found"
 
@@ -93,6 +96,17 @@ def validation_problem(errors: Sequence[Mapping[str, str]], detail: str | None =
         detail or f"Invalid request: {fields}.",
         type_=ProblemType.VALIDATION,
         title="Invalid request",
+        errors=errors,
+    )
+
+
+def too_broad(errors: Sequence[Mapping[str, str]]) -> Problem:
+    """422 "refine the query": valid, but too costly to answer; `errors` name the cause."""
+    return Problem(
+        422,
+        "; ".join(e["message"] for e in errors),
+        type_=ProblemType.QUERY_TOO_BROAD,
+        title="Refine the query",
         errors=errors,
     )
 

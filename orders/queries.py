@@ -1,5 +1,8 @@
 """Reading the order views: one atomic script call per query, O(log N + page size) for every
-query that a single sorted set answers (see `docs/read-path.md` for the costs of the others)."""
+query that a single sorted set answers. The others work in scratch sets, in proportion to
+their smallest input: a search whose input exceeds `ORDERS_SEARCH_MAX_CANDIDATES`, or whose
+page lies deeper than `MAX_OFFSET`, is refused (`SearchRefused`) before Redis does that work
+(see `docs/read-path.md`)."""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from orders.layout import (
     token_suffix,
 )
 from orders.projection import OrderViews
+from orders.settings import OrdersSettings
 from orders.view import ViewStatus, api_json, query_terms
 
 SCRATCH = "scratch:search"
@@ -35,8 +39,21 @@ SCRATCH = "scratch:search"
 MAX_TERMS = 8
 """Search terms used from `q`; every term must match."""
 
+MAX_OFFSET = 10_000
+"""The deepest a page may reach (`page * page_size`): deeper pages are refused, since a
+ranged page costs Redis its offset."""
 
-__all__ = ["OrderQueries", "ViewsUnavailable"]
+
+__all__ = ["MAX_OFFSET", "OrderQueries", "SearchRefused", "ViewsUnavailable"]
+
+
+class SearchRefused(Exception):
+    """A search that would cost Redis more than its limits allow; `fields` name its cause."""
+
+    def __init__(self, fields: Sequence[str], reason: str) -> None:
+        super().__init__(reason)
+        self.fields = tuple(fields)
+        self.reason = reason
 
 
 class SortBy(StrEnum):
@@ -96,6 +113,16 @@ class SearchQuery:
             sets.append(status_suffix(self.status))
         return sets
 
+    def filter_fields(self) -> list[str]:
+        """The parameters that choose the filter sets, as the API names them."""
+        given = {"q": bool(query_terms(self.q)), "customer_id": self.customer_id is not None}
+        given["status"] = self.status is not None
+        return [name for name, present in given.items() if present]
+
+    def range_fields(self) -> list[str]:
+        bounds = {"min_total": self.min_total, "max_total": self.max_total}
+        return [name for name, bound in bounds.items() if bound is not None]
+
 
 def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
@@ -108,9 +135,12 @@ def _views(raw: Sequence[Sequence[bytes]]) -> list[orjson.Fragment]:
 class OrderQueries:
     """The queries of the `order_views` projection, over one Redis client."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, max_candidates: int | None = None) -> None:
         self._reader = ProjectionReader(redis, keys.projection(OrderViews.name))
         self._search = redis.register_script(read_scripts.SEARCH)
+        self.max_candidates = (
+            OrdersSettings().search_max_candidates if max_candidates is None else max_candidates
+        )
 
     async def _call(self, script: Any, *args: Any) -> list[Any]:
         return await self._reader.call(script, *args)
@@ -144,8 +174,16 @@ class OrderQueries:
         )
 
     async def search(self, query: SearchQuery) -> Page:
+        """One page of the matching orders; `SearchRefused` when the page lies beyond
+        `MAX_OFFSET` or the search would examine more than `max_candidates` orders."""
+        if query.page * query.page_size > MAX_OFFSET:
+            raise SearchRefused(
+                ["page"],
+                f"page * page_size may be at most {MAX_OFFSET}: narrow the search instead "
+                "of paging deeper",
+            )
         sets = query.filter_sets()
-        _, total, raw = await self._call(
+        _, total, raw, candidates = await self._call(
             self._search,
             order_suffix(""),
             BY_CREATED,
@@ -157,7 +195,26 @@ class OrderQueries:
             query.page_size,
             money_str(query.min_total) if query.min_total is not None else "-inf",
             money_str(query.max_total) if query.max_total is not None else "+inf",
+            self.max_candidates,
             len(sets),
             *sets,
         )
+        if candidates:
+            raise self._refusal(query, int(candidates))
         return Page(_views(raw), int(total), query.page, query.page_size)
+
+    def _refusal(self, query: SearchQuery, candidates: int) -> SearchRefused:
+        limit = self.max_candidates
+        if query.filter_fields():
+            return SearchRefused(
+                query.filter_fields(),
+                f"the most selective filter matches {candidates} orders, more than the "
+                f"{limit} a search may examine to combine filters, a total range or a sort by "
+                "total: refine the search (a customer, a rarer word)",
+            )
+        return SearchRefused(
+            query.range_fields(),
+            f"the total range holds {candidates} orders, more than the {limit} a search may "
+            "examine sorted by created_at: refine the search (a narrower range, a filter) or "
+            "sort by total_amount",
+        )

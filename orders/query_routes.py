@@ -27,15 +27,18 @@ from gateway.openapi import (
     problem_response,
     query_parameter,
 )
-from gateway.problems import Problem, ProblemType, validation_problem
+from gateway.problems import Problem, ProblemType, too_broad, validation_problem
 from gateway.responses import JSON, json_response
 from gateway.routing import RawRoute, path_uuid
 from gateway.runtime import runtime_of
 from gateway.waiting import WaitersFull, prefer_wait, waiter_of
 from orders.projection import STREAM_TYPE, OrderViews
 from orders.queries import (
+    MAX_OFFSET,
     OrderQueries,
+    Page,
     SearchQuery,
+    SearchRefused,
     SortBy,
     SortOrder,
 )
@@ -61,6 +64,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: problem_response("An invalid parameter; `errors` names it."),
     503: problem_response("Redis is unavailable or the views are being rebuilt."),
 }
+_PAGED_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    422: problem_response(
+        "An invalid parameter, or a search too costly to answer "
+        f"(`urn:orders:problem:query-too-broad`: a page beyond {MAX_OFFSET} orders deep, or "
+        "more candidates than `ORDERS_SEARCH_MAX_CANDIDATES` to combine); `errors` names "
+        "the cause."
+    ),
+}
 
 
 def queries_of(request: Request) -> OrderQueries:
@@ -71,6 +83,14 @@ async def _read(call: Awaitable[T]) -> T:
     return await reads.read(call, "the order views")
 
 
+async def _page(call: Awaitable[Page]) -> Response:
+    try:
+        result = await _read(call)
+    except SearchRefused as refused:
+        raise too_broad([{"field": f, "message": refused.reason} for f in refused.fields]) from None
+    return json_response(result.to_json())
+
+
 def _not_found(order_id: UUID) -> Problem:
     return Problem(404, f"No order {order_id} is known.", type_=ProblemType.NOT_FOUND)
 
@@ -79,7 +99,10 @@ def _not_found(order_id: UUID) -> Problem:
     "/orders/search",
     summary="Search orders",
     response_class=Response,
-    responses={200: json_response_doc(OrderPage, "One page of matching orders."), **_ERRORS},
+    responses={
+        200: json_response_doc(OrderPage, "One page of matching orders."),
+        **_PAGED_ERRORS,
+    },
 )
 async def search_orders(
     request: Request,
@@ -113,8 +136,7 @@ async def search_orders(
         page=page,
         page_size=page_size,
     )
-    result = await _read(queries_of(request).search(query))
-    return json_response(result.to_json())
+    return await _page(queries_of(request).search(query))
 
 
 _MIN_VERSION: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(ge=1)])
@@ -237,7 +259,10 @@ async def order_history(
     "/customers/{customer_id}/orders",
     summary="A customer's orders, newest first",
     response_class=Response,
-    responses={200: json_response_doc(OrderPage, "One page of the customer's orders."), **_ERRORS},
+    responses={
+        200: json_response_doc(OrderPage, "One page of the customer's orders."),
+        **_PAGED_ERRORS,
+    },
 )
 async def customer_orders(
     request: Request,
@@ -246,5 +271,4 @@ async def customer_orders(
     page: PageNumber = 1,
     page_size: PageSize = 20,
 ) -> Response:
-    result = await _read(queries_of(request).customer_orders(customer_id, status, page, page_size))
-    return json_response(result.to_json())
+    return await _page(queries_of(request).customer_orders(customer_id, status, page, page_size))

@@ -11,7 +11,10 @@ SEARCH = (
 -- ARGV[2] order suffix without the id, [3] by-created suffix, [4] by-total suffix,
 -- [5] scratch suffix, [6] 'created_at' | 'total_amount', [7] 'asc' | 'desc',
 -- [8] offset, [9] count, [10] min total or '-inf', [11] max total or '+inf',
--- [12] number of filter sets, [13..] filter set suffixes (all scored by creation time)
+-- [12] most candidates scratch work may examine, [13] number of filter sets,
+-- [14..] filter set suffixes (all scored by creation time).
+-- Returns {1, total, views, 0}, or {1, 0, {}, candidates} when the search would examine
+-- more candidates than [12] in scratch sets (nothing is copied: refine the search).
 local by_created = base .. ARGV[3]
 local by_total = base .. ARGV[4]
 local scratch = base .. ARGV[5]
@@ -22,10 +25,15 @@ local count = tonumber(ARGV[9])
 local low, high = ARGV[10], ARGV[11]
 local ranged = low ~= '-inf' or high ~= '+inf'
 
+local max_candidates = tonumber(ARGV[12])
+
 local sets = {}
-for i = 1, tonumber(ARGV[12]) do
-  local key = base .. ARGV[12 + i]
-  if redis.call('EXISTS', key) == 0 then return {1, 0, {}} end
+local smallest = nil
+for i = 1, tonumber(ARGV[13]) do
+  local key = base .. ARGV[13 + i]
+  local size = redis.call('ZCARD', key)
+  if size == 0 then return {1, 0, {}, 0} end
+  if smallest == nil or size < smallest then smallest = size end
   sets[#sets + 1] = key
 end
 
@@ -36,6 +44,10 @@ if #sets == 0 and (by_amount or not ranged) then
 elseif #sets == 1 and not by_amount and not ranged then
   source = sets[1]
 else
+  -- Scratch work walks the smallest filter set (or the range's slice of the totals): measure
+  -- it first, in O(K + log N), and refuse before copying anything.
+  local candidates = smallest or redis.call('ZCOUNT', by_total, low, high)
+  if candidates > max_candidates then return {1, 0, {}, candidates} end
   scratch_used = true
   if #sets == 0 then
     -- Only a range: the matching slice of the totals, then their creation times.
@@ -86,6 +98,6 @@ end
 local views = {}
 for i, id in ipairs(ids) do views[i] = redis.call('HGETALL', base .. ARGV[2] .. id) end
 if scratch_used then redis.call('DEL', scratch) end
-return {1, total, views}
+return {1, total, views, 0}
 """
 )
