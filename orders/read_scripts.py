@@ -64,14 +64,15 @@ else
     if low ~= '-inf' then redis.call('ZREMRANGEBYSCORE', scratch, '-inf', '(' .. low) end
     if high ~= '+inf' then redis.call('ZREMRANGEBYSCORE', scratch, '(' .. high, '+inf') end
   else
+    -- Filters alone: every set is scored by creation time, and so is their intersection.
     local args = {'ZINTERSTORE', scratch, #sets}
     for _, key in ipairs(sets) do args[#args + 1] = key end
     args[#args + 1] = 'AGGREGATE'
     args[#args + 1] = 'MAX'
     redis.call(unpack(args))
   end
-  if not by_amount then
-    -- Re-score the survivors by creation time.
+  if not by_amount and (#sets == 0 or ranged) then
+    -- Re-score the survivors, scored by total, by creation time.
     redis.call('ZINTERSTORE', scratch, 2, scratch, by_created, 'WEIGHTS', 0, 1)
   end
   ranged = false
