@@ -64,13 +64,20 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     422: problem_response("An invalid parameter; `errors` names it."),
     503: problem_response("Redis is unavailable or the views are being rebuilt."),
 }
-_PAGED_ERRORS: dict[int | str, dict[str, Any]] = {
+_TOO_DEEP = f"a page beyond {MAX_OFFSET} orders deep"
+_CUSTOMER_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    422: problem_response(
+        f"An invalid parameter, or {_TOO_DEEP} (`urn:orders:problem:query-too-broad`); "
+        "`errors` names it."
+    ),
+}
+_SEARCH_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
     422: problem_response(
         "An invalid parameter, or a search too costly to answer "
-        f"(`urn:orders:problem:query-too-broad`: a page beyond {MAX_OFFSET} orders deep, or "
-        "more candidates than `ORDERS_SEARCH_MAX_CANDIDATES` to combine); `errors` names "
-        "the cause."
+        f"(`urn:orders:problem:query-too-broad`: {_TOO_DEEP}, or more candidates than "
+        "`ORDERS_SEARCH_MAX_CANDIDATES` to combine); `errors` names the cause."
     ),
 }
 
@@ -101,7 +108,7 @@ def _not_found(order_id: UUID) -> Problem:
     response_class=Response,
     responses={
         200: json_response_doc(OrderPage, "One page of matching orders."),
-        **_PAGED_ERRORS,
+        **_SEARCH_ERRORS,
     },
 )
 async def search_orders(
@@ -261,7 +268,7 @@ async def order_history(
     response_class=Response,
     responses={
         200: json_response_doc(OrderPage, "One page of the customer's orders."),
-        **_PAGED_ERRORS,
+        **_CUSTOMER_ERRORS,
     },
 )
 async def customer_orders(
