@@ -115,8 +115,11 @@ class SearchQuery:
 
     def filter_fields(self) -> list[str]:
         """The parameters that choose the filter sets, as the API names them."""
-        given = {"q": bool(query_terms(self.q)), "customer_id": self.customer_id is not None}
-        given["status"] = self.status is not None
+        given = {
+            "q": bool(query_terms(self.q)),
+            "customer_id": self.customer_id is not None,
+            "status": self.status is not None,
+        }
         return [name for name, present in given.items() if present]
 
     def range_fields(self) -> list[str]:
