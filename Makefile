@@ -28,7 +28,8 @@ help:
 	@echo "make lint      ruff check, ruff format --check, mypy"
 	@echo "make format    ruff fixes and formatting"
 	@echo "make bench     the benchmark: ratios against floors measured in the same run (QUICK=1)"
-	@echo "make chaos     the fault drills: kills, broker/database/Redis restarts, invariants"
+	@echo "make chaos     the fault drills: kills, broker/database/Redis restarts, invariants;"
+	@echo "               then the tests that measure latency under load (-m load)"
 	@echo "make clean     remove caches and build output ($(VENV) stays; rm -rf it to start over)"
 
 install: $(STAMP)
@@ -46,9 +47,10 @@ run: install services
 		--command-workers $(COMMAND_WORKERS) --projector-workers $(PROJECTOR_WORKERS)
 
 # pytest exits 5 when it collected nothing: a run that tested nothing must not pass.
+# Tests marked `load` measure latency under load for tens of seconds: `make chaos` runs them.
 test: install services
-	@echo "$(BIN)/pytest $(PYTEST_ARGS)"
-	@rc=0; $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
+	@echo "$(BIN)/pytest -m 'not load' $(PYTEST_ARGS)"
+	@rc=0; $(BIN)/pytest -m 'not load' $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
@@ -78,3 +80,4 @@ bench: install services $(BENCH_STAMP)
 # until no other test or benchmark run is going.
 chaos: install services
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
+	$(BIN)/pytest -m load -p no:cacheprovider

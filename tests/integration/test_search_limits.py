@@ -225,6 +225,7 @@ AT_THE_CAP = [
 ]
 
 
+@pytest.mark.load
 async def test_broad_searches_do_not_hold_up_order_reads(
     processes: ProcessFactory, client_of: ClientOf, redis_client: Redis, isolated_settings: Settings
 ) -> None:
