@@ -94,7 +94,7 @@ class CommandWorker:
         )
         health = None
         if settings.metrics_port is not None:
-            health = HealthServer(settings.metrics_port, self._ready)
+            health = HealthServer(settings.metrics_port, self._ready, settings.metrics_host)
             await health.start()
         relay = Relay(
             settings.database_url,

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
     """Time a worker gives in-flight messages to finish after SIGTERM."""
 
+    metrics_host: str = "127.0.0.1"
+    """Address a worker's health and metrics server binds (`0.0.0.0` to be scraped from other
+    hosts)."""
+
     metrics_port: int | None = None
     """Port of a worker's health and metrics HTTP server; unset means none."""
 

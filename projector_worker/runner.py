@@ -272,7 +272,7 @@ class Projector:
         metrics.register(metrics.PROJECTOR)
         health = None
         if settings.metrics_port is not None:
-            health = HealthServer(settings.metrics_port, self.readiness)
+            health = HealthServer(settings.metrics_port, self.readiness, settings.metrics_host)
             await health.start()
         await prepare_database(settings.database_url)
         self.pool = await create_pool(settings.database_url, settings.db_pool_size)
