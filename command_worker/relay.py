@@ -37,7 +37,7 @@ import asyncpg
 from command_worker.window import InFlight
 from common.contracts.envelopes import RecordedEvent
 from common.domain import UnknownEvent
-from common.eventstore.database import connect
+from common.eventstore.database import STATEMENT_TIMEOUT_S, connect
 from common.eventstore.store import EventStore, HeldBack
 from common.messaging.connection import BrokerUnavailable
 from common.messaging.messages import event_message
@@ -82,8 +82,10 @@ class Relay:
         batch_size: int,
         idle_poll_s: float = 1.0,
         held_back_report_s: float = HELD_BACK_REPORT_S,
+        statement_timeout_s: float = STATEMENT_TIMEOUT_S,
     ) -> None:
         self._database_url = database_url
+        self._statement_timeout_s = statement_timeout_s
         self._held_back_report_s = held_back_report_s
         self._held_back_logged_at: float | None = None
         """When the last warning about the current wait was logged; None: none logged."""
@@ -148,7 +150,7 @@ class Relay:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _session(self) -> None:
-        conn = await connect(self._database_url)
+        conn = await connect(self._database_url, self._statement_timeout_s)
         try:
             # Polling: the lock's release is only visible by asking for it again.
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):

@@ -26,6 +26,15 @@ from common.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def open_redis(settings: Settings) -> Redis:
+    """The command worker's Redis client: every call bounded by `REDIS_TIMEOUT_S`."""
+    return Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=min(5.0, settings.redis_timeout_s),
+        socket_timeout=settings.redis_timeout_s,
+    )
+
+
 class CommandWorker:
     """One process: consumes the commands queue and runs a (leader-elected) relay."""
 
@@ -82,8 +91,10 @@ class CommandWorker:
         stop = asyncio.Event()
         install_stop_signals(stop)
         await prepare_database(settings.database_url)
-        self._pool = await create_pool(settings.database_url, settings.db_pool_size)
-        self._redis = Redis.from_url(settings.redis_url)
+        self._pool = await create_pool(
+            settings.database_url, settings.db_pool_size, settings.db_statement_timeout_s
+        )
+        self._redis = open_redis(settings)
         self._handler = CommandHandler(
             self.registry,
             EventStore(self._pool),
@@ -102,6 +113,7 @@ class CommandWorker:
             exchange=self.topology.events_exchange,
             upcast=self.registry.upcast,
             batch_size=settings.relay_batch_size,
+            statement_timeout_s=settings.db_statement_timeout_s,
         )
         await self._connection.start()
         relay.start()

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     projector_prefetch: int = Field(default=500, ge=1, le=5000)
     """Unacked event messages per projector."""
 
+    redis_timeout_s: float = Field(default=30.0, gt=0)
+    """Connect and read timeout of the workers' Redis calls: a Redis that stops answering
+    fails a call (which is retried) instead of hanging the worker."""
+
+    db_statement_timeout_s: float = Field(default=30.0, gt=0)
+    """Timeout of one event-store statement: a PostgreSQL that stops answering fails it."""
+
     db_pool_size: int = Field(default=8, ge=1, le=64)
     """PostgreSQL connections per worker process."""
 

@@ -113,7 +113,7 @@ async def _serve(registry: Registry, names: list[str]) -> int:
 async def _rebuild(args: argparse.Namespace, registry: Registry, helpers: Helpers) -> int:
     settings = get_settings()
     await prepare_database(settings.database_url)
-    pool = await create_pool(settings.database_url, 2)
+    pool = await create_pool(settings.database_url, 2, settings.db_statement_timeout_s)
     redis = open_redis(settings)
     keys = Keys(settings.redis_key_prefix)
     names = list(registry.projections) if args.all else [args.name]
@@ -151,7 +151,7 @@ async def _rebuild(args: argparse.Namespace, registry: Registry, helpers: Helper
 async def _replay_partition(args: argparse.Namespace, registry: Registry) -> int:
     """One partition of a rebuild's replay; a JSON line of counts on stdout per batch."""
     settings = get_settings()
-    pool = await create_pool(settings.database_url, 2)
+    pool = await create_pool(settings.database_url, 2, settings.db_statement_timeout_s)
     redis = open_redis(settings)
     keys = Keys(settings.redis_key_prefix)
 

@@ -32,9 +32,9 @@ def open_redis(settings: Settings) -> Redis:
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=REDIS_CONNECTIONS,
-        timeout=30,
-        socket_connect_timeout=5,
-        socket_timeout=30,
+        timeout=settings.redis_timeout_s,
+        socket_connect_timeout=min(5.0, settings.redis_timeout_s),
+        socket_timeout=settings.redis_timeout_s,
     )
     return Redis(connection_pool=pool)
 

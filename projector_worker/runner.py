@@ -275,7 +275,9 @@ class Projector:
             health = HealthServer(settings.metrics_port, self.readiness, settings.metrics_host)
             await health.start()
         await prepare_database(settings.database_url)
-        self.pool = await create_pool(settings.database_url, settings.db_pool_size)
+        self.pool = await create_pool(
+            settings.database_url, settings.db_pool_size, settings.db_statement_timeout_s
+        )
         for runner in self.runners:
             runner.open(self.pool)
         background = [

@@ -100,14 +100,28 @@ scan for the rest of the connection's life (measured: loading one stream went fr
 the table as it is; for these short statements that costs no more than the generic plan did."""
 
 
-async def connect(url: str) -> asyncpg.Connection:
+STATEMENT_TIMEOUT_S = 30.0
+"""No statement of ours takes seconds; one that does waits on a server that stopped answering.
+Processes pass `DB_STATEMENT_TIMEOUT_S`."""
+
+
+async def connect(url: str, statement_timeout_s: float = STATEMENT_TIMEOUT_S) -> asyncpg.Connection:
     """One event-store session (the relay's); pools come from `create_pool`."""
-    return await asyncpg.connect(url, server_settings=SESSION_SETTINGS)
+    return await asyncpg.connect(
+        url, server_settings=SESSION_SETTINGS, command_timeout=statement_timeout_s
+    )
 
 
-async def create_pool(url: str, size: int) -> asyncpg.Pool:
+async def create_pool(
+    url: str, size: int, statement_timeout_s: float = STATEMENT_TIMEOUT_S
+) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
-        url, min_size=1, max_size=size, reset=_keep_session, server_settings=SESSION_SETTINGS
+        url,
+        min_size=1,
+        max_size=size,
+        reset=_keep_session,
+        server_settings=SESSION_SETTINGS,
+        command_timeout=statement_timeout_s,
     )
     assert pool is not None
     return pool
