@@ -93,6 +93,9 @@ class Aggregate(Generic[State]):
     """The most events one stream may hold; a command that would append past it is rejected
     and appends nothing. None: no limit. A bound on every stream bounds the cost of loading
     and folding one aggregate, so one busy instance cannot slow every other's commands."""
+    closing: frozenset[str] = frozenset()
+    """Command types that end an aggregate's life (ship, cancel): the events limit never
+    refuses them, so an aggregate at or past its limit can still be closed."""
 
     def __post_init__(self) -> None:
         if not STREAM_TYPE.match(self.stream_type):
@@ -116,11 +119,14 @@ class Aggregate(Generic[State]):
 
     def decide_within_limit(self, state: State, version: int, command: Any) -> Sequence[BaseModel]:
         """`decide` on a stream at `version`, then the events limit: raises `Rejection` when the
-        new events would take the stream past `max_events` (the domain's own reason first)."""
+        new events would take the stream past `max_events` (the domain's own reason first), unless
+        the command is one of the `closing` ones."""
         events = self.decide(state, command)
-        if self.max_events is not None and events and version + len(events) > self.max_events:
+        limit = self.max_events
+        closing = command.type in self.closing
+        if limit is not None and not closing and events and version + len(events) > limit:
             raise Rejection(
-                f"the {self.stream_type.lower()} has reached its limit of {self.max_events} events"
+                f"the {self.stream_type.lower()} has reached its limit of {limit} events"
             )
         return events
 

@@ -52,6 +52,7 @@ ORDER = Aggregate(
     creates=frozenset({"CreateOrder"}),
     location=lambda order_id: f"/orders/{order_id}",
     max_events=_LIMITS.max_events,
+    closing=frozenset({"ShipOrder", "CancelOrder"}),
 )
 
 DOMAIN = Domain(

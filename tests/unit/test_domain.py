@@ -19,7 +19,7 @@ from common.domain import (
     split_stream_id,
     stream_id,
 )
-from orders.contracts import CreateOrder
+from orders.contracts import CreateOrder, ShipOrder
 from orders.domain import DOMAIN as ORDERS
 from orders.domain import ORDER
 from tests.domains.tickets.domain import DOMAIN as TICKETS
@@ -134,5 +134,16 @@ def test_the_events_limit_rejects_what_would_append_past_it() -> None:
     with pytest.raises(Rejection, match="order already exists"):
         limited.decide_within_limit(created, 3, command)
     assert len(replace(ORDER, max_events=None).decide_within_limit(state, 10**9, command)) == 1
+    # A closing command passes the limit, so a stream at or past it can still be closed.
+    ship = ShipOrder.model_validate(
+        {
+            "command_id": uuid.uuid4(),
+            "order_id": command.order_id,
+            "correlation_id": uuid.uuid4(),
+            "issued_at": datetime.now(UTC),
+        }
+    )
+    assert ORDER.closing == {"ShipOrder", "CancelOrder"}
+    assert len(limited.decide_within_limit(created, 20_000, ship)) == 1
     with pytest.raises(ValueError, match="max_events of Order must be at least 1"):
         replace(ORDER, max_events=0)
