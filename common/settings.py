@@ -112,6 +112,15 @@ class Settings(BaseSettings):
             return {**data, "redis_key_prefix": f"{data['app_prefix']}:"}
         return data
 
+    @model_validator(mode="after")
+    def _waits_leave_room_for_requests(self) -> Settings:
+        if self.max_waiters >= self.http_max_concurrency:
+            raise ValueError(
+                "MAX_WAITERS must be below HTTP_MAX_CONCURRENCY: waits that fill the gateway's "
+                "connections leave no room to answer anything"
+            )
+        return self
+
     @property
     def domain_names(self) -> list[str]:
         return [name.strip() for name in self.domains.split(",") if name.strip()]

@@ -285,4 +285,10 @@ MIGRATIONS: tuple[str, ...] = (
     END
     $$;
     """,
+    # 7: the appender's mark also under `session_replication_role = replica` (logical
+    # replication, some restores), where an ordinary trigger does not fire: an insert that took
+    # positions unmarked could be passed over by the relay.
+    """
+    ALTER TABLE events ENABLE ALWAYS TRIGGER events_mark_the_appender;
+    """,
 )

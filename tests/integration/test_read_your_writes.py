@@ -153,7 +153,9 @@ async def test_waits_past_max_waiters_are_answered_at_once(processes: ProcessFac
 
 
 async def test_requests_past_http_max_concurrency_get_503(processes: ProcessFactory) -> None:
-    gateway = processes.start("gateway", extra_env={"HTTP_MAX_CONCURRENCY": "3"})
+    gateway = processes.start(
+        "gateway", extra_env={"HTTP_MAX_CONCURRENCY": "3", "MAX_WAITERS": "1"}
+    )
 
     async def live_status() -> int:
         async with httpx.AsyncClient(base_url=gateway.base_url, timeout=10) as fresh:
