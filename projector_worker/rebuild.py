@@ -24,6 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import orjson
@@ -329,11 +330,14 @@ class Rebuild:
 
     async def _restore_command_statuses(self) -> int:
         """Write the recorded outcome of every command on a stream this projection makes
-        visible back to its status hash, from the event store's command ledger."""
+        visible back to its status hash, from the event store's command ledger: those recorded
+        within the statuses' lifetime, each expiring when it would have."""
         restored = 0
         last = None
+        ttl = timedelta(seconds=self._writer.status_ttl_s)
+        since = datetime.now(UTC) - ttl
         while True:
-            records = await self._store.read_commands(last, COMMAND_BATCH)
+            records = await self._store.read_commands(last, COMMAND_BATCH, since)
             if not records:
                 return restored
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -351,7 +355,7 @@ class Rebuild:
                     )
                     key = self._writer.root_keys.command(record.command_id)
                     pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-                    pipe.expire(key, self._writer.status_ttl_s)
+                    pipe.expireat(key, record.recorded_at + ttl)
                     restored += 1
                 await pipe.execute()
             last = records[-1].command_id

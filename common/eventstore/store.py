@@ -354,15 +354,19 @@ class EventStore:
         assert record is not None
         return record
 
-    async def read_commands(self, after: UUID | None, limit: int) -> list[CommandRecord]:
+    async def read_commands(
+        self, after: UUID | None, limit: int, recorded_since: datetime | None = None
+    ) -> list[CommandRecord]:
         """Up to `limit` recorded commands with ids after `after`, in id order (to page through
-        them all)."""
+        them all); with `recorded_since`, only those recorded since then."""
         rows = await self.pool.fetch(
             "SELECT command_id, type, stream_id, status, reason, version, fingerprint,"
-            " recorded_at FROM commands WHERE $1::uuid IS NULL OR command_id > $1"
+            " recorded_at FROM commands WHERE ($1::uuid IS NULL OR command_id > $1)"
+            " AND ($3::timestamptz IS NULL OR recorded_at >= $3)"
             " ORDER BY command_id LIMIT $2",
             after,
             limit,
+            recorded_since,
         )
         return [CommandRecord(**dict(r)) for r in rows]
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import uuid
 
 import httpx
@@ -11,9 +14,10 @@ from redis.asyncio import Redis
 from common.readmodel.commands import PROJECTED_VERSION_FIELD
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from tests.conftest import settings_env
 from tests.integration.test_queries_end_to_end import ORDER
 from tests.support.amqp import eventually
-from tests.support.processes import ProcessFactory
+from tests.support.processes import ROOT, ProcessFactory
 
 pytestmark = pytest.mark.integration
 
@@ -52,3 +56,17 @@ async def test_every_writer_of_a_status_sets_its_ttl(
 
     await eventually(projected, what="the projection")
     assert await ttl_set(), "projected"
+
+    # A rebuild that restores the statuses gives each the rest of its lifetime, no more.
+    assert await redis_client.persist(key)
+    rebuild = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "projector_worker", "rebuild", "order_views"),
+        *("--restore-commands", "--quiet"),
+        cwd=ROOT,
+        env={**os.environ, **settings_env(isolated_settings), **env},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(rebuild.communicate(), 60)
+    assert rebuild.returncode == 0, stderr.decode()
+    assert "command statuses restored" in stderr.decode()
+    assert await ttl_set(), "restored"
