@@ -52,7 +52,7 @@ class Plan:
     rebuild_events: int
     drain_timeout_s: float
     latency_rate: float | None = None
-    """The open loop's rate; None: half the measured e2e rate (the issue's definition)."""
+    """The open loop's rate; None: half the measured e2e rate (the target's definition)."""
     open_connections: int = 64
     customers: int = 500
     generator_check: bool = True

@@ -15,7 +15,7 @@ from bench.stats import cpu_ms_per_op, measured, percentile, ratio
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One goal of the issue: `key` in the results compared to `threshold`."""
+    """One target of the benchmark: `key` in the results compared to `threshold`."""
 
     key: str
     label: str

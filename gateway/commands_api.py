@@ -29,8 +29,7 @@ from gateway.openapi import (
 from gateway.problems import Problem, ProblemType, unavailable
 from gateway.responses import CommandStatusView, accepted_model, json_response, status_json
 from gateway.routing import RawEndpoint, RawRoute
-from gateway.runtime import runtime_of
-from gateway.submission import REDIS_ERRORS
+from gateway.runtime import REDIS_ERRORS, runtime_of
 
 log = logging.getLogger(__name__)
 

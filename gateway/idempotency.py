@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import orjson
-from redis.exceptions import RedisError
 
 from common.readmodel.commands import FINGERPRINT_FIELD, ID_REUSED_REASON
 from common.readmodel.keys import Keys
 from common.readmodel.pipelining import AutoPipeline
 from gateway.problems import Problem, ProblemType, unavailable, validation_problem
+from gateway.runtime import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ async def claim(
                 TTL_S,
             )
         )
-    except (RedisError, OSError, TimeoutError) as exc:
+    except REDIS_ERRORS as exc:
         log.warning("idempotency key not checked: %r", exc)
         raise unavailable("Idempotency keys cannot be checked now.") from exc
     if previous is None:

@@ -6,17 +6,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from common.readmodel.reading import ViewsUnavailable
 from gateway.problems import unavailable
-from gateway.runtime import runtime_of
+from gateway.runtime import REDIS_ERRORS, runtime_of
 
 log = logging.getLogger(__name__)
 
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
-"""What a Redis call raises when Redis is down or slow."""
 
 Q = TypeVar("Q")
 T = TypeVar("T")
@@ -47,4 +44,4 @@ async def read(call: Awaitable[T], what: str) -> T:
         raise unavailable(f"{what.capitalize()} cannot be read now.") from exc
 
 
-__all__ = ["REDIS_ERRORS", "queries_of", "read"]
+__all__ = ["queries_of", "read"]

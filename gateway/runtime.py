@@ -8,6 +8,7 @@ import re
 from typing import cast
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from common.domain import Registry
@@ -18,6 +19,9 @@ from common.settings import Settings
 from gateway.publishing import CommandPublisher
 
 log = logging.getLogger(__name__)
+
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+"""What a Redis call raises when Redis is down or slow."""
 
 REDIS_TIMEOUT_S = 2.0
 """Connect and read timeout of Redis calls, so a hung Redis gives a 503, not a hung request."""

@@ -15,7 +15,6 @@ from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -32,13 +31,11 @@ from gateway.idempotency import CommandIds
 from gateway.middleware import request_correlation_id
 from gateway.problems import Problem, ProblemType, unavailable
 from gateway.responses import accepted_response, json_response, status_json
-from gateway.runtime import Runtime, runtime_of
+from gateway.runtime import REDIS_ERRORS, Runtime, runtime_of
 from gateway.waiting import WaitersFull, prefer_wait, waiter_of
 
 log = logging.getLogger(__name__)
 
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
-"""What a Redis call raises when Redis is down or slow."""
 
 _ACCEPTED: dict[str, Any] = {}
 """The `accepted` counter of each command type, looked up once (`labels` takes a lock)."""

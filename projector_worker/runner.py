@@ -162,13 +162,13 @@ class ProjectionRunner:
             event = RecordedEvent.model_validate_json(message.body)
         except ValidationError as exc:
             raise RejectMessage(f"not a recorded event: {exc}") from exc
+        if not self.projection.follows(event.stream_id):
+            self._ignore(event.position)
+            return
         try:
             event = self.projector.registry.upcast(event)
         except UnknownEvent as exc:
             raise RejectMessage(str(exc)) from exc
-        if not self.projection.follows(event.stream_id):
-            self._ignore(event.position)
-            return
         token = correlation_id.set(str(event.metadata.correlation_id))
         try:
             payload = self.projector.registry.parse_event(event)
