@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from command_worker.handler import CommandHandler
 from command_worker.relay import Relay
+from common.dependencies import Dependencies
 from common.domain import Registry
 from common.eventstore.database import create_pool, prepare_database
 from common.eventstore.store import EventStore
@@ -62,6 +63,7 @@ class CommandWorker:
             prefetch=self.settings.command_prefetch,
             max_attempts=self.settings.max_delivery_attempts,
             retry_base_delay_ms=self.settings.retry_base_delay_ms,
+            dependencies=self._dependencies,
         )
         await consumer.start(connection, self.settings.publish_timeout_s)
         self._consumer = consumer
@@ -95,6 +97,9 @@ class CommandWorker:
             settings.database_url, settings.db_pool_size, settings.db_statement_timeout_s
         )
         self._redis = open_redis(settings)
+        self._dependencies = Dependencies(
+            {"postgres": lambda: self._pool.fetchval("SELECT 1"), "redis": self._redis.ping}
+        )
         self._handler = CommandHandler(
             self.registry,
             EventStore(self._pool),
@@ -124,6 +129,7 @@ class CommandWorker:
         if self._consumer is not None:
             await self._consumer.stop(settings.shutdown_timeout_s)
         await relay.stop()
+        await self._dependencies.close()
         await self._connection.close()
         if health is not None:
             await health.close()

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from common.contracts.envelopes import RecordedEvent
+from common.dependencies import Dependencies
 from common.domain import Registry, UnknownEvent
 from common.eventstore.database import create_pool, prepare_database
 from common.eventstore.store import EventStore
@@ -145,6 +146,7 @@ class ProjectionRunner:
             prefetch=settings.projector_prefetch,
             max_attempts=settings.max_delivery_attempts,
             retry_base_delay_ms=settings.retry_base_delay_ms,
+            dependencies=self.projector.dependencies,
         )
         await consumer.start(connection, settings.publish_timeout_s)
         self.consumer = consumer
@@ -258,6 +260,8 @@ class Projector:
         self.keys = Keys(settings.redis_key_prefix)
         self.redis = open_redis(settings)
         self.pool: asyncpg.Pool | None = None
+        self.dependencies: Dependencies | None = None
+        """Probes of PostgreSQL and Redis; the consumers pause while one does not answer."""
         self.runners = [ProjectionRunner(self, registry.projections[name]) for name in names]
         self.connection = SupervisedConnection(
             settings.amqp_url, name="projector", on_connected=self._on_connected
@@ -277,6 +281,10 @@ class Projector:
         await prepare_database(settings.database_url)
         self.pool = await create_pool(
             settings.database_url, settings.db_pool_size, settings.db_statement_timeout_s
+        )
+        pool = self.pool
+        self.dependencies = Dependencies(
+            {"postgres": lambda: pool.fetchval("SELECT 1"), "redis": self.redis.ping}
         )
         for runner in self.runners:
             runner.open(self.pool)
@@ -301,6 +309,7 @@ class Projector:
         finally:
             for task in background:
                 task.cancel()
+            await self.dependencies.close()
             await self.connection.close()
             if health is not None:
                 await health.close()

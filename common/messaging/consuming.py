@@ -2,9 +2,11 @@
 dead letters with reasons, and a drain on shutdown.
 
 A handler returns normally (ack), raises `RejectMessage` (dead-letter now) or `RetryLater`
-(backoff through a delay queue). Any other exception counts as transient: a bug or an outage
-must not be mistaken for a poison message, but it still ends in the dead-letter queue once the
-attempts run out, so nothing loops for ever.
+(backoff through a delay queue). Any other exception counts as transient: a bug must not be
+mistaken for a poison message, but it still ends in the dead-letter queue once the attempts run
+out, so nothing loops for ever. An outage is not the message's failure: when a probe finds a
+dependency out (`common.dependencies`), the consumer pauses, holds the message and handles it
+again once the dependency answers, spending no attempt.
 
 Acks are coalesced: the messages that finish within one turn of the event loop (a batch of
 commands, the events of one Redis round trip) are acknowledged by one `basic.ack` with
@@ -20,11 +22,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from enum import Enum, auto
 from functools import partial
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, FieldValue
 
+from common.dependencies import Dependencies
 from common.messaging.outcomes import FailureKind, RejectMessage, RetryLater
 from common.messaging.publishing import ConfirmedPublisher
 from common.messaging.topology import (
@@ -76,6 +80,17 @@ def copy_message(message: AbstractIncomingMessage, **extra_headers: FieldValue) 
         type=message.type,
         app_id=message.app_id,
     )
+
+
+class _Held(Enum):
+    """What became of a failed message while a dependency was checked."""
+
+    NO_OUTAGE = auto()
+    """Every dependency answers: the failure is the message's own."""
+    AGAIN = auto()
+    """Held through an outage that is now over: handle it again."""
+    LEFT = auto()
+    """The consumer stopped during the outage: leave it unacknowledged."""
 
 
 class AckCoalescer:
@@ -169,8 +184,10 @@ class QueueConsumer:
         prefetch: int,
         max_attempts: int,
         retry_base_delay_ms: int,
+        dependencies: Dependencies | None = None,
     ) -> None:
         self.queue_name = queue_name
+        self._dependencies = dependencies
         self._topology = topology
         self._handler = handler
         self._prefetch = prefetch
@@ -179,9 +196,13 @@ class QueueConsumer:
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
+        self._consuming = asyncio.Lock()
+        """Serialises consume and cancel (a pause and a resume must not interleave)."""
         self._publisher: ConfirmedPublisher | None = None
         self._in_flight = 0
         self._stopping = False
+        self._stopped = asyncio.Event()
+        """Set with `_stopping`: held messages stop waiting for an outage to end."""
         self._reconnecting: asyncio.Future[None] | None = None
         self._acks = AckCoalescer(queue_name)
         self._idle = asyncio.Event()
@@ -195,7 +216,39 @@ class QueueConsumer:
         self._channel.close_callbacks.add(partial(self._on_channel_closed, connection))
         await self._channel.set_qos(prefetch_count=self._prefetch)
         self._queue = await self._channel.get_queue(self.queue_name, ensure=True)
-        self._consumer_tag = await self._queue.consume(self._on_message)
+        if self._dependencies is None:
+            self._consumer_tag = await self._queue.consume(self._on_message)
+            return
+        self._dependencies.add(self)
+        if self._dependencies.up:
+            await self.resume()
+        # else: the dependencies resume this consumer with the others once the outage ends.
+
+    async def pause(self) -> None:
+        """Stop taking messages (`basic.cancel`); those already delivered stay held here."""
+        async with self._consuming:
+            if self._queue is None or self._consumer_tag is None:
+                return
+            tag, self._consumer_tag = self._consumer_tag, None
+            try:
+                await self._queue.cancel(tag)
+            except Exception as exc:
+                # The channel is gone: its session ends and the next one starts paused.
+                log.debug("could not pause %s: %r", self.queue_name, exc)
+            else:
+                log.info("paused consuming %s", self.queue_name)
+
+    async def resume(self) -> None:
+        """Take messages again after `pause` (nothing to do while consuming or stopping)."""
+        async with self._consuming:
+            if self._queue is None or self._consumer_tag is not None or self._stopping:
+                return
+            try:
+                self._consumer_tag = await self._queue.consume(self._on_message)
+            except Exception as exc:
+                log.warning("could not resume consuming %s: %r", self.queue_name, exc)
+                return
+            log.info("consuming %s", self.queue_name)
 
     def _on_channel_closed(
         self, connection: aio_pika.abc.AbstractConnection, _channel: object, exc: object = None
@@ -211,11 +264,16 @@ class QueueConsumer:
     async def stop(self, timeout_s: float) -> None:
         """Stop taking messages, give in-flight ones `timeout_s` to finish, then close."""
         self._stopping = True
-        if self._queue is not None and self._consumer_tag is not None:
-            try:
-                await self._queue.cancel(self._consumer_tag)
-            except Exception:
-                log.debug("cancel failed (connection gone?)", exc_info=True)
+        self._stopped.set()
+        if self._dependencies is not None:
+            self._dependencies.remove(self)
+        async with self._consuming:
+            if self._queue is not None and self._consumer_tag is not None:
+                try:
+                    await self._queue.cancel(self._consumer_tag)
+                except Exception:
+                    log.debug("cancel failed (connection gone?)", exc_info=True)
+                self._consumer_tag = None
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:
@@ -244,19 +302,57 @@ class QueueConsumer:
                 self._idle.set()
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
+        while True:
+            attempt_started = time.monotonic()
+            try:
+                await self._handler(message)
+            except RejectMessage as exc:
+                await self._dead_letter(message, FailureKind.POISON, exc.reason)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                planned = isinstance(exc, RetryLater)
+                reason = str(exc) if planned else f"{type(exc).__name__}: {exc}"
+                held = await self._hold_through_outage(message, reason, attempt_started)
+                if held is _Held.AGAIN:
+                    continue
+                if held is _Held.LEFT:
+                    return  # unacked: closing the channel gives it back to the queue
+                if not planned:
+                    log.exception("handler failed on %s", message.message_id)
+                await self._retry(message, reason)
+            else:
+                self._acks.finished(message)
+            return
+
+    async def _hold_through_outage(
+        self, message: AbstractIncomingMessage, reason: str, attempt_started: float
+    ) -> _Held:
+        """Whether a dependency is out, or was during the attempt that failed; if it is, hold
+        `message` (the consumer is paused) until every dependency answers again, or until the
+        consumer stops."""
+        if self._dependencies is None or self._stopping:
+            return _Held.NO_OUTAGE
+        out = await self._dependencies.outage()
+        if out is None:
+            if self._dependencies.recovered_since(attempt_started):
+                return _Held.AGAIN  # it failed in an outage that ended meanwhile
+            return _Held.NO_OUTAGE
+        log.debug(
+            "holding %s until %s answers (%s)",
+            message.message_id,
+            out,
+            reason,
+            extra={"dependency": out},
+        )
+        up = asyncio.ensure_future(self._dependencies.wait_up())
+        stopping = asyncio.ensure_future(self._stopped.wait())
         try:
-            await self._handler(message)
-        except RejectMessage as exc:
-            await self._dead_letter(message, FailureKind.POISON, exc.reason)
-        except RetryLater as exc:
-            await self._retry(message, exc.reason)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("handler failed on %s", message.message_id)
-            await self._retry(message, f"{type(exc).__name__}: {exc}")
-        else:
-            self._acks.finished(message)
+            await asyncio.wait({up, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            up.cancel()
+            stopping.cancel()
+        return _Held.LEFT if self._stopping else _Held.AGAIN
 
     async def _retry(self, message: AbstractIncomingMessage, reason: str) -> None:
         attempt = attempt_of(message)

@@ -139,6 +139,21 @@ DEAD_LETTERS = Counter(
     namespace=NAMESPACE,
     registry=None,
 )
+DEPENDENCY_UP = Gauge(
+    "dependency_up",
+    "1 while a service this worker's handlers need (postgres, redis) answered its last probe.",
+    ["dependency"],
+    namespace=NAMESPACE,
+    registry=None,
+)
+OUTAGES = Counter(
+    "dependency_outages_total",
+    "Times this worker paused its consumers because a service its handlers need stopped "
+    "answering (the messages it held are handled again once it answers; no retry is spent).",
+    ["dependency"],
+    namespace=NAMESPACE,
+    registry=None,
+)
 HTTP_REQUESTS = Histogram(
     "http_request_seconds",
     "Gateway request latency by route and status.",
@@ -202,7 +217,14 @@ def watch_gc_pauses() -> None:
         gc.callbacks.append(_GcWatch())
 
 
-CONSUMER: tuple[Collector, ...] = (HANDLING_SECONDS, RETRIES, DEAD_LETTERS, ACK_FRAMES)
+CONSUMER: tuple[Collector, ...] = (
+    HANDLING_SECONDS,
+    RETRIES,
+    DEAD_LETTERS,
+    ACK_FRAMES,
+    DEPENDENCY_UP,
+    OUTAGES,
+)
 GATEWAY: tuple[Collector, ...] = (
     COMMANDS,
     HTTP_REQUESTS,
