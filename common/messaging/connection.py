@@ -18,6 +18,10 @@ import aio_pika
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT_S = 10.0
+"""Bound on opening a connection: a broker that accepts TCP but does not answer (frozen) must
+not hold the supervisor for ever. Once open, AMQP heartbeats notice a broker that went quiet."""
+
 OnConnected = Callable[[aio_pika.abc.AbstractConnection], Awaitable[None]]
 
 
@@ -76,7 +80,9 @@ class SupervisedConnection:
             lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             try:
                 connection = await aio_pika.connect(
-                    self._url, client_properties={"connection_name": self._name}
+                    self._url,
+                    timeout=CONNECT_TIMEOUT_S,
+                    client_properties={"connection_name": self._name},
                 )
                 connection.close_callbacks.add(partial(_resolve, lost))
                 self._connection = connection
