@@ -255,8 +255,13 @@ class QueueConsumer:
     ) -> None:
         """The broker closed the consuming channel (a channel error) while the connection
         lives on: close the connection too, so its supervisor opens a new session with a new
-        consumer, instead of the process staying up without consuming."""
-        if self._stopping or connection.is_closed:
+        consumer, instead of the process staying up without consuming. Either way this
+        consumer is done: the next session's takes its place in the outage pauses."""
+        if self._dependencies is not None:
+            self._dependencies.remove(self)
+        stopping, self._stopping = self._stopping, True
+        self._stopped.set()  # held messages go back to the queue with the channel
+        if stopping or connection.is_closed:
             return
         log.warning("the channel consuming %s closed (%r); reconnecting", self.queue_name, exc)
         self._reconnecting = asyncio.ensure_future(_close_quietly(connection))
