@@ -108,7 +108,10 @@ Processes pass `DB_STATEMENT_TIMEOUT_S`."""
 async def connect(url: str, statement_timeout_s: float = STATEMENT_TIMEOUT_S) -> asyncpg.Connection:
     """One event-store session (the relay's); pools come from `create_pool`."""
     return await asyncpg.connect(
-        url, server_settings=SESSION_SETTINGS, command_timeout=statement_timeout_s
+        url,
+        server_settings=SESSION_SETTINGS,
+        command_timeout=statement_timeout_s,
+        timeout=statement_timeout_s,
     )
 
 
@@ -122,6 +125,9 @@ async def create_pool(
         reset=_keep_session,
         server_settings=SESSION_SETTINGS,
         command_timeout=statement_timeout_s,
+        # Opening a connection is bounded too (asyncpg waits 60 s by default): a server that
+        # accepts TCP but does not answer must fail the call that needed the connection.
+        timeout=statement_timeout_s,
     )
     assert pool is not None
     return pool
