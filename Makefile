@@ -28,7 +28,7 @@ help:
 	@echo "make lint      ruff check, ruff format --check, mypy"
 	@echo "make format    ruff fixes and formatting"
 	@echo "make bench     the benchmark: ratios against floors measured in the same run (QUICK=1)"
-	@echo "make chaos     the fault drills: kills, broker/database/Redis restarts, invariants;"
+	@echo "make chaos     the fault drills: kills, broker/database/Redis restarts and freezes;"
 	@echo "               then the tests that measure latency under load (-m load)"
 	@echo "make clean     remove caches and build output ($(VENV) stays; rm -rf it to start over)"
 
@@ -76,8 +76,8 @@ bench: install services $(BENCH_STAMP)
 	$(BIN)/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 # The fault drills and their table (tests/chaos/last-run.md); CHAOS_ARGS='--quick' for a small
-# load, '--scenario NAME ...' for some. Restarts of RabbitMQ, PostgreSQL and Redis first wait
-# until no other test or benchmark run is going.
+# load, '--scenario NAME ...' for some. Restarts and freezes of RabbitMQ, PostgreSQL and Redis
+# first wait until no other test or benchmark run is going.
 chaos: install services
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 	$(BIN)/pytest -m load -p no:cacheprovider

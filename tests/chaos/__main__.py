@@ -17,7 +17,7 @@ from types import FrameType
 from tests.chaos import services as shared
 from tests.chaos.load import LoadShape
 from tests.chaos.report import Row, details, markdown
-from tests.chaos.scenarios import BY_NAME, SCENARIOS, Scenario, run_scenario
+from tests.chaos.scenarios import BY_NAME, FREEZE_S, SCENARIOS, Scenario, run_scenario
 from tests.chaos.system import isolated_settings, new_run_id
 from tests.conftest import settings_env
 from tests.support.processes import process_factory
@@ -35,8 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "projectors, inject one fault per scenario, wait for quiet and check every invariant: "
         "each command answered 202 reaches a terminal status exactly once, streams are "
         "contiguous, the relay is at the last position, the Redis views equal a fresh replay "
-        "and the dead-letter queues are empty. Scenarios that restart RabbitMQ, PostgreSQL or "
-        "Redis first wait until no other test or benchmark run is going.",
+        "and the dead-letter queues are empty. Scenarios that restart or freeze RabbitMQ, "
+        "PostgreSQL or Redis first wait until no other test or benchmark run is going.",
     )
     parser.add_argument(
         "--quick", action="store_true", help=f"a small load ({QUICK.commands} commands a scenario)"
@@ -48,6 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=list(BY_NAME),
         metavar="NAME",
         help="run only these (default: all): " + ", ".join(BY_NAME),
+    )
+    parser.add_argument(
+        "--freeze-seconds",
+        type=float,
+        default=FREEZE_S,
+        metavar="S",
+        help=f"how long the *-freeze scenarios keep their service stopped (default: {FREEZE_S:g})",
     )
     parser.add_argument("--list", action="store_true", help="describe the scenarios and exit")
     parser.add_argument(
@@ -71,7 +78,9 @@ def _stop_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def run_one(scenario: Scenario, services: Endpoints, shape: LoadShape, logs: Path) -> Row:
+def run_one(
+    scenario: Scenario, services: Endpoints, shape: LoadShape, logs: Path, freeze_s: float
+) -> Row:
     if scenario.restarts is not None and not shared.wait_until_alone(say, scenario.restarts):
         return Row(scenario.name, skipped="other test or benchmark runs kept the machine busy")
     run = new_run_id()
@@ -82,7 +91,9 @@ def run_one(scenario: Scenario, services: Endpoints, shape: LoadShape, logs: Pat
             isolated_settings(services, run) as settings,
             process_factory(settings_env(settings), log_dir) as processes,
         ):
-            outcome = asyncio.run(run_scenario(scenario, settings, processes, services, shape))
+            outcome = asyncio.run(
+                run_scenario(scenario, settings, processes, services, shape, freeze_s=freeze_s)
+            )
             return outcome.row
     except Exception as exc:
         return Row(scenario.name, problems=[f"the drill itself failed: {exc!r}"])
@@ -118,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
         for scenario in SCENARIOS:
-            note = f" (restarts {scenario.restarts})" if scenario.restarts else ""
+            note = f" (disturbs {scenario.restarts})" if scenario.restarts else ""
             say(f"{scenario.name:24} {scenario.summary}{note}")
         return 0
     services = Endpoints()
@@ -134,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for scenario in chosen:
             say(f"{scenario.name}: {scenario.summary}")
-            row = run_one(scenario, services, shape, logs)
+            row = run_one(scenario, services, shape, logs, args.freeze_seconds)
             say(f"  {scenario.name}: {row.result}" + "".join(f"\n    {p}" for p in row.problems))
             rows.append(row)
     finally:

@@ -164,7 +164,8 @@ class LoadDriver:
     """Every answer seen, retries included: status code, or the transport error's name."""
     given_up: list[Request] = field(default_factory=list)
     refused: list[tuple[Request, int, str]] = field(default_factory=list)
-    """Commands answered with a 4xx: a bug in the driver or the gateway."""
+    """Commands answered with a 4xx, or a 5xx other than 502-504: a bug in the driver or the
+    gateway."""
     planned: int = 0
     done: bool = False
     _progress: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -236,40 +237,53 @@ class LoadDriver:
             self._progress.notify_all()
 
 
+def _probe(key: str) -> Request:
+    return Request(
+        key,
+        "probe",
+        "POST",
+        "/orders",
+        order_id_for(key),
+        body={
+            "customer_id": "chaos-probe",
+            "items": [{"product_id": "probe", "quantity": 1, "price": "1.00"}],
+            "shipping_address": ADDRESS,
+        },
+    )
+
+
 async def time_to_recover(
     driver: LoadDriver, fault_started: float, run: str, timeout_s: float = 180.0
 ) -> float | None:
     """Seconds from `fault_started` until a new order sent now is created and visible in the
-    views (`Prefer: wait`, answered 201). Probes are sent one after another until one is;
-    every probe answered 201 or 202 counts as an accepted command. None after `timeout_s`."""
+    views (`Prefer: wait`, answered 201). Probes are sent one after another until one is; like
+    the load, a probe answered 502-504 or not at all is sent again with the same
+    Idempotency-Key. Every probe answered 201 or 202 counts as an accepted command, any other
+    answer as refused. None after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     n = 0
+    probe: Request | None = None
     while time.monotonic() < deadline:
-        n += 1
-        key = f"{run}-probe-{n}"
-        probe = Request(
-            key,
-            "probe",
-            "POST",
-            "/orders",
-            order_id_for(key),
-            body={
-                "customer_id": "chaos-probe",
-                "items": [{"product_id": "probe", "quantity": 1, "price": "1.00"}],
-                "shipping_address": ADDRESS,
-            },
-        )
+        if probe is None:
+            n += 1
+            probe = _probe(f"{run}-probe-{n}")
         try:
             response = await driver.client.post(
-                probe.path, json=probe.body, headers={"Idempotency-Key": key, "Prefer": "wait=5"}
+                probe.path,
+                json=probe.body,
+                headers={"Idempotency-Key": probe.key, "Prefer": "wait=5"},
             )
         except httpx.TransportError:
             await asyncio.sleep(0.1)
             continue
         if response.status_code in (201, 202):
             await driver.accept(probe)
-        if response.status_code == 201:
-            return time.monotonic() - fault_started
+            if response.status_code == 201:
+                return time.monotonic() - fault_started
+            probe = None
+        elif response.status_code not in RETRY_STATUSES:
+            driver.refused.append((probe, response.status_code, response.text[:300]))
+            probe = None
         await asyncio.sleep(0.1)
     return None
 

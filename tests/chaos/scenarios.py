@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from common.settings import Settings
 from tests.chaos import services as shared
+from tests.chaos.freezing import Process, frozen
 from tests.chaos.load import LoadDriver, LoadShape, time_to_read, time_to_recover
 from tests.chaos.report import Row
 from tests.chaos.system import OrderSystem, new_run_id, wait_for_quiet
@@ -30,6 +31,10 @@ from tests.support.processes import Proc, ProcessFactory
 from tests.support.services import Endpoints
 
 Say = Callable[[str], None]
+
+FREEZE_S = 20.0
+"""How long a freeze scenario keeps its service stopped: well past the retry budget (about
+7.5 s with the defaults), so retries alone cannot ride it out."""
 
 
 @dataclass
@@ -45,6 +50,8 @@ class Drill:
     """What goes on after the fault itself (a successor starting), concurrently with probing."""
     fault_started: float = field(default_factory=time.monotonic)
     """When the fault began; an injection that has to get ready first moves it."""
+    freeze_s: float = FREEZE_S
+    """How long a freeze lasts."""
 
     @property
     def vhost(self) -> str:
@@ -60,7 +67,7 @@ class Scenario:
     summary: str
     inject: Inject | None
     restarts: str | None = None
-    """The shared service it restarts: it then needs the machine to itself."""
+    """The shared service it restarts or freezes: it then needs the machine to itself."""
     when_idle: bool = False
     """Inject once the load is over and the system quiet; recovery is then measured by reads
     alone (no new command may be what brings the system back)."""
@@ -141,6 +148,60 @@ async def restart_redis(drill: Drill) -> None:
     await asyncio.to_thread(shared.restart_redis, drill.services)
 
 
+@dataclass(frozen=True)
+class FrozenService:
+    """What a freeze needs to know of one shared service."""
+
+    name: str
+    pid: Callable[[Endpoints], int]
+    """Its main process, which is stopped with every descendant."""
+    ensure: Callable[[Endpoints], None]
+    """Makes sure it answers again (starting it if need be)."""
+    spare: Callable[[Process], bool] = lambda _: False
+    """Descendants left running."""
+
+
+def freeze(service: FrozenService) -> Inject:
+    """SIGSTOP every process of `service` for `Drill.freeze_s`, then SIGCONT; the load goes on
+    meanwhile. The processes are continued and the service checked however the freeze ends
+    (Ctrl-C and SIGTERM included); after a freeze that ran its course, the check goes on while
+    probing starts, so the time to recover is the system's, not the check's."""
+
+    async def inject(drill: Drill) -> None:
+        root = await asyncio.to_thread(service.pid, drill.services)
+        try:
+            with frozen(root, drill.freeze_s, service.spare) as stopped:
+                drill.fault_started = time.monotonic()
+                names = sorted({p.name for p in stopped})
+                drill.say(
+                    f"    SIGSTOP {len(stopped)} {service.name} processes ({', '.join(names)})"
+                    f" for {drill.freeze_s:g} s"
+                )
+                await asyncio.sleep(drill.freeze_s)
+        except BaseException:
+            await asyncio.to_thread(service.ensure, drill.services)
+            raise
+        drill.say(f"    SIGCONT {service.name}")
+        drill.follow_ups.append(
+            asyncio.create_task(
+                asyncio.to_thread(service.ensure, drill.services), name=f"{service.name} answers"
+            )
+        )
+
+    return inject
+
+
+POSTGRES = FrozenService("PostgreSQL", shared.postmaster_pid, shared.ensure_postgres)
+REDIS = FrozenService("Redis", shared.redis_pid, shared.ensure_redis)
+RABBITMQ = FrozenService(
+    "RabbitMQ",
+    shared.rabbitmq_pid,
+    shared.ensure_rabbitmq,
+    # The port mapper serves every Erlang node of the machine, and the CLI tools with them.
+    spare=lambda p: p.name == "epmd",
+)
+
+
 SCENARIOS = (
     Scenario("baseline", "no fault: the load alone, for comparison", None),
     Scenario(
@@ -193,6 +254,27 @@ SCENARIOS = (
         restarts="Redis",
         when_idle=True,
     ),
+    Scenario(
+        "postgres-freeze",
+        f"SIGSTOP the postmaster and every backend for --freeze-seconds ({FREEZE_S:g}), then"
+        " SIGCONT: sessions hang instead of failing; nothing may be dead-lettered",
+        freeze(POSTGRES),
+        restarts="PostgreSQL",
+    ),
+    Scenario(
+        "redis-freeze",
+        f"SIGSTOP redis-server for --freeze-seconds ({FREEZE_S:g}), then SIGCONT: calls hang"
+        " until their timeouts; nothing may be dead-lettered",
+        freeze(REDIS),
+        restarts="Redis",
+    ),
+    Scenario(
+        "rabbitmq-freeze",
+        f"SIGSTOP the broker's Erlang VM and its helpers for --freeze-seconds ({FREEZE_S:g}),"
+        " then SIGCONT: publishes go unconfirmed, deliveries stop; nothing may be dead-lettered",
+        freeze(RABBITMQ),
+        restarts="RabbitMQ",
+    ),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}
 
@@ -219,11 +301,12 @@ async def run_scenario(
     command_workers: int = 2,
     projectors: int = 2,
     quiet_timeout_s: float = 180.0,
+    freeze_s: float = FREEZE_S,
 ) -> ScenarioResult:
     system = await asyncio.to_thread(
         OrderSystem.start, processes, command_workers=command_workers, projectors=projectors
     )
-    drill = Drill(services, settings, system, say)
+    drill = Drill(services, settings, system, say, freeze_s=freeze_s)
     run = new_run_id()
     async with httpx.AsyncClient(base_url=system.gateway.base_url, timeout=30) as client:
         driver = LoadDriver(client, shape)
@@ -250,7 +333,8 @@ async def run_scenario(
                     task.cancel()
             await asyncio.gather(load, *drill.follow_ups, return_exceptions=True)
     accepted = list(driver.accepted)
-    say(f"  {scenario.name}: load done ({len(accepted)} accepted); waiting for quiet")
+    answers = ", ".join(f"{n} {what}" for what, n in sorted(driver.answers.items()))
+    say(f"  {scenario.name}: load done ({len(accepted)} accepted; {answers}); waiting for quiet")
     quiet_s, still = await wait_for_quiet(settings, accepted, quiet_timeout_s)
     verdict = await _judge(settings, accepted)
     row = Row.of(scenario.name, verdict, recovery_s, quiet_s)

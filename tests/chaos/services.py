@@ -1,14 +1,17 @@
-"""Restarting the shared services (RabbitMQ, PostgreSQL, Redis) of this machine, and putting
-them back whatever happens.
+"""Restarting or freezing the shared services (RabbitMQ, PostgreSQL, Redis) of this machine, and
+putting them back whatever happens.
 
-A restart disturbs every other user of the service, so before one the drill waits until no
-other test or benchmark run is going (`wait_until_alone`), and every restart is paired with an
-`ensure_*` that starts the service again if it is not answering.
+A restart or a freeze disturbs every other user of the service, so before one the drill waits
+until no other test or benchmark run is going (`wait_until_alone`), and each is paired with an
+`ensure_*` that starts the service again if it is not answering. `*_pid` name the process a
+freeze stops (with its descendants, `tests/chaos/freezing.py`).
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import subprocess
 import time
 import urllib.error
@@ -83,12 +86,12 @@ def wait_until_alone(say: Say, what: str, timeout_s: float = 600) -> bool:
             return True
         now = time.monotonic()
         if now > deadline:
-            say(f"  still not alone after {timeout_s:.0f}s; not restarting {what}")
+            say(f"  still not alone after {timeout_s:.0f}s; not disturbing {what}")
             return False
         if now - announced >= 30:
             say(
                 f"  waiting (up to {deadline - now:.0f}s more) for {len(others)} other test or"
-                f" benchmark processes to finish before restarting {what}: " + "; ".join(others[:3])
+                f" benchmark processes to finish before disturbing {what}: " + "; ".join(others[:3])
             )
             announced = now
         time.sleep(5)
@@ -107,6 +110,17 @@ def rabbitmq_ready(services: Endpoints) -> bool:
     except (urllib.error.URLError, OSError):
         return False
     return True
+
+
+def rabbitmq_pid(services: Endpoints) -> int:
+    """The Erlang VM of the node behind the management API, checked to be the one listening on
+    the AMQP port. Asked over HTTP: a CLI tool boots a VM of its own, seconds under load."""
+    overview = services.management("GET", "/overview")
+    ports = {listener["port"] for listener in overview["listeners"]}
+    if services.amqp_port not in ports:
+        raise RuntimeError(f"RabbitMQ node {overview['node']} listens on {ports}, not on AMQP's")
+    node = services.management("GET", "/nodes/" + urllib.parse.quote(overview["node"], safe=""))
+    return int(node["os_pid"])
 
 
 def restart_rabbitmq(services: Endpoints) -> None:
@@ -175,21 +189,51 @@ def _pg_ctl(action: str) -> subprocess.CompletedProcess[str]:
     return _run("pg_ctlcluster", "--skip-systemctl-redirect", _pg_cluster(), "main", action)
 
 
+_SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+"""The protocol's SSLRequest: every server answers it with one byte, before any login."""
+
+
+def postgres_ready(services: Endpoints) -> bool:
+    """The server itself answers, not only the kernel: a frozen postmaster's socket still
+    accepts connections."""
+    try:
+        with socket.create_connection((services.pg_host, services.pg_port), timeout=2) as sock:
+            sock.settimeout(2)
+            sock.sendall(_SSL_REQUEST)
+            return sock.recv(1) in (b"S", b"N")
+    except OSError:
+        return False
+
+
+def postmaster_pid(services: Endpoints) -> int:
+    """The postmaster of the cluster on `services.pg_port`, from its data directory's
+    postmaster.pid (line 1 the pid, line 4 the port)."""
+    for line in _run("pg_lsclusters", "--no-header").stdout.splitlines():
+        _version, _name, port, _status, _owner, data, *_ = line.split()
+        if int(port) != services.pg_port:
+            continue
+        lines = (Path(data) / "postmaster.pid").read_text().splitlines()
+        if int(lines[3]) != services.pg_port:
+            raise RuntimeError(f"{data}/postmaster.pid names port {lines[3]}")
+        return int(lines[0])
+    raise RuntimeError(f"no PostgreSQL cluster on port {services.pg_port}")
+
+
 def restart_postgres(services: Endpoints, down_s: float = 2.0) -> None:
     """Stop PostgreSQL (every session ends), stay down `down_s`, start it again."""
     try:
         _pg_ctl("stop")
         time.sleep(down_s)
         _ensure("postgres")
-        _wait(lambda: answers(services.pg_host, services.pg_port), 60, "PostgreSQL")
+        _wait(lambda: postgres_ready(services), 60, "PostgreSQL")
     finally:
         ensure_postgres(services)
 
 
 def ensure_postgres(services: Endpoints) -> None:
-    if not answers(services.pg_host, services.pg_port):
+    if not postgres_ready(services):
         _ensure("postgres")
-        _wait(lambda: answers(services.pg_host, services.pg_port), 60, "PostgreSQL")
+        _wait(lambda: postgres_ready(services), 60, "PostgreSQL")
 
 
 # --- Redis --------------------------------------------------------------------------------------
@@ -198,6 +242,20 @@ def ensure_postgres(services: Endpoints) -> None:
 def redis_ready(services: Endpoints) -> bool:
     result = _run("redis-cli", "-h", services.redis_host, "-p", str(services.redis_port), "ping")
     return result.stdout.strip() == "PONG"
+
+
+def redis_pid(services: Endpoints) -> int:
+    """The redis-server on `services.redis_port`, as it tells itself."""
+    info = _run(
+        "redis-cli", "-h", services.redis_host, "-p", str(services.redis_port), "info", "server"
+    ).stdout
+    fields: dict[str, str] = {}
+    for line in info.splitlines():
+        name, _, value = line.strip().partition(":")
+        fields[name] = value
+    if fields.get("tcp_port") != str(services.redis_port) or "process_id" not in fields:
+        raise RuntimeError(f"redis-cli info server did not name the server: {info[:300]!r}")
+    return int(fields["process_id"])
 
 
 def restart_redis(services: Endpoints, down_s: float = 2.0) -> None:
