@@ -89,7 +89,7 @@ def run_one(
     try:
         with (
             isolated_settings(services, run) as settings,
-            process_factory(settings_env(settings), log_dir) as processes,
+            process_factory({**settings_env(settings), **scenario.env}, log_dir) as processes,
         ):
             outcome = asyncio.run(
                 run_scenario(scenario, settings, processes, services, shape, freeze_s=freeze_s)

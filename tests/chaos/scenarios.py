@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -35,6 +35,12 @@ Say = Callable[[str], None]
 FREEZE_S = 20.0
 """How long a freeze scenario keeps its service stopped: well past the retry budget (about
 7.5 s with the defaults), so retries alone cannot ride it out."""
+
+SHORT_TIMEOUTS = {"REDIS_TIMEOUT_S": "5", "DB_STATEMENT_TIMEOUT_S": "5"}
+"""Worker timeouts well inside a freeze, so calls fail during it and the workers must pause
+(with the 30 s defaults a 20 s freeze is merely waited out)."""
+PAUSED = "does not answer: pausing"
+"""What a worker logs when it pauses its consumers for an outage."""
 
 
 @dataclass
@@ -71,6 +77,10 @@ class Scenario:
     when_idle: bool = False
     """Inject once the load is over and the system quiet; recovery is then measured by reads
     alone (no new command may be what brings the system back)."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Settings of the system's processes that differ from the production defaults."""
+    expect_logged: str | None = None
+    """A line some worker must have logged, or the fault did not do what it is there to do."""
 
 
 # --- the injections -----------------------------------------------------------------------------
@@ -257,16 +267,20 @@ SCENARIOS = (
     Scenario(
         "postgres-freeze",
         f"SIGSTOP the postmaster and every backend for --freeze-seconds ({FREEZE_S:g}), then"
-        " SIGCONT: sessions hang instead of failing; nothing may be dead-lettered",
+        " SIGCONT: statements time out, the workers must pause; nothing may be dead-lettered",
         freeze(POSTGRES),
         restarts="PostgreSQL",
+        env=SHORT_TIMEOUTS,
+        expect_logged=PAUSED,
     ),
     Scenario(
         "redis-freeze",
-        f"SIGSTOP redis-server for --freeze-seconds ({FREEZE_S:g}), then SIGCONT: calls hang"
-        " until their timeouts; nothing may be dead-lettered",
+        f"SIGSTOP redis-server for --freeze-seconds ({FREEZE_S:g}), then SIGCONT: calls time"
+        " out, the workers must pause; nothing may be dead-lettered",
         freeze(REDIS),
         restarts="Redis",
+        env=SHORT_TIMEOUTS,
+        expect_logged=PAUSED,
     ),
     Scenario(
         "rabbitmq-freeze",
@@ -342,6 +356,9 @@ async def run_scenario(
         row.problems.append(f"not quiet after {quiet_s:.0f}s: {still}")
     row.problems += drill.notes
     row.problems += system.exited()
+    workers = [*system.command_workers, *system.projectors]
+    if scenario.expect_logged and not any(scenario.expect_logged in w.log() for w in workers):
+        row.problems.append(f"no worker logged {scenario.expect_logged!r}")
     if driver.refused:
         request, status, text = driver.refused[0]
         row.problems.append(
