@@ -61,16 +61,29 @@ class BlockResult:
     generation: int
     code: int
     version_before: int
+    checkpoint_before: int
 
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     """What one APPLY call did: `empty` or `stale` (nothing written), else one result per
-    generation written to."""
+    generation written to, and the projection's write count before the call."""
 
     empty: bool = False
     stale: bool = False
     blocks: tuple[BlockResult, ...] = ()
+    live: int | None = None
+    """The generation queries read, when the call wrote to it."""
+    writes_before: int = 0
+
+    @property
+    def writes_after(self) -> int:
+        return self.writes_before + int(self.applied)
+
+    @property
+    def live_checkpoint_before(self) -> int | None:
+        """The checkpoint of the generation queries read, as the call found it."""
+        return next((b.checkpoint_before for b in self.blocks if b.generation == self.live), None)
 
     @property
     def applied(self) -> bool:
@@ -84,6 +97,16 @@ class ApplyResult:
     def lowest_version(self) -> int:
         """The lowest version any written generation had before the call."""
         return min((b.version_before for b in self.blocks), default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveState:
+    """The projection's write count, the generation queries read and its checkpoint, as one
+    atomic read found them."""
+
+    writes: int
+    live: int
+    checkpoint: int
 
 
 def _int(value: bytes | str | None) -> int | None:
@@ -161,7 +184,12 @@ class ViewWriter:
         }
         per_block = scripts.BLOCK_FIXED_KEYS + len(index_keys)
 
-        keys = [self.keys.generation, self.keys.rebuilding, self.root_keys.command(command_id)]
+        keys = [
+            self.keys.generation,
+            self.keys.rebuilding,
+            self.root_keys.command(command_id),
+            self.keys.writes,
+        ]
         for generation in targets:
             view_keys = self.keys.views(generation)
             keys += [
@@ -239,7 +267,7 @@ class ViewWriter:
             notify=records,
         )
         raw = await self._apply_script(keys, args)
-        return self._result(raw, generations.targets)
+        return self._result(raw, generations.targets, generations.live)
 
     async def _apply_script(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """One EVALSHA of APPLY, sharing a round trip with the other handlers' calls."""
@@ -281,20 +309,21 @@ class ViewWriter:
         await self._apply(keys=keys, args=args, client=pipe)
 
     @staticmethod
-    def _result(raw: Sequence[int], targets: Sequence[int]) -> ApplyResult:
+    def _result(raw: Sequence[int], targets: Sequence[int], live: int | None) -> ApplyResult:
         if raw[0] == scripts.APPLY_EMPTY:
             return ApplyResult(empty=True)
         if raw[0] == scripts.APPLY_STALE:
             return ApplyResult(stale=True)
         blocks = tuple(
-            BlockResult(generation, int(raw[2 * i]), int(raw[2 * i + 1]))
+            BlockResult(generation, int(raw[3 * i]), int(raw[3 * i + 1]), int(raw[3 * i + 2]))
             for i, generation in enumerate(targets)
         )
-        return ApplyResult(blocks=blocks)
+        return ApplyResult(blocks=blocks, live=live, writes_before=int(raw[3 * len(targets)]))
 
     def result_of(self, raw: Sequence[int], generation: int) -> ApplyResult:
-        """Decode the reply of a call queued by `replay_into`."""
-        return self._result(raw, (generation,))
+        """Decode the reply of a call queued by `replay_into` (into a generation queries do not
+        read yet)."""
+        return self._result(raw, (generation,), None)
 
     async def close(self) -> None:
         await self._pipeline.close()
@@ -306,6 +335,21 @@ class ViewWriter:
             keys=[self.keys.generation, self.keys.rebuilding],
             args=[self.keys.prefix, position, CHECKPOINT, MEMBERS],
         )
+
+    async def live_state(self) -> LiveState | None:
+        """The write count, the generation queries read and its checkpoint, read atomically
+        (MULTI, checking that the pointer is still the one read first); None without such a
+        generation."""
+        pointer = await self.redis.get(self.keys.generation)
+        while (live := _int(pointer)) is not None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.get(self.keys.writes)
+                pipe.get(self.keys.generation)
+                pipe.get(self.keys.views(live).checkpoint)
+                writes, pointer, checkpoint = await pipe.execute()
+            if _int(pointer) == live:
+                return LiveState(_int(writes) or 0, live, _int(checkpoint) or 0)
+        return None
 
     async def checkpoint(self, generation: int) -> int:
         value = await self.redis.get(self.keys.views(generation).checkpoint)

@@ -4,7 +4,7 @@ APPLY is the only script on the hot path: one call per event, covering one or tw
 of one projection (the one queries read and, during a rebuild, the one being built). Its keys:
 
     KEYS[1] generation pointer, KEYS[2] rebuilding marker, KEYS[3] the command's status hash,
-    then one block of `per_block` keys per generation:
+    KEYS[4] the projection's write count, then one block of `per_block` keys per generation:
     block+1 view hash, block+2 checkpoint, block+3 members set, block+4 history list,
     block+5.. the shared keys the change touches (referenced by their index in the change).
 
@@ -17,7 +17,10 @@ A block whose version is inside the run (neither before it nor past it) answers 
 
 It returns `{-2}` when neither a pointer nor a marker exists (Redis was emptied), `{-1}` when
 they are not what the caller expected (a rebuild started or switched: read them again),
-else per block `{code, version_before}` with code 1 applied, 0 duplicate, 2 gap.
+else per block `{code, version_before, checkpoint_before}` with code 1 applied, 0 duplicate,
+2 gap, then the write count before the call. The count goes up by one when any block applied;
+the checkpoint and the count are read in the same atomic call as the pointer, so a projector
+that sees either lower than it already knew has found Redis to have lost writes.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ BLOCK_DUPLICATE = 0
 BLOCK_APPLIED = 1
 BLOCK_GAP = 2
 
-FIXED_KEYS = 3
+FIXED_KEYS = 4
 BLOCK_FIXED_KEYS = 4
 
 APPLY_ARGS = (
@@ -62,8 +65,9 @@ local out = {}
 local any_applied = false
 local live_applied = false
 for b = 0, a.blocks - 1 do
-  local base = 3 + b * a.per_block
+  local base = 4 + b * a.per_block
   local current = tonumber(redis.call('HGET', KEYS[base + 1], 'version') or '0')
+  local checkpoint = tonumber(redis.call('GET', KEYS[base + 2]) or '0')
   local code = 1
   if current >= version then
     code = 0
@@ -95,7 +99,6 @@ for b = 0, a.blocks - 1 do
     for i = 1, #ranked, 3 do
       redis.call('ZINCRBY', KEYS[base + ranked[i]], ranked[i + 2], ranked[i + 1])
     end
-    local checkpoint = tonumber(redis.call('GET', KEYS[base + 2]) or '0')
     if a.position > checkpoint then redis.call('SET', KEYS[base + 2], a.position) end
     for k = base + 5, base + a.per_block do members[#members + 1] = KEYS[k] end
     redis.call('SADD', KEYS[base + 3], unpack(members))
@@ -104,7 +107,11 @@ for b = 0, a.blocks - 1 do
   end
   out[#out + 1] = code
   out[#out + 1] = current
+  out[#out + 1] = checkpoint
 end
+local writes = tonumber(redis.call('GET', KEYS[4]) or '0')
+if any_applied then redis.call('INCR', KEYS[4]) end
+out[#out + 1] = writes
 if any_applied and a.command then
   local fields = a.command
   for i = 1, #fields, 2 do redis.call('HSETNX', KEYS[3], fields[i], fields[i + 1]) end

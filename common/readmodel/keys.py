@@ -67,6 +67,13 @@ class ProjectionKeys:
         return f"{self.prefix}generations"
 
     @property
+    def writes(self) -> str:
+        """String: how many APPLY calls wrote to the projection's views, never reset. Redis that
+        lost writes (an older snapshot restored, a replica that missed writes promoted) holds a
+        lower count than a projector saw: that is how the projectors notice."""
+        return f"{self.prefix}writes"
+
+    @property
     def versions_channel(self) -> str:
         """Pub/sub: `{"stream_id", "version"}` each time a view reaches a new version, and
         `{"generation"}` when queries switch to a rebuilt generation."""
