@@ -32,7 +32,6 @@ import orjson
 from common.contracts.envelopes import RecordedEvent
 from common.domain import Registry
 from common.eventstore.store import EventStore, Partition
-from common.readmodel.commands import CommandStatus, status_fields
 from common.readmodel.notifications import generation_message
 from projector_worker import scripts
 from projector_worker.generations import (
@@ -46,10 +45,9 @@ from projector_worker.generations import (
 from projector_worker.helpers import Helper, Helpers
 from projector_worker.redis_views import ViewWriter
 from projector_worker.replay import GenerationReplay
+from projector_worker.statuses import restore_command_statuses
 
 log = logging.getLogger(__name__)
-
-COMMAND_BATCH = 2_000
 
 
 class RebuildBusy(Exception):
@@ -168,7 +166,10 @@ class Rebuild:
             self._restore_commands or summary.previous is None
         )
         if record:
-            summary.commands_restored = await self._restore_command_statuses()
+            since = datetime.now(UTC) - timedelta(seconds=self._writer.status_ttl_s)
+            summary.commands_restored = await restore_command_statuses(
+                self._writer, self._store, since
+            )
         async with self._pool.acquire() as conn:
             up_to = await self._final_horizon(conn, 0)
             if self._partitions > 1:
@@ -327,38 +328,6 @@ class Rebuild:
                 with contextlib.suppress(BaseException):
                     await reading
         return max(after, up_to)
-
-    async def _restore_command_statuses(self) -> int:
-        """Write the recorded outcome of every command on a stream this projection makes
-        visible back to its status hash, from the event store's command ledger: those recorded
-        within the statuses' lifetime, each expiring when it would have."""
-        restored = 0
-        last = None
-        ttl = timedelta(seconds=self._writer.status_ttl_s)
-        since = datetime.now(UTC) - ttl
-        while True:
-            records = await self._store.read_commands(last, COMMAND_BATCH, since)
-            if not records:
-                return restored
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for record in records:
-                    if not self._writer.makes_visible(record.stream_id):
-                        continue
-                    fields = status_fields(
-                        record.command_id,
-                        record.type,
-                        record.stream_id,
-                        status=CommandStatus(record.status),
-                        reason=record.reason,
-                        version=record.version,
-                        fingerprint=record.fingerprint,
-                    )
-                    key = self._writer.root_keys.command(record.command_id)
-                    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-                    pipe.expireat(key, record.recorded_at + ttl)
-                    restored += 1
-                await pipe.execute()
-            last = records[-1].command_id
 
 
 async def ensure_views(
