@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     command_status_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
     """Lifetime of a command's status hash (`GET /commands/{command_id}`), renewed by each write."""
 
+    recovery_margin_s: float = Field(default=60.0, ge=0)
+    """When a projector finds that Redis lost writes (an older snapshot restored, a replica that
+    missed writes promoted), it checks every stream with events recorded since this long before
+    the newest event the views still hold: events applied late (retries, redeliveries) may sit
+    below it."""
+
     shutdown_timeout_s: float = Field(default=15.0, gt=0)
     """Time a worker gives in-flight messages to finish after SIGTERM."""
 

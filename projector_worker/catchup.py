@@ -20,6 +20,7 @@ from common.eventstore.store import EventStore
 from common.messaging.outcomes import RetryLater
 from common.observability import metrics
 from common.readmodel.projection import Projection, ProjectionError, ViewChange
+from projector_worker.losses import LossDetector
 from projector_worker.redis_views import ApplyResult, Generations, ViewWriter
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,11 @@ async def plan_stream(
     registry: Registry,
     store: EventStore,
     stream_id: str,
-    up_to_version: int,
+    up_to_version: int | None = None,
 ) -> tuple[list[tuple[RecordedEvent, ViewChange]], str | None]:
-    """The changes of a stream's first `up_to_version` events, read from the event store, each
-    planned on the view before it; and why planning stopped early, if it did."""
+    """The changes of a stream's first `up_to_version` events (all by default), read from the
+    event store, each planned on the view before it; and why planning stopped early, if it
+    did."""
     stream = await store.read_stream(stream_id)
     changes: list[tuple[RecordedEvent, ViewChange]] = []
     view: Any | None = None
@@ -115,12 +117,15 @@ class LiveApplier:
         store: EventStore,
         on_empty: Callable[[], Awaitable[None]],
         cache_size: int = 100_000,
+        losses: LossDetector | None = None,
     ) -> None:
         self._writer = writer
         self._projection = writer.projection
         self._registry = registry
         self._store = store
         self._on_empty = on_empty
+        self._losses = losses
+        """Judges every reply, to notice that Redis lost writes."""
         self._generations: Generations | None = None
         self.cache = ViewCache(writer.projection, cache_size)
         self._projected = metrics.EVENTS_PROJECTED.labels(writer.projection.name)
@@ -148,7 +153,7 @@ class LiveApplier:
                 await self._catch_up(event, before.lowest_version)
                 return Applied.CAUGHT_UP
             change = self._projection.plan(before, event, payload)
-            result = await self._writer.apply_live(event, change, generations)
+            result = await self._write(event, change, generations)
             if result.empty or result.stale:
                 self.forget_generations()
                 continue
@@ -180,6 +185,49 @@ class LiveApplier:
                 return view
         return _Gap(min(versions))
 
+    async def _write(
+        self, event: RecordedEvent, change: ViewChange, generations: Generations
+    ) -> ApplyResult:
+        if self._losses is None:
+            return await self._writer.apply_live(event, change, generations)
+        mark = self._losses.mark()
+        result = await self._writer.apply_live(event, change, generations)
+        self._losses.after_apply(mark, result)
+        return result
+
+    async def catch_up_stream(self, stream_id: str, version: int) -> int:
+        """Bring the stream up to its last stored event in every generation being written,
+        if any of them is below `version`; the events applied. Events that cannot apply are
+        logged and left out (their live delivery dead-letters them)."""
+        version_of = self._projection.version_of
+        for _round in range(MAX_ROUNDS):
+            generations = await self._current()
+            if generations.empty:
+                await self._on_empty()
+                self.forget_generations()
+                continue
+            views = await self._writer.read_views(stream_id, generations.targets)
+            lowest = min(version_of(v) if v is not None else 0 for v in views.values())
+            if lowest >= version:
+                return 0
+            changes, failure = await plan_stream(
+                self._projection, self._registry, self._store, stream_id
+            )
+            if failure is not None:
+                log.error(
+                    "cannot catch up %s past version %d: %s",
+                    stream_id,
+                    len(changes),
+                    failure,
+                    extra={"stream_id": stream_id, "projection": self._projection.name},
+                )
+            if len(changes) <= lowest:
+                return 0
+            applied = await self._apply_all(changes, lowest)
+            self.cache.put(stream_id, changes[-1][1].view)
+            return applied
+        raise RetryLater("the view generations kept changing")
+
     async def _catch_up(self, event: RecordedEvent, lowest_version: int) -> None:
         """Apply the stream from the event store up to and including `event`; every
         generation written to is known to hold at least `lowest_version` events."""
@@ -199,33 +247,41 @@ class LiveApplier:
             event.version,
             extra={"stream_id": event.stream_id, "projection": self._projection.name},
         )
-        start = min(lowest_version, event.version - 1)
+        await self._apply_all(changes, min(lowest_version, event.version - 1))
+        self.cache.put(event.stream_id, view)
+
+    async def _apply_all(self, changes: list[tuple[RecordedEvent, ViewChange]], start: int) -> int:
+        """Apply `changes[start:]` in order, starting over where a generation changed or fell
+        behind meanwhile; the events applied."""
+        applied = 0
         for _round in range(MAX_ROUNDS):
-            restart = await self._apply_from(changes, start)
+            restart, count = await self._apply_from(changes, start)
+            applied += count
             if restart is None:
-                self.cache.put(event.stream_id, view)
-                return
+                return applied
             start = restart
-        raise RetryLater(f"could not catch up {event.stream_id}")
+        raise RetryLater(f"could not catch up {changes[-1][0].stream_id}")
 
     async def _apply_from(
         self, changes: list[tuple[RecordedEvent, ViewChange]], start: int
-    ) -> int | None:
-        """Apply `changes[start:]` in order; the index to restart from if a generation changed
-        or fell behind meanwhile, else None."""
+    ) -> tuple[int | None, int]:
+        """Apply `changes[start:]` in order: the index to restart from if a generation changed
+        or fell behind meanwhile (else None), and the events applied."""
+        applied = 0
         for index in range(start, len(changes)):
             stored, change = changes[index]
             generations = await self._current()
             if generations.empty:
                 await self._on_empty()
                 self.forget_generations()
-                return 0
-            result: ApplyResult = await self._writer.apply_live(stored, change, generations)
+                return 0, applied
+            result = await self._write(stored, change, generations)
             if result.empty or result.stale:
                 self.forget_generations()
-                return 0
+                return 0, applied
             if result.gap:
-                return result.lowest_version
+                return result.lowest_version, applied
             if result.applied:
                 self._projected.inc()
-        return None
+                applied += 1
+        return None, applied

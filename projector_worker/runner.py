@@ -33,15 +33,18 @@ from common.readmodel.keys import Keys
 from common.readmodel.projection import Projection, ProjectionError
 from common.settings import Settings
 from projector_worker.catchup import Applied, LiveApplier
+from projector_worker.losses import LossDetector, Trigger
 from projector_worker.rebuild import ensure_views
+from projector_worker.recovery import Recovery
 from projector_worker.redis_views import ViewWriter, open_redis
 
 log = logging.getLogger(__name__)
 
 LAG_EVERY_S = 2.0
 VIEWS_CHECK_S = 1.0
-"""How often a projector checks that Redis still holds the views: an emptied Redis must get
-them back even when no event comes along to notice it."""
+"""How often a projector checks that Redis still holds the views and has lost none of their
+writes: an emptied Redis, or one restored from an older snapshot, must get them back even when
+no event comes along to notice it."""
 VIEW_CACHE_SIZE = 20_000
 """Views kept per projection to continue from without reading Redis: enough for the streams
 that are active, small enough that a full garbage collection stays short."""
@@ -117,24 +120,36 @@ class ProjectionRunner:
         self.views_ready = asyncio.Event()
         self.consumer: QueueConsumer | None = None
         self._applier: LiveApplier | None = None
+        self.losses = LossDetector(self.name)
+        self.recovery: Recovery | None = None
         self._ensuring: asyncio.Task[None] | None = None
         self._ignored = metrics.EVENTS_IGNORED.labels(self.name)
         self._ignored_up_to = 0
         """The highest position of an event acked without a change; the checkpoints follow it
         (at the lag's pace), so a projection that follows few streams is not shown behind."""
-        metrics.init_projection_series(self.name)
+        metrics.init_projection_series(self.name, recovery_triggers=tuple(Trigger))
 
     @property
     def queue(self) -> str:
         return self.projector.topology.projection_queue(self.name)
 
     def open(self, pool: asyncpg.Pool) -> None:
+        store = EventStore(pool)
         self._applier = LiveApplier(
             self.writer,
             self.projector.registry,
-            EventStore(pool),
+            store,
             self.views_missing,
             cache_size=VIEW_CACHE_SIZE,
+            losses=self.losses,
+        )
+        self.recovery = Recovery(
+            self.writer,
+            self._applier,
+            store,
+            self.locks.hold,
+            self.losses,
+            margin_s=self.projector.settings.recovery_margin_s,
         )
 
     async def start_consuming(self, connection: aio_pika.abc.AbstractConnection) -> None:
@@ -210,20 +225,29 @@ class ProjectionRunner:
 
     async def _ensure(self) -> None:
         assert self.projector.pool is not None
+        assert self.recovery is not None
         await ensure_views(self.writer, self.projector.registry, self.projector.pool)
         self.views_ready.set()
+        # Views that were there may have come back older while no projector ran.
+        self.recovery.request(None, Trigger.START)
 
     async def watch_views(self) -> None:
-        while True:
-            await asyncio.sleep(VIEWS_CHECK_S)
-            try:
-                if (await self.writer.generations()).empty:
-                    log.warning(
-                        "no views of %s in Redis (emptied or restarted): rebuilding", self.name
-                    )
-                    await self.views_missing()
-            except Exception as exc:
-                log.debug("could not check the views of %s: %r", self.name, exc)
+        assert self.recovery is not None
+        try:
+            while True:
+                await asyncio.sleep(VIEWS_CHECK_S)
+                try:
+                    if (await self.writer.generations()).empty:
+                        log.warning(
+                            "no views of %s in Redis (emptied or restarted): rebuilding", self.name
+                        )
+                        await self.views_missing()
+                    else:
+                        await self.recovery.watch()
+                except Exception as exc:
+                    log.debug("could not check the views of %s: %r", self.name, exc)
+        finally:
+            self.recovery.cancel()
 
     async def track_lag(self) -> None:
         """Every LAG_EVERY_S, how far the live views are behind the event store. Sampled, not

@@ -475,6 +475,38 @@ class EventStore:
         assert row is not None
         return Backlog(max(int(row["head"]) - position, 0), max(float(row["age"] or 0.0), 0.0))
 
+    async def position_before(self, position: int, seconds: float) -> tuple[int, datetime | None]:
+        """The last position recorded at least `seconds` before the event at `position`, and
+        that moment: (0, None) when there is no such event, (0, the moment) when the log starts
+        later. Walks the primary key back from `position`: its cost grows with the events of
+        those seconds, not with the log."""
+        row = await self.pool.fetchrow(
+            "WITH at AS (SELECT recorded_at - make_interval(secs => $2) AS moment FROM events"
+            " WHERE position = $1)"
+            " SELECT (SELECT moment FROM at) AS moment, coalesce((SELECT position FROM events"
+            " WHERE position <= $1 AND recorded_at <= (SELECT moment FROM at)"
+            " ORDER BY position DESC LIMIT 1), 0) AS position",
+            position,
+            float(seconds),
+        )
+        assert row is not None
+        return int(row["position"]), row["moment"]
+
+    async def stream_versions(self, after: int, up_to: int) -> list[tuple[str, int]]:
+        """Each stream with events at positions in (after, up_to], and its highest version
+        among them."""
+        rows = await self.pool.fetch(
+            "SELECT stream_id, max(version) AS version FROM events"
+            " WHERE position > $1 AND position <= $2 GROUP BY stream_id",
+            after,
+            up_to,
+        )
+        return [(r["stream_id"], int(r["version"])) for r in rows]
+
+    async def head(self) -> int:
+        """The highest position committed so far (0 for an empty log)."""
+        return int(await self.pool.fetchval("SELECT coalesce(max(position), 0) FROM events"))
+
     @staticmethod
     async def get_checkpoint(conn: asyncpg.Connection, name: str) -> int:
         value = await conn.fetchval("SELECT position FROM checkpoints WHERE name = $1", name)

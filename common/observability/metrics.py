@@ -117,6 +117,29 @@ PROJECTION_LAG_SECONDS = Gauge(
     namespace=NAMESPACE,
     registry=None,
 )
+PROJECTION_RECOVERIES = Counter(
+    "projection_recoveries_total",
+    "Checks of a projection's views against the event store, by trigger: start (views ready "
+    "at start-up), apply or watchdog (Redis was found to have lost writes).",
+    ["projection", "trigger"],
+    namespace=NAMESPACE,
+    registry=None,
+)
+STREAMS_RECOVERED = Counter(
+    "projection_streams_recovered_total",
+    "Streams those checks found behind in a projection's views and caught up from the event store.",
+    ["projection"],
+    namespace=NAMESPACE,
+    registry=None,
+)
+STATUSES_RECOVERED = Counter(
+    "command_statuses_recovered_total",
+    "Command statuses those checks found missing or without their outcome, written back from "
+    "the event store's command ledger.",
+    ["projection"],
+    namespace=NAMESPACE,
+    registry=None,
+)
 RETRIES = Counter(
     "retries_total",
     "Messages sent to a delay queue for a retry.",
@@ -249,6 +272,9 @@ PROJECTOR: tuple[Collector, ...] = (
     EVENTS_IGNORED,
     PROJECTION_LAG_POSITIONS,
     PROJECTION_LAG_SECONDS,
+    PROJECTION_RECOVERIES,
+    STREAMS_RECOVERED,
+    STATUSES_RECOVERED,
     GC_PAUSES,
     *CONSUMER,
 )
@@ -275,12 +301,16 @@ def init_command_series(command_types: Iterable[str]) -> None:
         VERSION_CONFLICTS.labels(scope)
 
 
-def init_projection_series(projection: str) -> None:
+def init_projection_series(projection: str, recovery_triggers: Iterable[str] = ()) -> None:
     """Export a projection's counters and lag from the start."""
     EVENTS_PROJECTED.labels(projection)
     EVENTS_IGNORED.labels(projection)
     PROJECTION_LAG_POSITIONS.labels(projection)
     PROJECTION_LAG_SECONDS.labels(projection)
+    for trigger in recovery_triggers:
+        PROJECTION_RECOVERIES.labels(projection, trigger)
+    STREAMS_RECOVERED.labels(projection)
+    STATUSES_RECOVERED.labels(projection)
 
 
 def init_queue_series(queue: str, failure_kinds: Iterable[str]) -> None:
