@@ -291,4 +291,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE events ENABLE ALWAYS TRIGGER events_mark_the_appender;
     """,
+    # 8: the command ledger by when each command was recorded: a projector's check after Redis
+    # lost writes, and a rebuild's status restore, read only the commands of a recent window.
+    # Each command adds to the index's right edge, the cheapest insert a B-tree has.
+    """
+    CREATE INDEX commands_recorded_at ON commands (recorded_at);
+    """,
 )
