@@ -23,7 +23,9 @@ from gateway.waiting import Waiter
 from orders.contracts import ItemAdded, OrderShipped
 from orders.projection import evolve
 from orders.view import OrderView
-from tests.integration.test_projector_support import (
+from tests.support.amqp import eventually
+from tests.support.domains import registry_of
+from tests.support.events import (
     Ledger,
     all_events,
     line,
@@ -31,8 +33,6 @@ from tests.integration.test_projector_support import (
     publish,
     until,
 )
-from tests.support.amqp import eventually
-from tests.support.domains import registry_of
 from tests.support.processes import Proc, ProcessFactory
 from tests.support.views import ORDER_VIEWS, views_reached
 

@@ -23,7 +23,8 @@ from projector_worker.rebuild import Rebuild
 from projector_worker.runner import writer_for
 from tests.conftest import settings_env
 from tests.integration.test_projector import queue_counts
-from tests.integration.test_projector_support import (
+from tests.support.domains import projection_names, projection_queues, registry_of
+from tests.support.events import (
     Ledger,
     address,
     all_events,
@@ -33,7 +34,6 @@ from tests.integration.test_projector_support import (
     publish,
     until,
 )
-from tests.support.domains import projection_names, projection_queues, registry_of
 from tests.support.processes import ROOT, ProcessFactory
 from tests.support.views import (
     ORDER_VIEWS,
