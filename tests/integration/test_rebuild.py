@@ -128,7 +128,13 @@ async def test_rebuild_while_events_flow_switches_to_identical_views(
         code, stderr = await rebuild(
             isolated_settings, ORDER_VIEWS, "--batch-size", "10", "--partitions", "3"
         )
-        await asyncio.sleep(0.3)
+        # Events keep flowing past the switch, and those must land in the new generation too.
+        switched_at = published
+
+        async def published_after_switch() -> bool:
+            return published >= switched_at + 5
+
+        await until(published_after_switch, 30, "events published after the switch")
         stop.set()
         await asyncio.gather(writer, reader)
 
