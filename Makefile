@@ -7,24 +7,28 @@ SHELL := bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Written after a successful install; older than pyproject.toml means "install again".
+# Every dependency, with the dev and bench extras, pinned with hashes: `make lock` writes it
+# from pyproject.toml, `make install` installs exactly it.
+LOCK := requirements.lock
+# Written after a successful install; older than the lock or pyproject.toml means "install again".
 STAMP := $(VENV)/.installed
-# The same with the benchmark's extras (matplotlib), which `make lint` type-checks too.
-BENCH_STAMP := $(VENV)/.bench-installed
 
 COMMAND_WORKERS ?= 1
 PROJECTOR_WORKERS ?= 1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install services run test lint format clean bench chaos
+.PHONY: help install lock services run test test-fast test-integration lint format clean bench chaos
 
 help:
-	@echo "make install   create $(VENV) and install the project with its dev extras"
+	@echo "make install   create $(VENV) and install $(LOCK), then the project itself"
+	@echo "make lock      pin every dependency of pyproject.toml, with hashes, in $(LOCK)"
 	@echo "make services  start PostgreSQL, Redis and RabbitMQ here unless they answer"
 	@echo "make run       the whole system in the foreground (COMMAND_WORKERS=$(COMMAND_WORKERS)"
 	@echo "               PROJECTOR_WORKERS=$(PROJECTOR_WORKERS) PORT=$(PORT))"
-	@echo "make test      the test suite (PYTEST_ARGS='-m \"not integration\"' for the fast part)"
+	@echo "make test      the test suite: the fast part, then (if it passed) the integration part"
+	@echo "make test-fast the tests that need no service (unit, HTTP in process), in seconds"
+	@echo "make test-integration  the tests against RabbitMQ, PostgreSQL, Redis and processes"
 	@echo "make lint      ruff check, ruff format --check, mypy"
 	@echo "make format    ruff fixes and formatting"
 	@echo "make bench     the benchmark: ratios against floors measured in the same run (QUICK=1)"
@@ -34,10 +38,20 @@ help:
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --disable-pip-version-check --no-deps -e .
 	touch $@
+
+# pip-tools runs in a venv of its own, so that it pins nothing of itself into the lock.
+LOCK_VENV := $(VENV)-lock
+lock:
+	[ -x $(LOCK_VENV)/bin/pip-compile ] || { $(PYTHON) -m venv $(LOCK_VENV) \
+		&& $(LOCK_VENV)/bin/python -m pip install --disable-pip-version-check pip-tools; }
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet --upgrade \
+		--generate-hashes --allow-unsafe --strip-extras --extra dev --extra bench \
+		--no-emit-index-url --no-emit-find-links --output-file $(LOCK) pyproject.toml
 
 services:
 	bash scripts/ensure-services.sh
@@ -48,13 +62,23 @@ run: install services
 
 # pytest exits 5 when it collected nothing: a run that tested nothing must not pass.
 # Tests marked `load` measure latency under load for tens of seconds: `make chaos` runs them.
-test: install services
-	@echo "$(BIN)/pytest -m 'not load' $(PYTEST_ARGS)"
-	@rc=0; $(BIN)/pytest -m 'not load' $(PYTEST_ARGS) || rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+# The fast part runs first, so a broken unit stops the run in seconds, not minutes.
+FAST := -m 'not integration and not load'
+INTEGRATION := -m 'integration and not load'
+pytest = @echo "$(BIN)/pytest $(1) $(PYTEST_ARGS)"; \
+	rc=0; $(BIN)/pytest $(1) $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make $@: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
-lint: install $(BENCH_STAMP)
+test: test-fast test-integration
+
+test-fast: install
+	$(call pytest,$(FAST))
+
+test-integration: install services
+	$(call pytest,$(INTEGRATION))
+
+lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -67,12 +91,8 @@ clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev,bench]'
-	touch $@
-
 # QUICK=1: a smoke run of under a minute, written to bench/out/ (not the tracked figures).
-bench: install services $(BENCH_STAMP)
+bench: install services
 	$(BIN)/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 # The fault drills and their table (tests/chaos/last-run.md); CHAOS_ARGS='--quick' for a small

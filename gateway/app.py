@@ -58,6 +58,8 @@ def create_app(
         f"domains {', '.join(d.name for d in loaded.domains)}.",
         lifespan=lifespan,
     )
+    # Known before the lifespan runs: requests refused on their input need no service.
+    app.state.settings = settings
     # The router tries routes in order: each domain lists its hot command routes first.
     for router in loaded.routers():
         app.include_router(router)

@@ -78,3 +78,9 @@ def redis_client_name(prefix: str) -> str:
 def runtime_of(request: Request) -> Runtime:
     """The runtime of the app serving `request` (set by the app's lifespan)."""
     return cast(Runtime, request.app.state.runtime)
+
+
+def settings_of(request: Request) -> Settings:
+    """The settings of the app serving `request` (set when the app is made, before its
+    lifespan opens the runtime)."""
+    return cast(Settings, request.app.state.settings)

@@ -31,7 +31,7 @@ from gateway.idempotency import CommandIds
 from gateway.middleware import request_correlation_id
 from gateway.problems import Problem, ProblemType, unavailable
 from gateway.responses import accepted_response, json_response, status_json
-from gateway.runtime import REDIS_ERRORS, Runtime, runtime_of
+from gateway.runtime import REDIS_ERRORS, Runtime, runtime_of, settings_of
 from gateway.waiting import WaitersFull, prefer_wait, waiter_of
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ def _count_accepted(command_type: str) -> None:
 
 async def command_fields(
     request: Request,
-    runtime: Runtime,
     aggregate: Aggregate[Any],
     *,
     path: str,
@@ -73,6 +72,7 @@ async def command_fields(
     else:
         new_id = aggregate_id or idempotency.aggregate_id_for(key, aggregate.stream_type)
         ids = CommandIds(idempotency.command_id_for(key), new_id)
+        runtime = runtime_of(request)
         await idempotency.claim(runtime.redis_batch, runtime.keys, key, ids, print_)
     return {
         "command_id": ids.command_id,
@@ -95,21 +95,19 @@ async def submit(
     """What a command route does once it has parsed its input: settle the command's identity
     (`command_fields`, from the canonical `path` and `body`), build the command from those
     fields, and `dispatch` it."""
-    runtime = runtime_of(request)
     fields = await command_fields(
         request,
-        runtime,
         aggregate,
         path=path,
         canonical_body=body.model_dump_json().encode(),
         aggregate_id=aggregate_id,
     )
-    return await dispatch(request, runtime, command(fields))
+    return await dispatch(request, runtime_of(request), command(fields))
 
 
 def max_body_bytes(request: Request) -> int:
     """The largest request body the gateway accepts (`MAX_BODY_BYTES`)."""
-    return runtime_of(request).settings.max_body_bytes
+    return settings_of(request).max_body_bytes
 
 
 async def dispatch(request: Request, runtime: Runtime, command: CommandBase) -> Response:

@@ -30,7 +30,7 @@ from gateway.openapi import (
 from gateway.problems import Problem, ProblemType, too_broad, validation_problem
 from gateway.responses import JSON, json_response
 from gateway.routing import RawRoute, path_uuid
-from gateway.runtime import runtime_of
+from gateway.runtime import settings_of
 from gateway.waiting import WaitersFull, prefer_wait, waiter_of
 from orders.projection import STREAM_TYPE, OrderViews
 from orders.queries import (
@@ -163,7 +163,7 @@ async def get_order(request: Request) -> Response:
             ) from None
     headers: dict[str, str] = {}
     if min_version is not None:
-        limit = runtime_of(request).settings.max_wait_s
+        limit = settings_of(request).max_wait_s
         asked = prefer_wait(request.headers.get("prefer"))
         timeout = min(limit, asked) if asked is not None else limit
         waiter = await waiter_of(request)

@@ -52,10 +52,6 @@ def with_item(**changes: Any) -> dict[str, Any]:
     return {**ORDER, "items": [{**ORDER["items"][0], **changes}]}
 
 
-def without(field: str) -> dict[str, Any]:
-    return {k: v for k, v in ORDER.items() if k != field}
-
-
 # --- fixtures and helpers ---------------------------------------------------------------------
 
 
@@ -231,11 +227,8 @@ async def test_item_ship_and_cancel_commands_are_queued(
     assert order_id not in metrics
 
 
-async def test_unknown_command_is_404_and_malformed_id_422(client: httpx.AsyncClient) -> None:
+async def test_unknown_command_is_404(client: httpx.AsyncClient) -> None:
     assert_problem(await client.get(f"/commands/{uuid.uuid4()}"), 404)
-    assert_problem(await client.get("/commands/not-a-uuid"), 422, "command_id")
-    assert_problem(await client.get("/no/such/route"), 404)
-    assert_problem(await client.put("/orders"), 405)
 
 
 async def test_correlation_id_is_made_when_missing_or_not_a_uuid(
@@ -251,103 +244,15 @@ async def test_correlation_id_is_made_when_missing_or_not_a_uuid(
     assert message.correlation_id == str(uuid.UUID(made))
 
 
-# --- refused input ----------------------------------------------------------------------------
-
-NESTED = b'{"customer_id": ' + b"[" * 5000 + b"]" * 5000 + b"}"
 ORDER_ID = "3c0d6d1e-8f43-4d5e-9a7b-2f1c7e0e2a11"
 
-INVALID: list[tuple[str, str, str, Any, str]] = [
-    # (case, method, path, JSON body or raw bytes, field named in the 422)
-    ("no items", "POST", "/orders", {**ORDER, "items": []}, "items"),
-    ("quantity 0", "POST", "/orders", with_item(quantity=0), "items.0.quantity"),
-    ("quantity -1", "POST", "/orders", with_item(quantity=-1), "items.0.quantity"),
-    ("quantity 1.5", "POST", "/orders", with_item(quantity=1.5), "items.0.quantity"),
-    ('quantity "2"', "POST", "/orders", with_item(quantity="2"), "items.0.quantity"),
-    ("negative price", "POST", "/orders", with_item(price="-1.00"), "items.0.price"),
-    ("3 decimals", "POST", "/orders", with_item(price="1.005"), "items.0.price"),
-    ("3 decimals number", "POST", "/orders", with_item(price=1.005), "items.0.price"),
-    ("no customer_id", "POST", "/orders", without("customer_id"), "customer_id"),
-    ("unknown field", "POST", "/orders", {**ORDER, "discount": 5}, "discount"),
-    ("unknown item field", "POST", "/orders", with_item(colour="red"), "items.0.colour"),
-    (
-        "bad country",
-        "POST",
-        "/orders",
-        {**ORDER, "shipping_address": {**ORDER["shipping_address"], "country": "gb"}},
-        "shipping_address.country",
-    ),
-    ("invalid JSON", "POST", "/orders", b'{"customer_id": ', "body"),
-    ("JSON array", "POST", "/orders", b"[1, 2]", "body"),
-    ("JSON string", "POST", "/orders", b'"order"', "body"),
-    ("empty body", "POST", "/orders", b"", "body"),
-    ("deep nesting", "POST", "/orders", NESTED, "body"),
-    ("item path id", "POST", "/orders/42/items", ITEM, "order_id"),
-    ("item quantity", "POST", f"/orders/{ORDER_ID}/items", {**ITEM, "quantity": 0}, "quantity"),
-    (
-        "item no price",
-        "POST",
-        f"/orders/{ORDER_ID}/items",
-        {"product_id": "a", "quantity": 1},
-        "price",
-    ),
-    ("item array", "POST", f"/orders/{ORDER_ID}/items", [ITEM], "body"),
-    ("ship path id", "POST", "/orders/nope/ship", None, "order_id"),
-    ("ship with fields", "POST", f"/orders/{ORDER_ID}/ship", {"when": "now"}, "when"),
-    ("cancel path id", "DELETE", "/orders/nope?reason=x", None, "order_id"),
-    ("cancel no reason", "DELETE", f"/orders/{ORDER_ID}", None, "reason"),
-    ("cancel blank reason", "DELETE", f"/orders/{ORDER_ID}?reason=%20%20", None, "reason"),
-]
+
+# --- media types -------------------------------------------------------------------------------
+# Refused input (422, 413, 415, 405, 404) is tested in process: tests/http/test_refusals.py.
 
 
-async def test_invalid_input_is_422_naming_the_field_and_queues_nothing(
-    client: httpx.AsyncClient,
-    channel: AbstractChannel,
-    commands_queue: str,
-) -> None:
-    for case, method, path, body, field in INVALID:
-        if isinstance(body, bytes):
-            kwargs: dict[str, Any] = {
-                "content": body,
-                "headers": {"Content-Type": "application/json"},
-            }
-        else:
-            kwargs = {"json": body} if body is not None else {}
-        response = await client.request(method, path, **kwargs)
-        assert response.status_code == 422, (case, response.text)
-        assert_problem(response, 422, field)
-    assert await queue_depth(channel, commands_queue) == 0
-
-
-async def test_oversized_body_is_413_and_wrong_media_type_415(
-    client: httpx.AsyncClient,
-    channel: AbstractChannel,
-    isolated_settings: Settings,
-    commands_queue: str,
-) -> None:
-    big = b'{"customer_id": "' + b"x" * isolated_settings.max_body_bytes + b'"}'
-    json_type = {"Content-Type": "application/json"}
-    assert_problem(await client.post("/orders", content=big, headers=json_type), 413)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        for start in range(0, len(big), 8192):
-            yield big[start : start + 8192]
-
-    streamed = await client.post("/orders", content=chunks(), headers=json_type)
-    assert "content-length" not in streamed.request.headers
-    assert_problem(streamed, 413)
-
+async def test_a_json_media_type_with_utf8_charset_is_accepted(client: httpx.AsyncClient) -> None:
     payload = httpx.Request("POST", "/", json=ORDER).content
-    for content_type in (
-        None,
-        "text/plain",
-        "application/xml",
-        "application/json; charset=latin-1",
-    ):
-        headers = {"Content-Type": content_type} if content_type else {}
-        response = await client.post("/orders", content=payload, headers=headers)
-        assert_problem(response, 415)
-    assert await queue_depth(channel, commands_queue) == 0
-
     ok = await client.post(
         "/orders", content=payload, headers={"Content-Type": "application/json; charset=UTF-8"}
     )
@@ -444,15 +349,7 @@ async def test_concurrent_duplicates_all_get_the_same_ids(
     assert {m.message_id for m in messages} == {answers[0]["command_id"]}
 
 
-async def test_malformed_idempotency_keys_are_422(
-    client: httpx.AsyncClient,
-    channel: AbstractChannel,
-    commands_queue: str,
-) -> None:
-    for key in (b"", b"k" * 201, "clé".encode(), b"tab\there"):
-        response = await client.post("/orders", json=ORDER, headers={"Idempotency-Key": key})
-        assert_problem(response, 422, "Idempotency-Key")
-    assert await queue_depth(channel, commands_queue) == 0
+async def test_the_longest_idempotency_key_is_accepted(client: httpx.AsyncClient) -> None:
     assert_accepted(
         await client.post("/orders", json=ORDER, headers={"Idempotency-Key": "k" * 200})
     )
@@ -583,16 +480,13 @@ async def test_publishing_resumes_after_the_connection_is_closed(
 # --- API keys ---------------------------------------------------------------------------------
 
 
-async def test_api_keys_guard_everything_but_health(processes: ProcessFactory) -> None:
+async def test_with_api_keys_a_known_key_is_served_and_never_logged(
+    processes: ProcessFactory,
+) -> None:
+    """Refusals without a known key are tested in process (tests/http/test_refusals.py)."""
     proc = processes.start("gateway", extra_env={"API_KEYS": "first-key, second-key"})
     async with httpx.AsyncClient(base_url=proc.base_url, timeout=10) as http:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "second-key"}):
-            response = await http.post("/orders", json=ORDER, headers=headers)
-            assert_problem(response, 401)
-            assert response.headers["www-authenticate"] == "Bearer"
-        assert_problem(await http.get(f"/commands/{uuid.uuid4()}"), 401)
-        assert_problem(await http.get("/metrics"), 401)
-        assert (await http.get("/health/live")).status_code == 200
+        assert_problem(await http.post("/orders", json=ORDER), 401)
         assert (await http.get("/health/ready")).status_code == 200
 
         response = await http.post(

@@ -18,9 +18,9 @@ from common.messaging.topology import Topology
 from common.settings import Settings
 from orders.contracts import ItemAdded
 from orders.projection import OrderViews
-from tests.integration.test_projector_support import Ledger, all_events, line, publish
 from tests.support.amqp import eventually
 from tests.support.domains import registry_of, topology_of
+from tests.support.events import Ledger, all_events, line, publish
 from tests.support.processes import Proc, ProcessFactory, http_status, wait_for
 from tests.support.scrape import Scrape, scrape
 

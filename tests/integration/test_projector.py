@@ -19,7 +19,8 @@ from orders.contracts import ItemAdded, OrderShipped
 from orders.layout import order_suffix
 from orders.view import OrderView
 from tests.conftest import settings_env
-from tests.integration.test_projector_support import (
+from tests.support.domains import projection_names, projection_queues, topology_of
+from tests.support.events import (
     Ledger,
     all_events,
     line,
@@ -27,7 +28,6 @@ from tests.integration.test_projector_support import (
     publish,
     until,
 )
-from tests.support.domains import projection_names, projection_queues, topology_of
 from tests.support.processes import ROOT, ProcessFactory
 from tests.support.views import (
     ORDER_VIEWS,

@@ -21,17 +21,16 @@ from common.settings import Settings
 from orders.contracts import ItemAdded
 from tests.conftest import settings_env
 from tests.integration.test_projector import order_views_queue, queue_counts
-from tests.integration.test_projector_support import (
+from tests.support.events import (
     Ledger,
     all_events,
     line,
     order_stream,
     publish,
     until,
-    views_reached,
 )
 from tests.support.processes import ROOT, ProcessFactory
-from tests.support.views import ORDER_VIEWS
+from tests.support.views import ORDER_VIEWS, views_reached
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,9 @@ from gateway.waiting import Waiter
 from orders.contracts import ItemAdded, OrderShipped
 from orders.projection import evolve
 from orders.view import OrderView
-from tests.integration.test_projector_support import (
+from tests.support.amqp import eventually
+from tests.support.domains import registry_of
+from tests.support.events import (
     Ledger,
     all_events,
     line,
@@ -31,9 +33,8 @@ from tests.integration.test_projector_support import (
     publish,
     until,
 )
-from tests.support.amqp import eventually
-from tests.support.domains import registry_of
 from tests.support.processes import Proc, ProcessFactory
+from tests.support.scrape import scrape
 from tests.support.views import ORDER_VIEWS, views_reached
 
 pytestmark = pytest.mark.integration
@@ -267,7 +268,11 @@ async def test_invalid_parameters_are_422_and_unknown_orders_404(
 
 
 async def test_min_version_waits_for_the_view_or_answers_stale(
-    client: httpx.AsyncClient, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+    gateway: Proc,
+    client: httpx.AsyncClient,
+    pg: asyncpg.Pool,
+    redis_client: Redis,
+    isolated_settings: Settings,
 ) -> None:
     keys = Keys(isolated_settings.redis_key_prefix)
     ledger = Ledger(pg)
@@ -297,7 +302,8 @@ async def test_min_version_waits_for_the_view_or_answers_stale(
     waiting = asyncio.create_task(
         client.get(f"/orders/{order_id}", params={"min_version": 3}, headers={"Prefer": "wait=15"})
     )
-    await asyncio.sleep(0.2)
+    # The events go out once the gateway holds the wait, so the notification is what ends it.
+    await until(lambda: _waits_pending(gateway, 1), 10, "the gateway to hold the wait")
     assert not waiting.done()
     await ledger.append(order_id, ItemAdded(item=line("sku-2", 1, "2.00")))
     await ledger.append(order_id, OrderShipped())
@@ -322,7 +328,7 @@ async def test_waiter_settles_commands_when_visible_or_refused(
         await ledger.create("cust-1", [line("sku-1", 1, "1.00")], order_id=order_id)
         command_id = (await all_events(pg))[0].metadata.command_id
         waiting = asyncio.create_task(waiter.wait_for_command(command_id, 15))
-        await asyncio.sleep(0.1)
+        await eventually(lambda: waiter.pending == 1, 10, "the waiter to hold the wait")
         assert not waiting.done()
         await publish(isolated_settings, await all_events(pg))
         progress = await asyncio.wait_for(waiting, 15)
@@ -341,7 +347,7 @@ async def test_waiter_settles_commands_when_visible_or_refused(
 
         refused = uuid.uuid4()
         waiting = asyncio.create_task(waiter.wait_for_command(refused, 15))
-        await asyncio.sleep(0.1)
+        await eventually(lambda: waiter.pending == 1, 10, "the waiter to hold the wait")
         await record_results(
             redis_client,
             keys,
@@ -420,3 +426,8 @@ async def test_waiter_reads_notifications_only_while_someone_waits(
     finally:
         await waiter.close()
     assert await subscribers() == 0
+
+
+async def _waits_pending(gateway: Proc, count: int) -> bool:
+    """The gateway reports `count` waits pending on `/metrics`."""
+    return (await scrape(gateway.base_url)).total("orders_waits_pending") == count

@@ -23,7 +23,8 @@ from projector_worker.rebuild import Rebuild
 from projector_worker.runner import writer_for
 from tests.conftest import settings_env
 from tests.integration.test_projector import queue_counts
-from tests.integration.test_projector_support import (
+from tests.support.domains import projection_names, projection_queues, registry_of
+from tests.support.events import (
     Ledger,
     address,
     all_events,
@@ -33,7 +34,6 @@ from tests.integration.test_projector_support import (
     publish,
     until,
 )
-from tests.support.domains import projection_names, projection_queues, registry_of
 from tests.support.processes import ROOT, ProcessFactory
 from tests.support.views import (
     ORDER_VIEWS,
@@ -128,7 +128,13 @@ async def test_rebuild_while_events_flow_switches_to_identical_views(
         code, stderr = await rebuild(
             isolated_settings, ORDER_VIEWS, "--batch-size", "10", "--partitions", "3"
         )
-        await asyncio.sleep(0.3)
+        # Events keep flowing past the switch, and those must land in the new generation too.
+        switched_at = published
+
+        async def published_after_switch() -> bool:
+            return published >= switched_at + 5
+
+        await until(published_after_switch, 30, "events published after the switch")
         stop.set()
         await asyncio.gather(writer, reader)
 

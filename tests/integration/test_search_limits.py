@@ -21,7 +21,9 @@ from common.readmodel.keys import Keys
 from common.settings import Settings
 from orders.queries import MAX_OFFSET
 from orders.view import OrderView
+from tests.support.amqp import eventually
 from tests.support.processes import Proc, ProcessFactory
+from tests.support.scrape import scrape
 from tests.support.seeding import order_changes, write_views
 
 pytestmark = pytest.mark.integration
@@ -256,9 +258,17 @@ async def test_broad_searches_do_not_hold_up_order_reads(
             assert response.status_code == 200
         return latencies
 
+    async def searches_answered() -> float:
+        found = await scrape(searching.base_url)
+        return found.total("orders_http_request_seconds_count", route="/orders/search")
+
+    async def more_searches_answered(than: float) -> bool:
+        return await searches_answered() > than
+
     async def read_orders_while_searching(
         searches: list[dict[str, Any]],
     ) -> tuple[list[float], dict[str, int]]:
+        answered_before = await searches_answered()
         searchers = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -270,7 +280,9 @@ async def test_broad_searches_do_not_hold_up_order_reads(
             stdout=asyncio.subprocess.PIPE,
         )
         try:
-            await asyncio.sleep(0.5)  # let the searchers start
+            await eventually(
+                lambda: more_searches_answered(answered_before), 10, "the searchers to start"
+            )
             latencies = await read_orders(phase_s)
             out, _ = await asyncio.wait_for(searchers.communicate(), 20)
         finally:

@@ -1,6 +1,6 @@
-"""Helpers of the read-path integration tests (no tests here): seeding the event store,
-publishing recorded events the way the relay does, waiting on conditions. Reading and comparing
-the views lives in `tests/support/views.py`.
+"""Events for the read-path integration tests: seeding the event store as the command worker
+would, publishing recorded events the way the relay does, waiting on conditions. Reading and
+comparing the views lives in `tests/support/views.py`.
 """
 
 from __future__ import annotations
@@ -35,12 +35,6 @@ from orders.contracts import (
 )
 from orders.projection import STREAM_TYPE
 from tests.support.domains import topology_of
-
-# Re-exported for tests that import them from here; they live in tests/support/views.py.
-from tests.support.views import dump_generation as dump_generation
-from tests.support.views import keys_with_prefix as keys_with_prefix
-from tests.support.views import live_generation as live_generation
-from tests.support.views import views_reached as views_reached
 
 T = TypeVar("T")
 
