@@ -20,8 +20,9 @@ from typing import Any
 
 from bench import report
 from bench.phases import Bench, PhaseFailed, Plan, relative
-from bench.services import Isolation, Services
-from bench.system import OUT, ROOT
+from bench.system import OUT
+from harness.isolation import Endpoints, Slice
+from harness.processes import ROOT
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -133,17 +134,17 @@ def prune_logs(out: Path, keep: int = KEEP_LOGS) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan = plan_of(args)
-    services = Services(redis_db=args.redis_db)
+    services = Endpoints(redis_db=args.redis_db)
     missing = services.missing()
     if missing:
         print(
-            f"bench: not answering on {services.host}: {', '.join(missing)}; "
+            f"bench: not answering on {services.amqp_host}: {', '.join(missing)}; "
             "start them with `make services`",
             file=sys.stderr,
         )
         return 2
     output = args.output or (OUT if plan.quick else ROOT / "bench")
-    isolation = Isolation(services)
+    isolation = Slice(services, "bench")
     isolation.create()
     bench = Bench(plan, isolation, say=say)
     failed: str | None = None

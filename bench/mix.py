@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import orjson
 
 from bench.wire import http_request
+from harness.load import ADDRESS
 
 KINDS = ("create", "add", "ship", "cancel")
 
@@ -93,15 +94,6 @@ class OrderBook:
     def rejected(self, order_id: str) -> None:
         """The domain refused a command: the order's state is unknown; leave it alone."""
         self._lines.pop(order_id, None)
-
-
-ADDRESS = {
-    "recipient": "Bench Buyer",
-    "street": "1 Queue Lane",
-    "city": "Rabbitburg",
-    "postal_code": "10115",
-    "country": "DE",
-}
 
 
 def create_body(rng: random.Random, customers: int) -> tuple[bytes, int]:

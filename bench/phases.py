@@ -23,17 +23,13 @@ import orjson
 
 from bench import seed
 from bench.mix import create_requests
-from bench.services import Isolation
 from bench.stats import best_round, merge_results, rate, split_at_append, with_rate
-from bench.system import (
-    OUT,
-    Proc,
-    Processes,
-    cpu_shares,
-    cpu_snapshot,
-)
+from bench.system import OUT, cpu_shares, cpu_snapshot
 from common.process import run as run_on_uvloop
 from common.readmodel.keys import Keys
+from harness.isolation import Slice, settings_env
+from harness.processes import Listen, Proc, Processes
+from harness.system import System
 
 
 @dataclass(frozen=True)
@@ -103,21 +99,20 @@ class PhaseFailed(Exception):
 class Bench:
     """One benchmark run: isolated services, the processes, the phases, the raw results."""
 
-    def __init__(
-        self, plan: Plan, isolation: Isolation, say: Callable[[str], None] = print
-    ) -> None:
+    def __init__(self, plan: Plan, isolation: Slice, say: Callable[[str], None] = print) -> None:
         self.plan = plan
         self.iso = isolation
         self.say = say
         self.log_dir = OUT / isolation.run_id
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.procs = Processes(isolation.env(plan.log_level), self.log_dir)
+        self.procs = Processes(settings_env(isolation.settings(), plan.log_level), self.log_dir)
         self.keys = Keys(isolation.prefix)
         self.raw: dict[str, Any] = {"cores": len(os.sched_getaffinity(0))}
         self.notes: list[str] = []
         if plan.projections:
             self.notes.append(f"the projectors ran only {', '.join(plan.projections)}")
         self.floor: Proc | None = None
+        self.system: System | None = None
         self.gateway: Proc | None = None
         self._generators = 0
         self._floor_rounds: dict[str, list[dict[str, Any]]] = {
@@ -128,24 +123,15 @@ class Bench:
     # --- processes ----------------------------------------------------------------------------
 
     def start_floor(self) -> Proc:
-        proc = self.procs.start("floor-app", "bench.floor_app", role="bench", http=True)
-        proc.wait_ready()
-        return proc
-
-    def start_workers(self, index: int) -> list[Proc]:
-        subset = self.plan.projections
-        chosen = ["--projections", ",".join(subset)] if subset else []
-        return [
-            self.procs.start(f"command-{index}", "command_worker", metrics=True),
-            self.procs.start(f"projector-{index}", "projector_worker", *chosen, metrics=True),
-        ]
+        return self.procs.start(
+            "bench.floor_app", name="floor-app", listen=Listen.HTTP, role="bench"
+        )
 
     def start_system(self) -> Proc:
-        gateway = self.procs.start("gateway", "gateway", http=True)
-        workers = self.start_workers(1)
-        for proc in (gateway, *workers):
-            proc.wait_ready()
-        return gateway
+        subset = self.plan.projections
+        chosen = ["--projections", ",".join(subset)] if subset else []
+        self.system = System.start(self.procs, projector_args=chosen)
+        return self.system.gateway
 
     def check_alive(self) -> None:
         for proc in self.procs.procs:
@@ -171,9 +157,10 @@ class Bench:
             config_path = self.log_dir / f"{name}-{i}.config.json"
             config_path.write_bytes(orjson.dumps(part))
             proc = self.procs.start(
-                f"gen-{name}-{i}",
                 "bench.load",
                 str(config_path),
+                name=f"gen-{name}-{i}",
+                listen=Listen.NONE,
                 role="bench",
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -230,8 +217,8 @@ class Bench:
         config = self.closed(port, "commands")
         config.update(
             mode=mode,
-            redis_host=self.iso.services.host,
-            redis_port=self.iso.services.redis_port,
+            redis_host=self.iso.endpoints.redis_host,
+            redis_port=self.iso.endpoints.redis_port,
             channel=self.keys.command_outcomes_channel,
             customers=self.plan.customers,
             drain_timeout_s=self.plan.drain_timeout_s,
@@ -339,8 +326,9 @@ class Bench:
         else:
             self.raw["scale_1"] = self.raw["e2e"]
         self.say("scaling: starting a second command worker and projector")
-        for proc in self.start_workers(2):
-            proc.wait_ready()
+        assert self.system is not None
+        self.system.start_command_worker()
+        self.system.start_projector()
         self.raw["scale_2"] = self.phase_e2e("scale_2")
 
     def phase_rebuild(self) -> None:
@@ -370,7 +358,9 @@ class Bench:
         self.say(f"rebuild: python -m projector_worker rebuild {name}, {events} events")
         before = cpu_snapshot(self.procs.procs)
         started = time.monotonic()
-        proc = self.procs.start("rebuild", "projector_worker", "rebuild", name, "--quiet")
+        proc = self.procs.start(
+            "projector_worker", "rebuild", name, "--quiet", name="rebuild", listen=Listen.NONE
+        )
         if not proc.wait(600):
             proc.stop()
             raise PhaseFailed(f"rebuild did not finish in 600s:\n{proc.tail()}")

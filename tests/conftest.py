@@ -11,8 +11,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from common.settings import Settings
-from tests.support.processes import ProcessFactory, process_factory
-from tests.support.services import Endpoints, endpoints, isolated_slice
+from harness.isolation import Endpoints, endpoints, isolated_slice, settings_env
+from harness.processes import Processes
+from harness.processes import processes as process_factory
+
+__all__ = ["settings_env"]
 
 
 @pytest.fixture(scope="session")
@@ -25,30 +28,15 @@ def services() -> Iterator[Endpoints]:
 def isolated_settings(services: Endpoints) -> Iterator[Settings]:
     """Settings naming a fresh vhost, database and Redis key prefix, removed after the test."""
     with isolated_slice(
-        services, f"test-{uuid.uuid4().hex[:12]}", retry_base_delay_ms=50, shutdown_timeout_s=10
+        services, "test", uuid.uuid4().hex[:12], retry_base_delay_ms=50, shutdown_timeout_s=10
     ) as settings:
         yield settings
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a process use `settings`."""
-    return {
-        "DOMAINS": settings.domains,
-        "APP_PREFIX": settings.app_prefix,
-        "AMQP_URL": settings.amqp_url,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "REDIS_KEY_PREFIX": settings.redis_key_prefix,
-        "RETRY_BASE_DELAY_MS": str(settings.retry_base_delay_ms),
-        "SHUTDOWN_TIMEOUT_S": str(settings.shutdown_timeout_s),
-        "LOG_LEVEL": "INFO",
-    }
 
 
 @pytest.fixture
 def processes(
     isolated_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[ProcessFactory]:
+) -> Iterator[Processes]:
     """Start `python -m <module>` processes on the isolated services; all stopped at teardown.
     When the test fails, the report carries what each process logged (see below)."""
     with process_factory(settings_env(isolated_settings), tmp_path) as factory:
@@ -56,7 +44,7 @@ def processes(
         yield factory
 
 
-_FACTORY = pytest.StashKey[ProcessFactory]()
+_FACTORY = pytest.StashKey[Processes]()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -67,7 +55,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     factory = item.stash.get(_FACTORY, None)
     if factory is not None and report.failed and call.when == "call":
         for proc in factory.procs:
-            report.sections.append((f"log of {proc.log_path.name}", proc.digest()))
+            report.sections.append((f"log of {proc.name}", proc.digest()))
     return report
 
 

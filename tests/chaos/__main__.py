@@ -14,14 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+from harness.isolation import Endpoints, answers, new_run_id, settings_env
+from harness.load import LoadShape
+from harness.processes import processes
 from tests.chaos import services as shared
-from tests.chaos.load import LoadShape
 from tests.chaos.report import Row, details, markdown
 from tests.chaos.scenarios import BY_NAME, FREEZE_S, SCENARIOS, Scenario, run_scenario
-from tests.chaos.system import isolated_settings, new_run_id
-from tests.conftest import settings_env
-from tests.support.processes import process_factory
-from tests.support.services import Endpoints, answers
+from tests.chaos.system import isolated_settings
 
 HERE = Path(__file__).resolve().parent
 FULL = LoadShape()
@@ -89,10 +88,10 @@ def run_one(
     try:
         with (
             isolated_settings(services, run) as settings,
-            process_factory({**settings_env(settings), **scenario.env}, log_dir) as processes,
+            processes({**settings_env(settings), **scenario.env}, log_dir) as started,
         ):
             outcome = asyncio.run(
-                run_scenario(scenario, settings, processes, services, shape, freeze_s=freeze_s)
+                run_scenario(scenario, settings, started, services, shape, freeze_s=freeze_s)
             )
             return outcome.row
     except Exception as exc:

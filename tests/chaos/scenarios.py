@@ -21,14 +21,15 @@ import httpx
 from redis.asyncio import Redis
 
 from common.settings import Settings
+from harness.isolation import Endpoints, new_run_id
+from harness.load import LoadDriver, LoadShape, time_to_read, time_to_recover
+from harness.processes import Proc, Processes
+from harness.system import System
 from tests.chaos import services as shared
 from tests.chaos.freezing import Process, frozen
-from tests.chaos.load import LoadDriver, LoadShape, time_to_read, time_to_recover
 from tests.chaos.report import Row
-from tests.chaos.system import OrderSystem, new_run_id, wait_for_quiet
+from tests.chaos.system import wait_for_quiet
 from tests.support.invariants import Verdict, judge
-from tests.support.processes import Proc, ProcessFactory
-from tests.support.services import Endpoints
 
 Say = Callable[[str], None]
 
@@ -49,7 +50,7 @@ class Drill:
 
     services: Endpoints
     settings: Settings
-    system: OrderSystem
+    system: System
     say: Say
     notes: list[str] = field(default_factory=list)
     follow_ups: list[asyncio.Task[None]] = field(default_factory=list)
@@ -98,24 +99,24 @@ def _replace(drill: Drill, start: Callable[[], Proc]) -> None:
 
 async def kill_command_worker(drill: Drill) -> None:
     victim = drill.system.relay_leader()
-    drill.say(f"    kill -9 command worker {victim.popen.pid} (the relay leader)")
+    drill.say(f"    kill -9 command worker {victim.pid} (the relay leader)")
     victim.kill()
     _replace(drill, drill.system.start_command_worker)
 
 
 async def kill_projector(drill: Drill) -> None:
     victim = drill.system.alive(drill.system.projectors)[0]
-    drill.say(f"    kill -9 projector {victim.popen.pid}")
+    drill.say(f"    kill -9 projector {victim.pid}")
     victim.kill()
     _replace(drill, drill.system.start_projector)
 
 
 async def _sigterm(drill: Drill, victim: Proc, goodbye: str, start: Callable[[], Proc]) -> None:
-    drill.say(f"    SIGTERM {victim.module} {victim.popen.pid}")
+    drill.say(f"    SIGTERM {victim.module} {victim.pid}")
     code = await asyncio.to_thread(victim.terminate, 60)
     if code != 0:
         drill.notes.append(f"{victim.module} exited with {code} after SIGTERM")
-    elif goodbye not in victim.log_path.read_text(errors="replace"):
+    elif goodbye not in victim.log():
         drill.notes.append(f"{victim.module} did not log {goodbye} after SIGTERM")
     _replace(drill, start)
 
@@ -307,7 +308,7 @@ class ScenarioResult:
 async def run_scenario(
     scenario: Scenario,
     settings: Settings,
-    processes: ProcessFactory,
+    processes: Processes,
     services: Endpoints,
     shape: LoadShape,
     *,
@@ -318,7 +319,7 @@ async def run_scenario(
     freeze_s: float = FREEZE_S,
 ) -> ScenarioResult:
     system = await asyncio.to_thread(
-        OrderSystem.start, processes, command_workers=command_workers, projectors=projectors
+        System.start, processes, command_workers=command_workers, projectors=projectors
     )
     drill = Drill(services, settings, system, say, freeze_s=freeze_s)
     run = new_run_id()

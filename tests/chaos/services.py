@@ -19,8 +19,8 @@ import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.support.processes import ROOT
-from tests.support.services import Endpoints, answers
+from harness.isolation import Endpoints, answers
+from harness.processes import ROOT
 
 Say = Callable[[str], None]
 

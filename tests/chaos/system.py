@@ -1,19 +1,17 @@
-"""The system under test: a gateway, command workers and projectors as real processes, on a
-vhost, database and Redis key prefix of their own; and waiting until it has gone quiet."""
+"""The drills' slice of the services, and waiting until the system on it has gone quiet.
+
+The system itself (a gateway, command workers and projectors as real processes) is
+`harness.system.System`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
 from uuid import UUID
 
 import aio_pika
 import asyncpg
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -22,71 +20,15 @@ from common.domain import load_domains
 from common.messaging.topology import Topology, retry_delays_ms, retry_queue_name
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from harness.isolation import Endpoints, isolated_slice, new_run_id
 from tests.support.amqp import depth
 from tests.support.invariants import not_terminal_in_redis, relay_caught_up
-from tests.support.processes import Proc, ProcessFactory
-from tests.support.services import Endpoints, isolated_slice
 from tests.support.views import views_match_streams
 
 
 def isolated_settings(services: Endpoints, run: str) -> contextlib.AbstractContextManager[Settings]:
     """Production defaults on a fresh vhost, database and key prefix, removed afterwards."""
-    return isolated_slice(services, f"chaos-{run}")
-
-
-@dataclass
-class OrderSystem:
-    """The running processes; replacements are started the way a supervisor would."""
-
-    processes: ProcessFactory
-    gateway: Proc
-    command_workers: list[Proc]
-    projectors: list[Proc]
-
-    @classmethod
-    def start(
-        cls, processes: ProcessFactory, *, command_workers: int = 2, projectors: int = 2
-    ) -> OrderSystem:
-        system = cls(processes, processes.start("gateway"), [], [])
-        for _ in range(command_workers):
-            system.start_command_worker()
-        for _ in range(projectors):
-            system.start_projector()
-        return system
-
-    def start_command_worker(self) -> Proc:
-        proc = self.processes.start("command_worker")
-        self.command_workers.append(proc)
-        return proc
-
-    def start_projector(self) -> Proc:
-        proc = self.processes.start("projector_worker")
-        self.projectors.append(proc)
-        return proc
-
-    def alive(self, procs: Iterable[Proc]) -> list[Proc]:
-        return [p for p in procs if p.popen.poll() is None]
-
-    def relay_leader(self) -> Proc:
-        """The command worker whose relay took the leader lock last (from the logs)."""
-        latest: tuple[str, Proc] | None = None
-        for proc in self.alive(self.command_workers):
-            for line in proc.log_path.read_text(errors="replace").splitlines():
-                if '"relay leading"' not in line:
-                    continue
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    at = str(orjson.loads(line).get("time", ""))
-                    if latest is None or at > latest[0]:
-                        latest = (at, proc)
-        return latest[1] if latest else self.alive(self.command_workers)[0]
-
-    def exited(self) -> list[str]:
-        """Processes that died without being asked to, with the end of their logs."""
-        return [
-            f"{p.module} exited with {p.popen.returncode}: {p.log()[-500:]}"
-            for p in [self.gateway, *self.command_workers, *self.projectors]
-            if p.popen.returncode not in (None, 0, -9)
-        ]
+    return isolated_slice(services, "chaos", run)
 
 
 def topology_of(settings: Settings) -> Topology:
@@ -187,5 +129,4 @@ async def _check_quiet(settings: Settings, accepted: list[UUID]) -> str:
         await pool.close()
 
 
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:10]
+__all__ = ["isolated_settings", "new_run_id", "queue_backlog", "topology_of", "wait_for_quiet"]
