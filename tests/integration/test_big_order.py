@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from tests.integration.test_queries_end_to_end import ORDER
+from tests.support.bodies import ORDER
 from tests.support.processes import ProcessFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.load]

@@ -15,8 +15,8 @@ from common.readmodel.commands import PROJECTED_VERSION_FIELD
 from common.readmodel.keys import Keys
 from common.settings import Settings
 from tests.conftest import settings_env
-from tests.integration.test_queries_end_to_end import ORDER
 from tests.support.amqp import eventually
+from tests.support.bodies import ORDER
 from tests.support.processes import ROOT, ProcessFactory
 
 pytestmark = pytest.mark.integration

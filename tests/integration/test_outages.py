@@ -20,10 +20,14 @@ from redis.asyncio import Redis
 
 from common.readmodel.keys import Keys
 from common.settings import Settings
-from tests.integration.test_worker_faults import publish_all, recorded
-from tests.support.amqp import channel, eventually
+from tests.support.amqp import eventually, publish_commands, queue_counts
 from tests.support.domains import topology_of
-from tests.support.invariants import dead_letters, not_terminal_in_redis, write_side_problems
+from tests.support.invariants import (
+    dead_letters,
+    not_terminal_in_redis,
+    recorded,
+    write_side_problems,
+)
 from tests.support.load import command_mix
 from tests.support.processes import Proc, ProcessFactory
 from tests.support.proxy import FreezableProxy, freezable
@@ -67,13 +71,6 @@ def metric(settings: Settings, name: str) -> str:
     return f"{settings.app_prefix.replace('-', '_')}_{name}"
 
 
-async def ready_in(settings: Settings, queue: str) -> int:
-    """Messages waiting in `queue` that no consumer holds."""
-    async with channel(settings.amqp_url) as ch:
-        declared = await ch.declare_queue(queue, passive=True)
-        return int(declared.declaration_result.message_count or 0)
-
-
 async def paused_for(settings: Settings, worker: Proc, dependency: str) -> None:
     """Wait until `worker` counted an outage of `dependency` (it then stops consuming)."""
 
@@ -107,20 +104,20 @@ async def test_a_frozen_postgres_pauses_the_command_worker_until_it_answers(
     commands = creates + rest
 
     pg_proxy.freeze()
-    await publish_all(isolated_settings, commands[:-LATE])
+    await publish_commands(isolated_settings, commands[:-LATE])
     await paused_for(isolated_settings, worker, "postgres")
-    await publish_all(isolated_settings, commands[-LATE:])
+    await publish_commands(isolated_settings, commands[-LATE:])
     await asyncio.sleep(OUTAGE_S)  # the outage goes on; nothing may be spent meanwhile
     await no_retry_spent(isolated_settings, worker)
     assert await recorded(pg) == 0
-    assert await ready_in(isolated_settings, queue) == LATE  # paused: none was taken
+    assert (await queue_counts(isolated_settings, queue))[0] == LATE  # paused: none was taken
 
     pg_proxy.thaw()
     await eventually(
         lambda: _recorded_all(pg, len(commands)), timeout=60, what="every command handled"
     )
     assert await write_side_problems(pg, [c.command_id for c in commands]) == []
-    assert await ready_in(isolated_settings, queue) == 0
+    assert (await queue_counts(isolated_settings, queue))[0] == 0
     await no_retry_spent(isolated_settings, worker)
     assert worker.popen.poll() is None
 
@@ -143,13 +140,13 @@ async def test_a_frozen_redis_pauses_the_projector_until_it_answers(
     commands = creates + rest
 
     redis_proxy.freeze()
-    await publish_all(isolated_settings, commands[:-LATE])
+    await publish_commands(isolated_settings, commands[:-LATE])
     await paused_for(isolated_settings, projector, "redis")
-    await publish_all(isolated_settings, commands[-LATE:])
+    await publish_commands(isolated_settings, commands[-LATE:])
     await eventually(lambda: _recorded_all(pg, len(commands)), timeout=60, what="commands handled")
     await asyncio.sleep(OUTAGE_S)
     await no_retry_spent(isolated_settings, projector)
-    assert await ready_in(isolated_settings, queue) >= LATE  # paused: their events wait
+    assert (await queue_counts(isolated_settings, queue))[0] >= LATE  # paused: their events wait
 
     redis_proxy.thaw()
     keys = Keys(isolated_settings.redis_key_prefix)

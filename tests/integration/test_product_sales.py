@@ -26,8 +26,8 @@ from common.domain import load_domains
 from common.settings import Settings
 from orders.aggregate import Order, OrderStatus, evolve
 from tests.conftest import settings_env
-from tests.integration.test_queries_end_to_end import ORDER
 from tests.support.amqp import channel, eventually
+from tests.support.bodies import ORDER
 from tests.support.domains import topology_of
 from tests.support.processes import ROOT, ProcessFactory
 

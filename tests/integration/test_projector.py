@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 import uuid
 
 import aio_pika
@@ -18,8 +16,8 @@ from common.settings import Settings
 from orders.contracts import ItemAdded, OrderShipped
 from orders.layout import order_suffix
 from orders.view import OrderView
-from tests.conftest import settings_env
-from tests.support.domains import projection_names, projection_queues, topology_of
+from tests.support.amqp import queue_counts
+from tests.support.domains import projection_names, projection_queues
 from tests.support.events import (
     Ledger,
     all_events,
@@ -28,9 +26,9 @@ from tests.support.events import (
     publish,
     until,
 )
-from tests.support.processes import ROOT, ProcessFactory
+from tests.support.processes import ProcessFactory
+from tests.support.projector import order_views_queue, run_rebuild
 from tests.support.views import (
-    ORDER_VIEWS,
     dump_live,
     keys_with_prefix,
     live_generation,
@@ -40,38 +38,6 @@ from tests.support.views import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def run_rebuild(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "projector_worker", "rebuild", *args],
-        cwd=ROOT,
-        env={**os.environ, **settings_env(settings)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def order_views_queue(settings: Settings) -> str:
-    """The queue of the `order_views` projection."""
-    return topology_of(settings).projection_queue(ORDER_VIEWS)
-
-
-async def queue_counts(settings: Settings, *queues: str) -> list[int]:
-    connection = await aio_pika.connect(settings.amqp_url)
-    try:
-        channel = await connection.channel()
-        counts = []
-        for name in queues:
-            queue = await channel.declare_queue(name, passive=True)
-            counts.append(int(queue.declaration_result.message_count or 0))
-        return counts
-    finally:
-        await connection.close()
 
 
 async def test_live_events_become_views(

@@ -20,7 +20,7 @@ from common.readmodel.keys import Keys
 from common.settings import Settings
 from orders.contracts import ItemAdded
 from tests.conftest import settings_env
-from tests.integration.test_projector import order_views_queue, queue_counts
+from tests.support.amqp import queue_counts
 from tests.support.events import (
     Ledger,
     all_events,
@@ -30,6 +30,7 @@ from tests.support.events import (
     until,
 )
 from tests.support.processes import ROOT, ProcessFactory
+from tests.support.projector import order_views_queue
 from tests.support.views import ORDER_VIEWS, views_reached
 
 pytestmark = pytest.mark.integration

@@ -8,24 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.bodies import ORDER
 from tests.support.processes import ProcessFactory
 
 pytestmark = pytest.mark.integration
-
-ORDER: dict[str, Any] = {
-    "customer_id": "e2e-customer",
-    "items": [
-        {"product_id": "sku-a", "quantity": 2, "price": "10.10"},
-        {"product_id": "sku-b", "quantity": 1, "price": "0.05"},
-    ],
-    "shipping_address": {
-        "recipient": "Grace Hopper",
-        "street": "7 Compiler Lane",
-        "city": "Arlington",
-        "postal_code": "22201",
-        "country": "US",
-    },
-}
 
 
 @pytest.fixture

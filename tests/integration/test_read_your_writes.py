@@ -15,8 +15,8 @@ from common.readmodel.commands import ID_REUSED_REASON
 from common.readmodel.keys import Keys
 from common.settings import Settings
 from gateway.idempotency import HEADER
-from tests.integration.test_queries_end_to_end import ORDER
 from tests.support.amqp import eventually
+from tests.support.bodies import ORDER
 from tests.support.processes import ProcessFactory
 from tests.support.scrape import scrape
 

@@ -22,7 +22,7 @@ from orders.layout import order_suffix
 from projector_worker.rebuild import Rebuild
 from projector_worker.runner import writer_for
 from tests.conftest import settings_env
-from tests.integration.test_projector import queue_counts
+from tests.support.amqp import queue_counts
 from tests.support.domains import projection_names, projection_queues, registry_of
 from tests.support.events import (
     Ledger,

@@ -23,8 +23,8 @@ from orders.contracts import ItemAdded
 from projector_worker.losses import LossDetector, Trigger
 from projector_worker.redis_views import Generations, LiveState
 from projector_worker.runner import writer_for
-from tests.integration.test_projector_support import Ledger, all_events, line, until
 from tests.support.domains import registry_of
+from tests.support.events import Ledger, all_events, line, until
 from tests.support.invariants import not_terminal_in_redis
 from tests.support.processes import Proc, ProcessFactory
 from tests.support.scrape import scrape

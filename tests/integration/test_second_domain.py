@@ -11,8 +11,8 @@ import pytest
 from common.domain import load_domains
 from common.messaging.topology import Topology
 from common.settings import Settings
-from tests.integration.test_queries_end_to_end import ORDER
 from tests.support.amqp import channel, depth, eventually
+from tests.support.bodies import ORDER
 from tests.support.processes import ProcessFactory
 from tests.support.scrape import scrape
 

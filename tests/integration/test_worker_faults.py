@@ -5,31 +5,14 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from common.messaging.messages import command_message
 from common.settings import Settings
-from tests.support.amqp import channel, depth, eventually
-from tests.support.domains import registry_of, topology_of
-from tests.support.invariants import relay_caught_up, write_side_problems
+from tests.support.amqp import channel, depth, eventually, publish_commands
+from tests.support.domains import topology_of
+from tests.support.invariants import recorded, relay_caught_up, write_side_problems
 from tests.support.load import command_mix
 from tests.support.processes import ProcessFactory
 
 pytestmark = pytest.mark.integration
-
-
-async def recorded(pool: asyncpg.Pool) -> int:
-    return int(await pool.fetchval("SELECT count(*) FROM commands"))
-
-
-async def publish_all(settings: Settings, commands: list) -> None:  # type: ignore[type-arg]
-    registry = registry_of(settings)
-    topology = topology_of(settings)
-    async with channel(settings.amqp_url) as ch:
-        exchange = await ch.get_exchange(topology.commands_exchange)
-        for command in commands:
-            stream = registry.aggregate_of_command[command.type].stream_of(command)
-            await exchange.publish(
-                command_message(command, stream), routing_key=topology.commands_queue
-            )
 
 
 async def test_kill_9_of_a_command_worker_mid_load_loses_nothing(
@@ -37,7 +20,7 @@ async def test_kill_9_of_a_command_worker_mid_load_loses_nothing(
 ) -> None:
     creates, rest = command_mix(orders=60, additions_per_order=25)
     commands = creates + rest
-    await publish_all(isolated_settings, commands)
+    await publish_commands(isolated_settings, commands)
     victim = processes.start("command_worker")
     survivor = processes.start("command_worker")
     await eventually(lambda: _more_than(pg, len(commands) // 4), what="a quarter handled")
@@ -53,7 +36,7 @@ async def test_sigterm_finishes_in_flight_work_and_exits_cleanly(
 ) -> None:
     creates, rest = command_mix(orders=40, additions_per_order=25)
     commands = creates + rest
-    await publish_all(isolated_settings, commands)
+    await publish_commands(isolated_settings, commands)
     worker = processes.start("command_worker")
     await eventually(lambda: _more_than(pg, 100), what="work under way")
     assert worker.terminate(timeout=30) == 0

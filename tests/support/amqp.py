@@ -10,8 +10,11 @@ from contextlib import asynccontextmanager
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from common.messaging.messages import command_message
 from common.messaging.topology import Topology, declare_topology
-from tests.support.domains import topology_of
+from common.settings import Settings
+from orders.contracts import Command
+from tests.support.domains import registry_of, topology_of
 
 
 @asynccontextmanager
@@ -57,6 +60,26 @@ async def take(
 async def depth(ch: AbstractChannel, name: str) -> int:
     queue = await ch.declare_queue(name, passive=True)
     return int(queue.declaration_result.message_count or 0)
+
+
+async def queue_counts(settings: Settings, *queues: str) -> list[int]:
+    """The messages waiting in each of `queues` (that no consumer holds)."""
+    async with channel(settings.amqp_url) as ch:
+        return [await depth(ch, name) for name in queues]
+
+
+async def publish_commands(settings: Settings, commands: list[Command]) -> None:
+    """Publish `commands` to the commands queue as the gateway would (no confirm waited for
+    beyond the channel's)."""
+    registry = registry_of(settings)
+    topology = topology_of(settings)
+    async with channel(settings.amqp_url) as ch:
+        exchange = await ch.get_exchange(topology.commands_exchange)
+        for command in commands:
+            stream = registry.aggregate_of_command[command.type].stream_of(command)
+            await exchange.publish(
+                command_message(command, stream), routing_key=topology.commands_queue
+            )
 
 
 async def eventually(condition, timeout: float = 20, what: str = "condition", every: float = 0.02):  # type: ignore[no-untyped-def]

@@ -90,6 +90,11 @@ async def write_side_problems(pool: asyncpg.Pool, sent: Iterable[UUID]) -> list[
     return (await write_side(pool, sent)).problems()
 
 
+async def recorded(pool: asyncpg.Pool) -> int:
+    """Commands with an outcome in the event store's ledger."""
+    return int(await pool.fetchval("SELECT count(*) FROM commands"))
+
+
 async def relay_caught_up(pool: asyncpg.Pool) -> bool:
     head = await pool.fetchval("SELECT coalesce(max(position), 0) FROM events")
     checkpoint = await pool.fetchval(
