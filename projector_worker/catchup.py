@@ -138,13 +138,21 @@ class LiveApplier:
     def forget_generations(self) -> None:
         self._generations = None
 
+    async def _written(self) -> Generations | None:
+        """The generations being written; None when Redis had none, once they are back (the
+        caller starts its round again)."""
+        generations = await self._current()
+        if not generations.empty:
+            return generations
+        await self._on_empty()
+        self.forget_generations()
+        return None
+
     async def apply(self, event: RecordedEvent, payload: Any) -> Applied:
         """Apply `event`; raises `ProjectionError` for an event that can never apply."""
         for _round in range(MAX_ROUNDS):
-            generations = await self._current()
-            if generations.empty:
-                await self._on_empty()
-                self.forget_generations()
+            generations = await self._written()
+            if generations is None:
                 continue
             before = await self._before(event, generations)
             if before is _Known.DUPLICATE:
@@ -201,10 +209,8 @@ class LiveApplier:
         logged and left out (their live delivery dead-letters them)."""
         version_of = self._projection.version_of
         for _round in range(MAX_ROUNDS):
-            generations = await self._current()
-            if generations.empty:
-                await self._on_empty()
-                self.forget_generations()
+            generations = await self._written()
+            if generations is None:
                 continue
             views = await self._writer.read_views(stream_id, generations.targets)
             lowest = min(version_of(v) if v is not None else 0 for v in views.values())
@@ -270,10 +276,8 @@ class LiveApplier:
         applied = 0
         for index in range(start, len(changes)):
             stored, change = changes[index]
-            generations = await self._current()
-            if generations.empty:
-                await self._on_empty()
-                self.forget_generations()
+            generations = await self._written()
+            if generations is None:
                 return 0, applied
             result = await self._write(stored, change, generations)
             if result.empty or result.stale:

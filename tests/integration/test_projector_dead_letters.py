@@ -3,9 +3,6 @@ back once the cause is fixed."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime
 
@@ -19,7 +16,6 @@ from common.messaging.topology import dlq_name
 from common.readmodel.keys import Keys
 from common.settings import Settings
 from orders.contracts import ItemAdded
-from tests.conftest import settings_env
 from tests.support.amqp import queue_counts
 from tests.support.events import (
     Ledger,
@@ -29,23 +25,15 @@ from tests.support.events import (
     publish,
     until,
 )
-from tests.support.processes import ROOT, ProcessFactory
-from tests.support.projector import order_views_queue
+from tests.support.processes import ProcessFactory
+from tests.support.projector import order_views_queue, projector_cli
 from tests.support.views import ORDER_VIEWS, views_reached
 
 pytestmark = pytest.mark.integration
 
 
 def dlq_command(settings: Settings, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "projector_worker", "dlq", *args],
-        cwd=ROOT,
-        env={**os.environ, **settings_env(settings)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = projector_cli(settings, "dlq", *args, timeout_s=60)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -13,17 +13,24 @@ from tests.support.domains import topology_of
 from tests.support.views import ORDER_VIEWS
 
 
-def run_rebuild(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m projector_worker rebuild <args>` on `settings`' services, to its end."""
+def projector_cli(
+    settings: Settings, *args: str, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m projector_worker <args>` on `settings`' services, to its end."""
     return subprocess.run(
-        [sys.executable, "-m", "projector_worker", "rebuild", *args],
+        [sys.executable, "-m", "projector_worker", *args],
         cwd=ROOT,
         env={**os.environ, **settings_env(settings)},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout_s,
         check=False,
     )
+
+
+def run_rebuild(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m projector_worker rebuild <args>`, to its end."""
+    return projector_cli(settings, "rebuild", *args)
 
 
 def order_views_queue(settings: Settings) -> str:
