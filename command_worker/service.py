@@ -75,16 +75,7 @@ class CommandWorker:
         return publisher
 
     async def _ready(self) -> dict[str, bool]:
-        try:
-            redis_ok = bool(await self._redis.ping())
-        except Exception:
-            redis_ok = False
-        try:
-            await self._pool.fetchval("SELECT 1")
-            pg_ok = True
-        except Exception:
-            pg_ok = False
-        return {"rabbitmq": self._connection.ready.is_set(), "postgres": pg_ok, "redis": redis_ok}
+        return {"rabbitmq": self._connection.ready.is_set(), **await self._dependencies.answering()}
 
     async def run(self) -> int:
         settings = self.settings

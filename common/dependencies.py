@@ -109,12 +109,18 @@ class Dependencies:
                 task.cancel()
         self._up.set()  # whoever still waits goes on (and finds the process stopping)
 
-    async def _probe_all(self) -> str | None:
+    async def answering(self) -> dict[str, bool]:
+        """Probe every dependency now: whether each answered within the probe timeout (what a
+        readiness check reports)."""
         names = list(self._probes)
         answers = await asyncio.gather(*(self._answers(name) for name in names))
         for name, answered in zip(names, answers, strict=True):
             metrics.DEPENDENCY_UP.labels(name).set(1 if answered else 0)
-        return next((name for name, ok in zip(names, answers, strict=True) if not ok), None)
+        return dict(zip(names, answers, strict=True))
+
+    async def _probe_all(self) -> str | None:
+        answers = await self.answering()
+        return next((name for name, ok in answers.items() if not ok), None)
 
     async def _answers(self, name: str) -> bool:
         try:
