@@ -74,24 +74,21 @@ class System:
         return port
 
     def start_command_worker(self, *, wait: bool = True) -> Proc:
-        proc = self.processes.start(
-            "command_worker",
-            name=f"command-{len(self.command_workers) + 1}",
-            port=self._metrics_port(),
-            wait=wait,
-        )
-        self.command_workers.append(proc)
-        return proc
+        return self._start_worker("command_worker", "command", self.command_workers, wait=wait)
 
     def start_projector(self, *, wait: bool = True) -> Proc:
-        proc = self.processes.start(
-            "projector_worker",
-            *self.projector_args,
-            name=f"projector-{len(self.projectors) + 1}",
-            port=self._metrics_port(),
-            wait=wait,
+        return self._start_worker(
+            "projector_worker", "projector", self.projectors, *self.projector_args, wait=wait
         )
-        self.projectors.append(proc)
+
+    def _start_worker(
+        self, module: str, role: str, started: list[Proc], *args: str, wait: bool
+    ) -> Proc:
+        """One more worker of `module`, named `<role>-<n>`, added to `started`."""
+        proc = self.processes.start(
+            module, *args, name=f"{role}-{len(started) + 1}", port=self._metrics_port(), wait=wait
+        )
+        started.append(proc)
         return proc
 
     @staticmethod
