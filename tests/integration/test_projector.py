@@ -145,9 +145,11 @@ async def test_a_projector_on_an_empty_redis_rebuilds_alone_then_consumes(
     assert status[b"status"] == b"succeeded"
     assert status[b"type"] == b"AddItem"
 
-    # Redis loses everything (a restart without persistence): the next event rebuilds it.
-    for key in await keys_with_prefix(redis_client, isolated_settings.redis_key_prefix):
-        await redis_client.delete(key)
+    # Redis loses everything at once (a restart without persistence): the next event rebuilds
+    # it. One DEL, atomic: deleting key by key would race the rebuild and delete its new keys.
+    await redis_client.delete(
+        *await keys_with_prefix(redis_client, isolated_settings.redis_key_prefix)
+    )
     new_order = await ledger.create("cust-new", [line("sku-1", 1, "5.00")])
     await publish(isolated_settings, (await all_events(pg))[-1:])
     await until(lambda: views_reached(redis_client, keys, ledger.versions), 30, "the rebuild")

@@ -1,7 +1,7 @@
 """Three command workers and two projectors side by side, driven over HTTP.
 
-Hundreds of orders, thousands of commands, a few orders taking hundreds of concurrent item
-additions each (so every worker holds commands of the same order at once), ships and cancels
+A hundred orders, over a thousand commands, a few orders taking a hundred and fifty concurrent
+item additions each (so every worker holds commands of the same order at once), ships and cancels
 racing the additions. Then, exactly: every command recorded once, streams contiguous, every
 addition to an open order kept, each order's view and history equal to a replay of its stream,
 the whole live generation equal to a fresh rebuild, and no dead letters.
@@ -40,11 +40,11 @@ from tests.support.views import dump_live, live_generation, views_match_streams,
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-ORDERS = 250
+ORDERS = 120
 HOT_ORDERS = 4
 """Orders that take HOT_ADDITIONS item additions each, sent concurrently with everything else."""
-HOT_ADDITIONS = 225
-COLD_ADDITIONS = 5
+HOT_ADDITIONS = 150
+COLD_ADDITIONS = 4
 CONCURRENCY = 32
 TERMINAL = {b"succeeded", b"rejected", b"failed"}
 
