@@ -364,7 +364,7 @@ class Processes:
 
 
 @contextlib.contextmanager
-def processes(env: Mapping[str, str], log_dir: Path | None) -> Iterator[Processes]:
+def process_group(env: Mapping[str, str], log_dir: Path | None) -> Iterator[Processes]:
     """`Processes` whose every process is stopped on the way out."""
     started = Processes(env, log_dir)
     try:

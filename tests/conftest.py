@@ -12,8 +12,7 @@ import redis.asyncio as aioredis
 
 from common.settings import Settings
 from harness.isolation import Endpoints, endpoints, isolated_slice, settings_env
-from harness.processes import Processes
-from harness.processes import processes as process_factory
+from harness.processes import Processes, process_group
 
 __all__ = ["settings_env"]
 
@@ -39,7 +38,7 @@ def processes(
 ) -> Iterator[Processes]:
     """Start `python -m <module>` processes on the isolated services; all stopped at teardown.
     When the test fails, the report carries what each process logged (see below)."""
-    with process_factory(settings_env(isolated_settings), tmp_path) as factory:
+    with process_group(settings_env(isolated_settings), tmp_path) as factory:
         request.node.stash[_FACTORY] = factory
         yield factory
 

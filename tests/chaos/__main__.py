@@ -16,7 +16,7 @@ from types import FrameType
 
 from harness.isolation import Endpoints, answers, new_run_id, settings_env
 from harness.load import LoadShape
-from harness.processes import processes
+from harness.processes import process_group
 from tests.chaos import services as shared
 from tests.chaos.report import Row, details, markdown
 from tests.chaos.scenarios import BY_NAME, FREEZE_S, SCENARIOS, Scenario, run_scenario
@@ -88,7 +88,7 @@ def run_one(
     try:
         with (
             isolated_settings(services, run) as settings,
-            processes({**settings_env(settings), **scenario.env}, log_dir) as started,
+            process_group({**settings_env(settings), **scenario.env}, log_dir) as started,
         ):
             outcome = asyncio.run(
                 run_scenario(scenario, settings, started, services, shape, freeze_s=freeze_s)

@@ -24,11 +24,11 @@ from schemathesis.checks import (
 )
 from schemathesis.generation import GenerationMode
 
-from tests.chaos.load import ADDRESS
+from harness.isolation import Endpoints
+from harness.load import ADDRESS
+from harness.processes import process_group, wait_for
 from tests.chaos.system import isolated_settings, new_run_id
 from tests.conftest import settings_env
-from tests.support.processes import process_factory, wait_for
-from tests.support.services import Endpoints
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def gateway_url(services: Endpoints, tmp_path_factory: pytest.TempPathFactory) -
     log_dir: Path = tmp_path_factory.mktemp("bad-input")
     with (
         isolated_settings(services, new_run_id()) as config,
-        process_factory(settings_env(config), log_dir) as processes,
+        process_group(settings_env(config), log_dir) as processes,
     ):
         processes.start("command_worker")
         processes.start("projector_worker")

@@ -15,8 +15,8 @@ import time
 import httpx
 import pytest
 
+from harness.processes import Processes
 from tests.support.bodies import ORDER
-from tests.support.processes import ProcessFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.load]
 
@@ -74,7 +74,7 @@ async def beside(http: httpx.AsyncClient, orders: list[str]) -> float:
     return latency
 
 
-async def test_a_growing_order_does_not_hold_up_the_others(processes: ProcessFactory) -> None:
+async def test_a_growing_order_does_not_hold_up_the_others(processes: Processes) -> None:
     processes.start("command_worker")
     processes.start("projector_worker")
     gateway = processes.start("gateway")

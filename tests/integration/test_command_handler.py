@@ -21,10 +21,10 @@ from common.eventstore.store import EventStore, NewEvent, StoredEvent
 from common.readmodel.commands import ID_REUSED_REASON, CommandStatus
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from harness.load import envelope
 from orders.contracts import AddItem, CreateOrder, OrderLine, ShipOrder, ShippingAddress
 from orders.domain import DOMAIN, ORDER
 from tests.support.domains import registry_of
-from tests.support.load import envelope
 
 pytestmark = pytest.mark.integration
 

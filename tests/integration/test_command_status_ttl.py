@@ -14,10 +14,10 @@ from redis.asyncio import Redis
 from common.readmodel.commands import PROJECTED_VERSION_FIELD
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from harness.processes import ROOT, Processes
 from tests.conftest import settings_env
 from tests.support.amqp import eventually
 from tests.support.bodies import ORDER
-from tests.support.processes import ROOT, ProcessFactory
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ TTL_S = 1000
 
 
 async def test_every_writer_of_a_status_sets_its_ttl(
-    processes: ProcessFactory, redis_client: Redis, isolated_settings: Settings
+    processes: Processes, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     env = {"COMMAND_STATUS_TTL_S": str(TTL_S)}
     gateway = processes.start("gateway", extra_env=env)

@@ -18,6 +18,8 @@ from common.messaging.messages import command_message
 from common.messaging.topology import Topology, dlq_name
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from harness.load import envelope
+from harness.processes import Processes
 from orders.contracts import (
     AddItem,
     CancelOrder,
@@ -27,9 +29,8 @@ from orders.contracts import (
     ShipOrder,
 )
 from tests.support.amqp import channel, depth, eventually, take, tap_events
+from tests.support.bodies import ADDRESS
 from tests.support.domains import topology_of
-from tests.support.load import ADDRESS, envelope
-from tests.support.processes import ProcessFactory
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,7 @@ async def command_row(pool: asyncpg.Pool, command_id: uuid.UUID) -> asyncpg.Reco
 
 async def test_commands_become_ordered_events_on_the_fanout(
     isolated_settings: Settings,
-    processes: ProcessFactory,
+    processes: Processes,
     pg: asyncpg.Pool,
     topology: Topology,
 ) -> None:
@@ -121,7 +122,7 @@ async def test_commands_become_ordered_events_on_the_fanout(
 
 async def test_rejections_append_nothing_and_say_why(
     isolated_settings: Settings,
-    processes: ProcessFactory,
+    processes: Processes,
     pg: asyncpg.Pool,
     redis_client: aioredis.Redis,
     topology: Topology,
@@ -169,7 +170,7 @@ async def test_rejections_append_nothing_and_say_why(
 
 async def test_a_redelivered_command_takes_effect_once(
     isolated_settings: Settings,
-    processes: ProcessFactory,
+    processes: Processes,
     pg: asyncpg.Pool,
     topology: Topology,
 ) -> None:
@@ -204,7 +205,7 @@ async def test_a_redelivered_command_takes_effect_once(
 
 async def test_poison_messages_are_dead_lettered_with_a_reason(
     isolated_settings: Settings,
-    processes: ProcessFactory,
+    processes: Processes,
     pg: asyncpg.Pool,
     topology: Topology,
 ) -> None:

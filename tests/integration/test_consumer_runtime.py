@@ -18,9 +18,9 @@ from common.messaging.dead_letters import list_dead_letters, replay_dead_letters
 from common.messaging.outcomes import RetryLater
 from common.messaging.topology import declare_topology, dlq_name
 from common.settings import Settings
+from harness.isolation import Endpoints
 from tests.support.amqp import channel, depth, eventually
 from tests.support.domains import topology_of
-from tests.support.services import Endpoints
 
 pytestmark = pytest.mark.integration
 

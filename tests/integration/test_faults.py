@@ -28,15 +28,15 @@ from common.messaging.messages import command_message
 from common.messaging.topology import Topology, dlq_name
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from harness.isolation import Endpoints
+from harness.load import ADDRESS, LoadShape
+from harness.processes import Processes
 from orders.contracts import CreateOrder, OrderLine, ShippingAddress
 from orders.layout import order_suffix
 from orders.projection import OrderViews
-from tests.chaos.load import ADDRESS, LoadShape
 from tests.chaos.scenarios import BY_NAME, run_scenario
 from tests.support.amqp import channel, eventually, take
 from tests.support.domains import topology_of
-from tests.support.processes import ProcessFactory
-from tests.support.services import Endpoints
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(240)]
 
@@ -53,7 +53,7 @@ HUGE = 4 * 1024 * 1024
 async def test_kill_9_under_load_loses_nothing_and_views_equal_a_replay(
     scenario: str,
     isolated_settings: Settings,
-    processes: ProcessFactory,
+    processes: Processes,
     services: Endpoints,
 ) -> None:
     outcome = await run_scenario(
@@ -167,7 +167,7 @@ async def _order_visible(redis: aioredis.Redis, keys: Keys, order_id: uuid.UUID)
 async def test_poison_in_each_work_queue_is_dead_lettered_with_its_reason(
     work: str,
     isolated_settings: Settings,
-    processes: ProcessFactory,
+    processes: Processes,
     pg: asyncpg.Pool,
     redis_client: aioredis.Redis,
 ) -> None:
@@ -218,7 +218,7 @@ ADDITIONS = 50
 
 
 async def test_50_concurrent_item_additions_across_3_workers_apply_exactly_once(
-    processes: ProcessFactory, pg: asyncpg.Pool
+    processes: Processes, pg: asyncpg.Pool
 ) -> None:
     workers = [processes.start("command_worker") for _ in range(3)]
     processes.start("projector_worker")
@@ -287,7 +287,7 @@ async def test_50_concurrent_item_additions_across_3_workers_apply_exactly_once(
 async def test_a_transaction_left_open_in_another_database_stops_nothing(
     isolated_settings: Settings,
     services: Endpoints,
-    processes: ProcessFactory,
+    processes: Processes,
     pg: asyncpg.Pool,
     redis_client: aioredis.Redis,
 ) -> None:

@@ -24,10 +24,10 @@ from common.readmodel.keys import Keys
 from common.settings import Settings
 from gateway.idempotency import HEADER
 from gateway.runtime import redis_client_name
+from harness.isolation import Endpoints
+from harness.processes import Proc, Processes, free_port, http_status, wait_for
 from orders.contracts import AddItem, CancelOrder, CreateOrder, OrderCommand, ShipOrder
 from tests.support.domains import registry_of, topology_of
-from tests.support.processes import Proc, ProcessFactory, free_port, http_status, wait_for
-from tests.support.services import Endpoints
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ def with_item(**changes: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def gateway(processes: ProcessFactory) -> Proc:
+def gateway(processes: Processes) -> Proc:
     return processes.start("gateway")
 
 
@@ -358,7 +358,7 @@ async def test_the_longest_idempotency_key_is_accepted(client: httpx.AsyncClient
 # --- unavailable broker, lost connection ------------------------------------------------------
 
 
-def start_unready(processes: ProcessFactory, amqp_url: str) -> Proc:
+def start_unready(processes: Processes, amqp_url: str) -> Proc:
     proc = processes.start(
         "gateway", "--broker-wait", "0", extra_env={"AMQP_URL": amqp_url}, wait=False
     )
@@ -368,7 +368,7 @@ def start_unready(processes: ProcessFactory, amqp_url: str) -> Proc:
 
 @pytest.mark.parametrize("broken", ["closed port", "missing vhost"])
 async def test_commands_are_503_while_the_broker_is_unavailable(
-    processes: ProcessFactory, isolated_settings: Settings, broken: str
+    processes: Processes, isolated_settings: Settings, broken: str
 ) -> None:
     url = (
         f"amqp://guest:guest@127.0.0.1:{free_port()}/"
@@ -390,7 +390,7 @@ async def test_commands_are_503_while_the_broker_is_unavailable(
 
 
 async def test_without_redis_commands_are_still_queued_but_keyed_ones_are_503(
-    processes: ProcessFactory,
+    processes: Processes,
     isolated_settings: Settings,
     commands_queue: str,
 ) -> None:
@@ -481,7 +481,7 @@ async def test_publishing_resumes_after_the_connection_is_closed(
 
 
 async def test_with_api_keys_a_known_key_is_served_and_never_logged(
-    processes: ProcessFactory,
+    processes: Processes,
 ) -> None:
     """Refusals without a known key are tested in process (tests/http/test_refusals.py)."""
     proc = processes.start("gateway", extra_env={"API_KEYS": "first-key, second-key"})
@@ -497,7 +497,7 @@ async def test_with_api_keys_a_known_key_is_served_and_never_logged(
 
 
 async def test_two_api_keys_with_the_same_idempotency_key_get_two_commands(
-    processes: ProcessFactory,
+    processes: Processes,
 ) -> None:
     proc = processes.start("gateway", extra_env={"API_KEYS": "first-key,second-key"})
     key = {HEADER: "order-1"}

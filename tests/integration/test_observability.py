@@ -16,12 +16,12 @@ import pytest
 from common.domain import Registry, stream_id
 from common.messaging.topology import Topology
 from common.settings import Settings
+from harness.processes import Proc, Processes, http_status, wait_for
 from orders.contracts import ItemAdded
 from orders.projection import OrderViews
 from tests.support.amqp import eventually
 from tests.support.domains import registry_of, topology_of
 from tests.support.events import Ledger, all_events, line, publish
-from tests.support.processes import Proc, ProcessFactory, http_status, wait_for
 from tests.support.scrape import Scrape, scrape
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ class System:
 
 
 @pytest.fixture
-async def system(processes: ProcessFactory, isolated_settings: Settings) -> AsyncIterator[System]:
+async def system(processes: Processes, isolated_settings: Settings) -> AsyncIterator[System]:
     registry = registry_of(isolated_settings)
     topology = topology_of(isolated_settings)
     command_worker = processes.start("command_worker")
@@ -122,7 +122,7 @@ async def test_one_command_is_followed_by_its_correlation_id_to_the_redis_write(
         json_lines(proc)  # shutdown lines are JSON too
 
 
-async def test_no_secret_is_logged(processes: ProcessFactory, isolated_settings: Settings) -> None:
+async def test_no_secret_is_logged(processes: Processes, isolated_settings: Settings) -> None:
     api_key = "secret-key-123"
     password = "s3cret-pa55word"
     vhost = isolated_settings.amqp_url.rsplit("/", 1)[1]
@@ -284,7 +284,7 @@ async def test_each_process_exports_its_metrics(
 
 
 async def test_projection_lag_measures_the_views_against_the_event_store(
-    processes: ProcessFactory, pg: asyncpg.Pool, isolated_settings: Settings
+    processes: Processes, pg: asyncpg.Pool, isolated_settings: Settings
 ) -> None:
     projector = processes.start("projector_worker")
     projections = list(registry_of(isolated_settings).projections)

@@ -20,6 +20,8 @@ from redis.asyncio import Redis
 
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from harness.load import command_mix
+from harness.processes import Proc, Processes
 from tests.support.amqp import eventually, publish_commands, queue_counts
 from tests.support.domains import topology_of
 from tests.support.invariants import (
@@ -28,8 +30,6 @@ from tests.support.invariants import (
     recorded,
     write_side_problems,
 )
-from tests.support.load import command_mix
-from tests.support.processes import Proc, ProcessFactory
 from tests.support.proxy import FreezableProxy, freezable
 from tests.support.scrape import scrape
 from tests.support.views import views_match_streams
@@ -91,7 +91,7 @@ async def no_retry_spent(settings: Settings, worker: Proc) -> None:
 
 async def test_a_frozen_postgres_pauses_the_command_worker_until_it_answers(
     isolated_settings: Settings,
-    processes: ProcessFactory,
+    processes: Processes,
     pg: asyncpg.Pool,
     pg_proxy: FreezableProxy,
 ) -> None:
@@ -124,7 +124,7 @@ async def test_a_frozen_postgres_pauses_the_command_worker_until_it_answers(
 
 async def test_a_frozen_redis_pauses_the_projector_until_it_answers(
     isolated_settings: Settings,
-    processes: ProcessFactory,
+    processes: Processes,
     pg: asyncpg.Pool,
     redis_client: Redis,
     redis_proxy: FreezableProxy,

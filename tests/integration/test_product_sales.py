@@ -24,12 +24,12 @@ import pytest
 
 from common.domain import load_domains
 from common.settings import Settings
+from harness.processes import ROOT, Processes
 from orders.aggregate import Order, OrderStatus, evolve
 from tests.conftest import settings_env
 from tests.support.amqp import channel, eventually
 from tests.support.bodies import ORDER
 from tests.support.domains import topology_of
-from tests.support.processes import ROOT, ProcessFactory
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ WAIT = {"Prefer": "wait=10"}
 
 
 @pytest.fixture
-async def client(processes: ProcessFactory) -> AsyncIterator[httpx.AsyncClient]:
+async def client(processes: Processes) -> AsyncIterator[httpx.AsyncClient]:
     processes.start("command_worker")
     processes.start("projector_worker")
     gateway = processes.start("gateway")
@@ -191,7 +191,7 @@ async def test_ties_rank_by_product_id(client: httpx.AsyncClient) -> None:
 
 
 async def test_sales_are_exact_under_races_kills_and_a_rebuild(
-    processes: ProcessFactory, isolated_settings: Settings, pg: asyncpg.Pool
+    processes: Processes, isolated_settings: Settings, pg: asyncpg.Pool
 ) -> None:
     processes.start("command_worker")
     victim = processes.start("projector_worker")
@@ -232,7 +232,7 @@ async def consumers(settings: Settings, queue: str) -> int:
 
 
 async def test_each_projection_runs_and_lags_on_its_own(
-    processes: ProcessFactory, isolated_settings: Settings, pg: asyncpg.Pool
+    processes: Processes, isolated_settings: Settings, pg: asyncpg.Pool
 ) -> None:
     processes.start("command_worker")
     processes.start("projector_worker", "--projections", "order_views")

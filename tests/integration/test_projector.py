@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from common.messaging.topology import dlq_name
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from harness.processes import Processes
 from orders.contracts import ItemAdded, OrderShipped
 from orders.layout import order_suffix
 from orders.view import OrderView
@@ -26,7 +27,6 @@ from tests.support.events import (
     publish,
     until,
 )
-from tests.support.processes import ProcessFactory
 from tests.support.projector import order_views_queue, run_rebuild
 from tests.support.views import (
     dump_live,
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_live_events_become_views(
-    processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+    processes: Processes, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     keys = Keys(isolated_settings.redis_key_prefix)
     processes.start("projector_worker")
@@ -69,7 +69,7 @@ async def test_live_events_become_views(
 
 
 async def test_duplicates_and_disorder_across_two_projectors_give_the_replayed_views(
-    processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+    processes: Processes, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     keys = Keys(isolated_settings.redis_key_prefix)
     # The projectors start on an empty store: every view then comes from the deliveries below
@@ -125,7 +125,7 @@ async def _no_dead_letters(settings: Settings) -> bool:
 
 
 async def test_a_projector_on_an_empty_redis_rebuilds_alone_then_consumes(
-    processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+    processes: Processes, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     keys = Keys(isolated_settings.redis_key_prefix)
     ledger = Ledger(pg)
@@ -159,7 +159,7 @@ async def test_a_projector_on_an_empty_redis_rebuilds_alone_then_consumes(
 
 
 async def test_poison_events_are_dead_lettered(
-    processes: ProcessFactory, pg: asyncpg.Pool, isolated_settings: Settings
+    processes: Processes, pg: asyncpg.Pool, isolated_settings: Settings
 ) -> None:
     processes.start("projector_worker")
     ledger = Ledger(pg)
@@ -187,7 +187,7 @@ async def _get(
 
 
 async def test_sigterm_drains_and_a_successor_finishes_the_work(
-    processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+    processes: Processes, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     keys = Keys(isolated_settings.redis_key_prefix)
     ledger = Ledger(pg)

@@ -15,6 +15,7 @@ from common.eventstore.store import EventStore, NewEvent
 from common.messaging.topology import dlq_name
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from harness.processes import Processes
 from orders.contracts import ItemAdded
 from tests.support.amqp import queue_counts
 from tests.support.events import (
@@ -25,7 +26,6 @@ from tests.support.events import (
     publish,
     until,
 )
-from tests.support.processes import ProcessFactory
 from tests.support.projector import order_views_queue, projector_cli
 from tests.support.views import ORDER_VIEWS, views_reached
 
@@ -39,7 +39,7 @@ def dlq_command(settings: Settings, *args: str) -> str:
 
 
 async def test_a_dead_lettered_event_is_listed_then_replayed_once_its_cause_is_fixed(
-    processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+    processes: Processes, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     keys = Keys(isolated_settings.redis_key_prefix)
     queue = order_views_queue(isolated_settings)

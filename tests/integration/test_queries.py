@@ -20,6 +20,7 @@ from common.readmodel.commands import CommandResult, CommandStatus, record_resul
 from common.readmodel.keys import Keys
 from common.settings import Settings
 from gateway.waiting import Waiter
+from harness.processes import Proc, Processes
 from orders.contracts import ItemAdded, OrderShipped
 from orders.projection import evolve
 from orders.view import OrderView
@@ -33,7 +34,6 @@ from tests.support.events import (
     publish,
     until,
 )
-from tests.support.processes import Proc, ProcessFactory
 from tests.support.scrape import scrape
 from tests.support.views import ORDER_VIEWS, views_reached
 
@@ -63,7 +63,7 @@ def by_total(views: list[dict[str, Any]], desc: bool) -> list[str]:
 
 
 @pytest.fixture
-def gateway(processes: ProcessFactory) -> Proc:
+def gateway(processes: Processes) -> Proc:
     processes.start("projector_worker")
     return processes.start("gateway")
 

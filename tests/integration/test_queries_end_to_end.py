@@ -8,14 +8,14 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.processes import Processes
 from tests.support.bodies import ORDER
-from tests.support.processes import ProcessFactory
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def client(processes: ProcessFactory) -> AsyncIterator[httpx.AsyncClient]:
+async def client(processes: Processes) -> AsyncIterator[httpx.AsyncClient]:
     processes.start("command_worker")
     processes.start("projector_worker")
     gateway = processes.start("gateway")

@@ -15,9 +15,9 @@ from common.readmodel.commands import ID_REUSED_REASON
 from common.readmodel.keys import Keys
 from common.settings import Settings
 from gateway.idempotency import HEADER
+from harness.processes import Processes
 from tests.support.amqp import eventually
 from tests.support.bodies import ORDER
-from tests.support.processes import ProcessFactory
 from tests.support.scrape import scrape
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ WAIT = {"Prefer": "wait=15"}
 
 
 @pytest.fixture
-async def client(processes: ProcessFactory) -> AsyncIterator[httpx.AsyncClient]:
+async def client(processes: Processes) -> AsyncIterator[httpx.AsyncClient]:
     processes.start("command_worker")
     processes.start("projector_worker")
     gateway = processes.start("gateway")
@@ -80,7 +80,7 @@ async def test_a_rejection_answers_409_with_the_reason(client: httpx.AsyncClient
     assert again.json()["detail"] == "order is cancelled"
 
 
-async def test_the_wait_runs_out_with_a_plain_202(processes: ProcessFactory) -> None:
+async def test_the_wait_runs_out_with_a_plain_202(processes: Processes) -> None:
     # No workers: nothing will happen to the command within the wait.
     gateway = processes.start("gateway")
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=30) as http:
@@ -91,7 +91,7 @@ async def test_the_wait_runs_out_with_a_plain_202(processes: ProcessFactory) -> 
         assert status.json()["status"] == "accepted"
 
 
-async def test_waits_past_max_waiters_are_answered_at_once(processes: ProcessFactory) -> None:
+async def test_waits_past_max_waiters_are_answered_at_once(processes: Processes) -> None:
     processes.start("command_worker")
     processes.start("projector_worker")
     gateway = processes.start("gateway", extra_env={"MAX_WAITERS": "2", "MAX_WAIT_S": "60"})
@@ -152,7 +152,7 @@ async def test_waits_past_max_waiters_are_answered_at_once(processes: ProcessFac
         assert fourth.headers["preference-applied"] == "wait=15"
 
 
-async def test_requests_past_http_max_concurrency_get_503(processes: ProcessFactory) -> None:
+async def test_requests_past_http_max_concurrency_get_503(processes: Processes) -> None:
     gateway = processes.start(
         "gateway", extra_env={"HTTP_MAX_CONCURRENCY": "3", "MAX_WAITERS": "1"}
     )
@@ -176,7 +176,7 @@ async def test_requests_past_http_max_concurrency_get_503(processes: ProcessFact
 
 
 async def test_an_order_at_its_limits_answers_409_with_the_reason(
-    processes: ProcessFactory,
+    processes: Processes,
 ) -> None:
     limits = {"ORDERS_MAX_LINES": "3", "ORDERS_MAX_EVENTS": "4"}
     processes.start("command_worker", extra_env=limits)

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from common.contracts.envelopes import RecordedEvent
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from harness.processes import ROOT, Processes
 from orders.contracts import ItemAdded, OrderCreated
 from orders.layout import order_suffix
 from projector_worker.rebuild import Rebuild
@@ -34,7 +35,6 @@ from tests.support.events import (
     publish,
     until,
 )
-from tests.support.processes import ROOT, ProcessFactory
 from tests.support.views import (
     ORDER_VIEWS,
     dump_generation,
@@ -67,7 +67,7 @@ async def rebuild(settings: Settings, *args: str) -> tuple[int, str]:
 
 
 async def test_rebuild_while_events_flow_switches_to_identical_views(
-    processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+    processes: Processes, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     keys = Keys(isolated_settings.redis_key_prefix)
     order_keys = projection_keys(keys)

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from harness.processes import Proc, Processes
 from orders.contracts import ItemAdded
 from projector_worker.losses import LossDetector, Trigger
 from projector_worker.redis_views import Generations, LiveState
@@ -26,7 +27,6 @@ from projector_worker.runner import writer_for
 from tests.support.domains import registry_of
 from tests.support.events import Ledger, all_events, line, until
 from tests.support.invariants import not_terminal_in_redis
-from tests.support.processes import Proc, ProcessFactory
 from tests.support.scrape import scrape
 from tests.support.snapshots import restore_snapshot, take_snapshot
 from tests.support.views import (
@@ -263,7 +263,7 @@ async def _none(found: Any) -> bool:
 
 @contextlib.asynccontextmanager
 async def running(
-    processes: ProcessFactory,
+    processes: Processes,
     settings: Settings,
     pg: asyncpg.Pool,
     redis: Redis,
@@ -282,7 +282,7 @@ def noticed(projector: Proc, by: Trigger) -> bool:
 
 
 async def test_an_older_snapshot_restored_under_load_is_caught_up(
-    processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+    processes: Processes, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     prefix = isolated_settings.redis_key_prefix
     async with running(processes, isolated_settings, pg, redis_client, projectors=2) as (
@@ -331,7 +331,7 @@ async def _at_least(count: Any, target: int) -> bool:
 
 
 async def test_an_older_snapshot_restored_while_quiet_is_caught_up(
-    processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+    processes: Processes, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     prefix = isolated_settings.redis_key_prefix
     async with running(processes, isolated_settings, pg, redis_client) as (run, [projector]):
@@ -350,7 +350,7 @@ async def test_an_older_snapshot_restored_while_quiet_is_caught_up(
 
 
 async def test_a_snapshot_restored_while_no_projector_runs_is_caught_up_at_start(
-    processes: ProcessFactory, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+    processes: Processes, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     prefix = isolated_settings.redis_key_prefix
     async with running(processes, isolated_settings, pg, redis_client) as (run, [projector]):

@@ -28,12 +28,12 @@ from common.contracts.envelopes import RecordedEvent
 from common.messaging.topology import dlq_name
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from harness.processes import Processes
 from orders.projection import OrderViews, replay
 from tests.support.amqp import queue_counts
 from tests.support.domains import projection_names, registry_of, topology_of
 from tests.support.events import all_events, order_stream, until
 from tests.support.invariants import relay_caught_up, write_side_problems
-from tests.support.processes import ProcessFactory
 from tests.support.projector import run_rebuild
 from tests.support.scrape import scrape
 from tests.support.views import dump_live, live_generation, views_match_streams, views_reached
@@ -166,7 +166,7 @@ def by_stream(events: list[RecordedEvent]) -> dict[str, list[RecordedEvent]]:
 
 
 async def test_three_command_workers_and_two_projectors_lose_nothing(
-    processes: ProcessFactory,
+    processes: Processes,
     pg: asyncpg.Pool,
     redis_client: Redis,
     isolated_settings: Settings,

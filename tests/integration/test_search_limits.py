@@ -19,10 +19,10 @@ from redis.asyncio import Redis
 
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from harness.processes import Proc, Processes
 from orders.queries import MAX_OFFSET
 from orders.view import OrderView
 from tests.support.amqp import eventually
-from tests.support.processes import Proc, ProcessFactory
 from tests.support.scrape import scrape
 from tests.support.seeding import order_changes, write_views
 
@@ -57,7 +57,7 @@ async def client_of() -> AsyncIterator[ClientOf]:
 
 
 async def test_broad_searches_are_refused_and_paging_one_set_is_not(
-    processes: ProcessFactory, client_of: ClientOf, redis_client: Redis, isolated_settings: Settings
+    processes: Processes, client_of: ClientOf, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     views = await seed(redis_client, isolated_settings, 120, customers=4)
     gateway = processes.start("gateway", extra_env={"ORDERS_SEARCH_MAX_CANDIDATES": "25"})
@@ -158,7 +158,7 @@ SEARCH_PARAMS = [
 
 
 async def test_no_parameter_value_makes_a_query_route_fail(
-    processes: ProcessFactory, client_of: ClientOf, redis_client: Redis, isolated_settings: Settings
+    processes: Processes, client_of: ClientOf, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     views = await seed(redis_client, isolated_settings, 60, customers=3)
     client = client_of(processes.start("gateway"))
@@ -229,7 +229,7 @@ AT_THE_CAP = [
 
 @pytest.mark.load
 async def test_broad_searches_do_not_hold_up_order_reads(
-    processes: ProcessFactory, client_of: ClientOf, redis_client: Redis, isolated_settings: Settings
+    processes: Processes, client_of: ClientOf, redis_client: Redis, isolated_settings: Settings
 ) -> None:
     """The p99 of `GET /orders/{id}` alone, then while clients loop the broadest searches
     (bounded: at most 5 times higher), then while they loop searches at the cap (reported:

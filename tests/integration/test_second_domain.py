@@ -11,9 +11,9 @@ import pytest
 from common.domain import load_domains
 from common.messaging.topology import Topology
 from common.settings import Settings
+from harness.processes import Processes
 from tests.support.amqp import channel, depth, eventually
 from tests.support.bodies import ORDER
-from tests.support.processes import ProcessFactory
 from tests.support.scrape import scrape
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ WAIT = {"Prefer": "wait=10"}
 
 
 @pytest.fixture
-async def client(processes: ProcessFactory) -> AsyncIterator[httpx.AsyncClient]:
+async def client(processes: Processes) -> AsyncIterator[httpx.AsyncClient]:
     processes.start("command_worker", extra_env=DOMAINS)
     processes.start("projector_worker", extra_env=DOMAINS)
     gateway = processes.start("gateway", extra_env=DOMAINS)
@@ -32,7 +32,7 @@ async def client(processes: ProcessFactory) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_tickets_are_opened_closed_and_queried_next_to_orders(
-    client: httpx.AsyncClient, processes: ProcessFactory, isolated_settings: Settings
+    client: httpx.AsyncClient, processes: Processes, isolated_settings: Settings
 ) -> None:
     opened = await client.post("/tickets", json={"title": "printer on fire"}, headers=WAIT)
     assert opened.status_code == 201, opened.text

@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from common.settings import Settings
+from harness.isolation import Endpoints
+from harness.processes import Proc, Processes, http_status
 from tests.support.amqp import channel, eventually
 from tests.support.domains import topology_of
-from tests.support.processes import Proc, ProcessFactory, http_status
-from tests.support.services import Endpoints
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,7 @@ class System:
 
 
 @pytest.fixture
-async def system(processes: ProcessFactory, isolated_settings: Settings) -> AsyncIterator[System]:
+async def system(processes: Processes, isolated_settings: Settings) -> AsyncIterator[System]:
     command_worker = processes.start("command_worker")
     projector = processes.start("projector_worker")
     gateway = processes.start("gateway")

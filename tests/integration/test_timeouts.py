@@ -18,8 +18,8 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from command_worker.service import open_redis as command_worker_redis
 from common.eventstore.database import create_pool, prepare_database
 from common.settings import Settings
+from harness.processes import free_port, wait_for
 from projector_worker.redis_views import open_redis as projector_redis
-from tests.support.processes import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 

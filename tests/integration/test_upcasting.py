@@ -20,9 +20,9 @@ from common.eventstore.database import create_pool, prepare_database
 from common.eventstore.store import EventStore, NewEvent
 from common.messaging.topology import Topology
 from common.settings import Settings
+from harness.processes import ROOT, Processes
 from tests.conftest import settings_env
 from tests.support.amqp import channel, take, tap_events
-from tests.support.processes import ROOT, ProcessFactory
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ async def store_version_1_ticket(settings: Settings, ticket_id: uuid.UUID) -> No
 
 
 async def test_a_version_1_event_is_read_as_version_2_everywhere(
-    processes: ProcessFactory, isolated_settings: Settings
+    processes: Processes, isolated_settings: Settings
 ) -> None:
     ticket_id = uuid.uuid4()
     await store_version_1_ticket(isolated_settings, ticket_id)

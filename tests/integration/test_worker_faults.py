@@ -6,17 +6,17 @@ import asyncpg
 import pytest
 
 from common.settings import Settings
+from harness.load import command_mix
+from harness.processes import Processes
 from tests.support.amqp import channel, depth, eventually, publish_commands
 from tests.support.domains import topology_of
 from tests.support.invariants import recorded, relay_caught_up, write_side_problems
-from tests.support.load import command_mix
-from tests.support.processes import ProcessFactory
 
 pytestmark = pytest.mark.integration
 
 
 async def test_kill_9_of_a_command_worker_mid_load_loses_nothing(
-    isolated_settings: Settings, processes: ProcessFactory, pg: asyncpg.Pool
+    isolated_settings: Settings, processes: Processes, pg: asyncpg.Pool
 ) -> None:
     creates, rest = command_mix(orders=60, additions_per_order=25)
     commands = creates + rest
@@ -32,7 +32,7 @@ async def test_kill_9_of_a_command_worker_mid_load_loses_nothing(
 
 
 async def test_sigterm_finishes_in_flight_work_and_exits_cleanly(
-    isolated_settings: Settings, processes: ProcessFactory, pg: asyncpg.Pool
+    isolated_settings: Settings, processes: Processes, pg: asyncpg.Pool
 ) -> None:
     creates, rest = command_mix(orders=40, additions_per_order=25)
     commands = creates + rest

@@ -7,7 +7,7 @@ import signal
 import httpx
 
 from common.observability.server import HealthServer
-from tests.support.processes import free_port
+from harness.processes import free_port
 
 
 async def test_it_serves_the_three_routes_and_bounds_requests() -> None:

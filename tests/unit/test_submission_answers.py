@@ -17,9 +17,9 @@ from common.readmodel.commands import ID_REUSED_REASON
 from common.readmodel.notifications import CommandProgress
 from gateway.problems import ProblemType
 from gateway.submission import not_queued, outcome_response
+from harness.load import envelope
 from orders.contracts import CreateOrder, OrderLine, ShippingAddress
 from orders.domain import ORDER
-from tests.support.load import envelope
 
 
 class SilentExchange:
