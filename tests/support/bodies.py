@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness import load
+from orders.contracts import ShippingAddress
+
 ORDER: dict[str, Any] = {
     "customer_id": "e2e-customer",
     "items": [
@@ -19,3 +22,6 @@ ORDER: dict[str, Any] = {
     },
 }
 """A valid `POST /orders` body: two lines, 20.25 in all."""
+
+ADDRESS = ShippingAddress(**load.ADDRESS)
+"""The load's shipping address as the contract's model, for commands built in the tests."""
