@@ -10,6 +10,8 @@ BIN := $(VENV)/bin
 # Every dependency, with the dev and bench extras, pinned with hashes: `make lock` writes it
 # from pyproject.toml, `make install` installs exactly it.
 LOCK := requirements.lock
+# The service's own part of it, which the image installs.
+RUNTIME_LOCK := requirements-runtime.lock
 # Written after a successful install; older than the lock or pyproject.toml means "install again".
 STAMP := $(VENV)/.installed
 
@@ -23,6 +25,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make install   create $(VENV) and install $(LOCK), then the project itself"
 	@echo "make lock      pin every dependency of pyproject.toml, with hashes, in $(LOCK)"
+	@echo "               (and the image's part of it in $(RUNTIME_LOCK))"
 	@echo "make services  start PostgreSQL, Redis and RabbitMQ here unless they answer"
 	@echo "make run       the whole system in the foreground (COMMAND_WORKERS=$(COMMAND_WORKERS)"
 	@echo "               PROJECTOR_WORKERS=$(PROJECTOR_WORKERS) PORT=$(PORT))"
@@ -52,6 +55,8 @@ lock:
 	CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet --upgrade \
 		--generate-hashes --allow-unsafe --strip-extras --extra dev --extra bench \
 		--no-emit-index-url --no-emit-find-links --output-file $(LOCK) pyproject.toml
+	$(MAKE) install
+	$(BIN)/python scripts/runtime_lock.py
 
 services:
 	bash scripts/ensure-services.sh
