@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from decimal import Decimal
 
 import orjson
 
@@ -103,7 +104,7 @@ def create_body(rng: random.Random, customers: int) -> tuple[bytes, int]:
         {
             "product_id": f"sku-{rng.randrange(200)}",
             "quantity": rng.randint(1, 4),
-            "price": f"{rng.randint(100, 9999) / 100:.2f}",
+            "price": str(Decimal(rng.randint(100, 9999)).scaleb(-2)),
         }
         for _ in range(lines)
     ]
