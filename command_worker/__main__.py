@@ -10,6 +10,7 @@ from common.domain import load_domains
 from common.messaging.dead_letters import add_dlq_parser, run_dlq_command
 from common.messaging.topology import Topology
 from common.observability.logging import configure_logging
+from common.observability.tracing import configure_tracing, shutdown_tracing
 from common.process import run
 from common.settings import get_settings
 
@@ -32,9 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dlq":
         return run_dlq_command(args, settings, topology, topology.commands_queue)
     configure_logging("command_worker", settings.log_level)
+    configure_tracing("command-worker", settings.traces_file)
     from command_worker.service import CommandWorker
 
-    return run(CommandWorker(settings, registry).run)
+    try:
+        return run(CommandWorker(settings, registry).run)
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from redis.asyncio import Redis
 
 from command_worker.batching import Batcher
+from command_worker.spans import AppendSpans
 from common.contracts.commands import CommandBase
 from common.contracts.envelopes import EventMetadata
 from common.domain import Aggregate, Registry, Rejection
@@ -36,7 +37,7 @@ from common.eventstore.store import (
 )
 from common.messaging.consuming import attempt_of
 from common.messaging.outcomes import RejectMessage
-from common.observability import metrics
+from common.observability import metrics, tracing
 from common.observability.logging import correlation_id
 from common.readmodel.commands import (
     ID_REUSED_REASON,
@@ -123,15 +124,20 @@ def load(
 
 
 def new_events_of(
-    aggregate: Aggregate[Any], command: CommandBase, events: Sequence[pydantic.BaseModel]
+    aggregate: Aggregate[Any],
+    command: CommandBase,
+    events: Sequence[pydantic.BaseModel],
+    traceparent: str | None = None,
 ) -> list[NewEvent]:
-    """Domain events as rows for the store, stamped with who caused them."""
+    """Domain events as rows for the store, stamped with who caused them (and, when tracing,
+    the span of their append, which the relay's publish continues)."""
     metadata = EventMetadata(
         command_id=command.command_id,
         command_type=command.type,
         correlation_id=command.correlation_id,
         causation_id=command.command_id,
         occurred_at=datetime.now(UTC),
+        traceparent=traceparent,
     )
     return [
         NewEvent(
@@ -167,6 +173,7 @@ class CommandHandler:
         self._redis = redis
         self._keys = keys
         self._conflict_retries = conflict_retries
+        self._appends = AppendSpans()
         self._seen_before: set[uuid.UUID] = set()
         """Commands whose message was delivered before (a redelivery or a retry): the only
         ones a batch looks up in the command ledger before deciding."""
@@ -192,6 +199,7 @@ class CommandHandler:
         seen_before = message.redelivered or attempt_of(message) > 1
         if seen_before:
             self._seen_before.add(command.command_id)
+        self._appends.consuming(command)
         try:
             outcome = await self._batcher.submit(command)
             log.info(
@@ -208,9 +216,17 @@ class CommandHandler:
         finally:
             if seen_before:
                 self._seen_before.discard(command.command_id)
+            self._appends.done(command)
             correlation_id.reset(token)
 
     async def execute_batch(self, commands: list[CommandBase]) -> list[Handled]:
+        """`_execute_batch`, in a span linked to each command's when tracing."""
+        if not tracing.enabled():
+            return await self._execute_batch(commands)
+        with self._appends.batch(commands):
+            return await self._execute_batch(commands)
+
+    async def _execute_batch(self, commands: list[CommandBase]) -> list[Handled]:
         """Decide every command on one load of their streams and commit all outcomes in one
         transaction. If another writer got in between, fall back to one command at a time,
         each with its own bounded conflict retries.
@@ -299,7 +315,12 @@ class CommandHandler:
                 decided[command.command_id] = len(outcomes)
                 outcomes.append(outcome)
             if rows:
-                await self._store.append_batch(conn, rows)
+                try:
+                    await self._store.append_batch(conn, rows)
+                except BaseException as exc:
+                    self._appends.end(rows, exc)
+                    raise
+                self._appends.end(rows)
         metrics.EVENTS_APPENDED.inc(sum(len(r.events) for r in rows))
         return outcomes
 
@@ -308,13 +329,14 @@ class CommandHandler:
         assert aggregate is not None, "a command's stream belongs to its aggregate"
         return aggregate
 
-    @staticmethod
     def _row(
+        self,
         aggregate: Aggregate[Any],
         command: CommandBase,
         outcome: Handled,
         events: Sequence[pydantic.BaseModel] = (),
     ) -> CommandOutcome:
+        traceparent = self._appends.start(command, aggregate.stream_of(command))
         return CommandOutcome(
             command_id=command.command_id,
             command_type=command.type,
@@ -323,7 +345,7 @@ class CommandHandler:
             reason=outcome.reason,
             version=outcome.version,
             fingerprint=command.fingerprint,
-            events=new_events_of(aggregate, command, events),
+            events=new_events_of(aggregate, command, events, traceparent),
         )
 
     async def execute(self, command: CommandBase) -> Handled:
@@ -340,14 +362,15 @@ class CommandHandler:
                     command, stream, CommandStatus.REJECTED, rejection.reason, loaded.version
                 )
             try:
-                await self._store.append_to_stream(
-                    stream,
-                    new_events_of(aggregate, command, new_events),
-                    expected_version=loaded.version,
-                    command_id=command.command_id,
-                    command_type=command.type,
-                    fingerprint=command.fingerprint,
-                )
+                with self._appends.one(command, stream) as traceparent:
+                    await self._store.append_to_stream(
+                        stream,
+                        new_events_of(aggregate, command, new_events, traceparent),
+                        expected_version=loaded.version,
+                        command_id=command.command_id,
+                        command_type=command.type,
+                        fingerprint=command.fingerprint,
+                    )
             except WrongExpectedVersion:
                 _COMMAND_CONFLICTS.inc()
                 await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))

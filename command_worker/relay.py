@@ -29,10 +29,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+import aio_pika
 import asyncpg
+from opentelemetry import trace
 
 from command_worker.window import InFlight
 from common.contracts.envelopes import RecordedEvent
@@ -42,7 +44,7 @@ from common.eventstore.store import EventStore, HeldBack
 from common.messaging.connection import BrokerUnavailable
 from common.messaging.messages import event_message
 from common.messaging.publishing import ConfirmedPublisher
-from common.observability import metrics
+from common.observability import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +288,8 @@ class Relay:
             messages = [("", event_message(self._current(event))) for event in events]
             sent = events[-1].position
             publish = self._publisher().publish_many(self._exchange, messages)
+            if tracing.enabled():
+                publish = traced_publish(publish, self._exchange, events, messages)
             window.send(publish, sent, len(events))
             await self._checkpoint_if_due(conn)
             if len(events) < self._batch_size:
@@ -329,3 +333,32 @@ class Relay:
             )
         finally:
             heard.cancel()
+
+
+async def traced_publish(
+    publish: Coroutine[Any, Any, None],
+    exchange: str,
+    events: Sequence[RecordedEvent],
+    messages: Sequence[tuple[str, aio_pika.Message]],
+) -> None:
+    """`publish`, with a producer span per event that carries its append's trace context: the
+    span goes into the message's headers and ends once the broker confirmed the batch."""
+    spans = []
+    for event, (_key, message) in zip(events, messages, strict=True):
+        if event.metadata.traceparent is None:
+            continue
+        span = tracing.start_publish(
+            exchange,
+            tracing.context_of(event.metadata.traceparent),
+            {"messaging.message.id": str(event.event_id), "cqrs.position": event.position},
+        )
+        tracing.inject(message.headers, trace.set_span_in_context(span))
+        spans.append(span)
+    try:
+        await publish
+    except BaseException as exc:
+        for span in spans:
+            tracing.end(span, exc)
+        raise
+    for span in spans:
+        tracing.end(span)

@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """Root log level."""
 
+    traces_file: str | None = None
+    """Also write every finished trace span to this file, one JSON object per line (tests, or
+    a look at traces without a collector). Tracing is otherwise configured by the standard
+    `OTEL_*` variables and off without them."""
+
     @model_validator(mode="before")
     @classmethod
     def _key_prefix_follows_app_prefix(cls, data: Any) -> Any:

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import uvicorn
 
 from common.observability.logging import configure_logging
-from common.settings import get_settings
+from common.observability.tracing import configure_tracing, shutdown_tracing
+from common.settings import Settings, get_settings
 from gateway.app import BROKER_WAIT_S, create_app
 
 KEEP_ALIVE_S = 75
@@ -48,6 +49,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     settings = get_settings()
     configure_logging("gateway", settings.log_level)
+    configure_tracing("gateway", settings.traces_file)
+    try:
+        _serve(args, settings)
+    finally:
+        shutdown_tracing()
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> None:
     uvicorn.run(
         create_app(settings, broker_wait_s=args.broker_wait),
         host=args.host,

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from common.domain import Registry, load_domains
-from common.observability import metrics
+from common.observability import metrics, tracing
 from common.process import settle_heap
 from common.settings import Settings, get_settings
 from gateway import commands_api, health
@@ -78,4 +78,11 @@ def create_app(
     if settings.api_key_set:
         app.add_middleware(ApiKeyMiddleware, keys=settings.api_key_set)
     app.add_middleware(RequestMiddleware)
+    if tracing.enabled():
+        # Outermost: the request's span is the root of the command's trace.
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(
+            app, excluded_urls="health,metrics", exclude_spans=["receive", "send"]
+        )
     return app

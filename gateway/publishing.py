@@ -11,12 +11,14 @@ import asyncio
 import logging
 
 import aio_pika
+from opentelemetry import trace
 
 from common.contracts.commands import CommandBase
 from common.messaging.connection import BrokerUnavailable, SupervisedConnection
 from common.messaging.messages import command_message
 from common.messaging.publishing import PUBLISH_ERRORS, ConfirmedPublisher
 from common.messaging.topology import Topology, declare_topology
+from common.observability import tracing
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +60,20 @@ class CommandPublisher:
         if publisher is None or not publisher.is_open:
             publisher = await self._reopen()
         topology = self._topology
-        await publisher.publish(
-            topology.commands_exchange,
-            topology.commands_queue,
-            command_message(command, stream_id),
+        message = command_message(command, stream_id)
+        if not tracing.enabled():
+            await publisher.publish(topology.commands_exchange, topology.commands_queue, message)
+            return
+        span = tracing.start_publish(
+            topology.commands_queue, attributes={"messaging.message.id": str(command.command_id)}
         )
+        tracing.inject(message.headers, trace.set_span_in_context(span))
+        try:
+            await publisher.publish(topology.commands_exchange, topology.commands_queue, message)
+        except BaseException as exc:
+            tracing.end(span, exc)
+            raise
+        tracing.end(span)
 
     async def _on_connected(self, connection: aio_pika.abc.AbstractConnection) -> None:
         channel = await connection.channel()

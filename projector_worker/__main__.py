@@ -15,6 +15,7 @@ from common.eventstore.store import Partition
 from common.messaging.dead_letters import add_dlq_parser, run_dlq_command
 from common.messaging.topology import Topology
 from common.observability.logging import configure_logging
+from common.observability.tracing import configure_tracing, shutdown_tracing
 from common.process import install_stop_signals, run
 from common.readmodel.keys import Keys
 from common.settings import get_settings
@@ -220,7 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         return run(lambda: _replay_partition(args, registry))
     if args.command == "status":
         return run(lambda: _status(registry))
-    return run(lambda: _serve(registry, args.projections))
+    configure_tracing("projector", settings.traces_file)
+    try:
+        return run(lambda: _serve(registry, args.projections))
+    finally:
+        shutdown_tracing()
 
 
 if __name__ == "__main__":

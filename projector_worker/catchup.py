@@ -18,7 +18,7 @@ from common.contracts.envelopes import RecordedEvent
 from common.domain import Registry, UnknownEvent
 from common.eventstore.store import EventStore
 from common.messaging.outcomes import RetryLater
-from common.observability import metrics
+from common.observability import metrics, tracing
 from common.readmodel.projection import Projection, ProjectionError, ViewChange
 from projector_worker.losses import LossDetector
 from projector_worker.redis_views import ApplyResult, Generations, ViewWriter
@@ -194,6 +194,16 @@ class LiveApplier:
         return _Gap(min(versions))
 
     async def _write(
+        self, event: RecordedEvent, change: ViewChange, generations: Generations
+    ) -> ApplyResult:
+        if not tracing.enabled():
+            return await self._write_views(event, change, generations)
+        with tracing.redis_write(self._projection.name, event.stream_id) as span:
+            result = await self._write_views(event, change, generations)
+            span.set_attribute("cqrs.applied", result.applied)
+            return result
+
+    async def _write_views(
         self, event: RecordedEvent, change: ViewChange, generations: Generations
     ) -> ApplyResult:
         if self._losses is None:

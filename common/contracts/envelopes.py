@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from pydantic import Field
+
 from common.contracts.base import Contract
 
 
@@ -18,6 +20,9 @@ class EventMetadata(Contract):
     correlation_id: UUID
     causation_id: UUID
     occurred_at: datetime
+    traceparent: str | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The W3C trace context of the append that recorded the event, when tracing is on: the
+    relay continues the command's trace from it. Left out of the JSON when absent."""
 
 
 class RecordedEvent(Contract):

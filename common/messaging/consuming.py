@@ -37,7 +37,7 @@ from common.messaging.topology import (
     retry_delay_for,
     retry_queue_name,
 )
-from common.observability import metrics
+from common.observability import metrics, tracing
 from common.observability.logging import correlation_id, redact
 
 log = logging.getLogger(__name__)
@@ -298,7 +298,11 @@ class QueueConsumer:
         # Every line logged for this message, retries and dead letters included, carries it.
         token = correlation_id.set(message.correlation_id)
         try:
-            await self._handle(message)
+            if tracing.enabled():
+                with tracing.consuming(self.queue_name, message.headers):
+                    await self._handle(message)
+            else:
+                await self._handle(message)
         finally:
             correlation_id.reset(token)
             self._handling_seconds.observe(time.perf_counter() - started)
