@@ -71,6 +71,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--keep", action="store_true", help="leave the vhost, database and keys for a look"
     )
+    parser.add_argument(
+        "--traces",
+        action="store_true",
+        help="tracing on in the measured processes, every span written to a file in the output",
+    )
     parser.add_argument("--redis-db", type=int, default=0, help="Redis index (%(default)s)")
     parser.add_argument(
         "--projections",
@@ -96,6 +101,7 @@ def plan_of(args: argparse.Namespace) -> Plan:
         "generator_check": args.generator_check,
         "log_level": args.log_level,
         "projections": args.projections,
+        "traces": args.traces or None,
     }
     plan = dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v is not None})
     if plan.warmup_s >= plan.duration_s:

@@ -56,6 +56,9 @@ class Plan:
     log_level: str = "INFO"
     projections: tuple[str, ...] = ()
     """The projections the projectors run (`--projections`); empty: every registered one."""
+    traces: bool = False
+    """Tracing on in the measured processes (`--traces`), every span written to a file: what
+    tracing costs, against a run without."""
 
     @classmethod
     def full(cls) -> Plan:
@@ -105,12 +108,17 @@ class Bench:
         self.say = say
         self.log_dir = OUT / isolation.run_id
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.procs = Processes(settings_env(isolation.settings(), plan.log_level), self.log_dir)
+        env = settings_env(isolation.settings(), plan.log_level)
+        if plan.traces:
+            env["TRACES_FILE"] = str(self.log_dir / "spans.jsonl")
+        self.procs = Processes(env, self.log_dir)
         self.keys = Keys(isolation.prefix)
         self.raw: dict[str, Any] = {"cores": len(os.sched_getaffinity(0))}
         self.notes: list[str] = []
         if plan.projections:
             self.notes.append(f"the projectors ran only {', '.join(plan.projections)}")
+        if plan.traces:
+            self.notes.append("tracing was on: every span of every command written to a file")
         self.floor: Proc | None = None
         self.system: System | None = None
         self.gateway: Proc | None = None
