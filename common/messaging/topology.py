@@ -13,8 +13,9 @@ together in the management console:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
@@ -82,6 +83,115 @@ def retry_delay_for(base_delay_ms: int, attempt: int) -> int:
     return retry_delays_ms(base_delay_ms)[min(max(attempt, 1), RETRY_TIERS) - 1]
 
 
+class QueueRole(StrEnum):
+    """What a queue is for."""
+
+    WORK = "work"
+    """Read by a worker: the commands queue and one queue per projection."""
+    DEAD_LETTER = "dead-letter"
+    """`<work queue>.dlq`: messages given up on, read by nobody but a person."""
+    DELAY = "delay"
+    """`<work queue>.retry.<delay>ms`: read by nobody; its TTL sends a message back to the work
+    queue through the default exchange."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeDeclaration:
+    name: str
+    type: aio_pika.ExchangeType
+    durable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDeclaration:
+    """One queue, its `queue.declare` arguments and its one binding."""
+
+    name: str
+    role: QueueRole
+    work_queue: str
+    """The work queue it belongs to (itself for a work queue)."""
+    exchange: str
+    """The exchange it is bound to..."""
+    routing_key: str
+    """...with this routing key."""
+    arguments: Mapping[str, int | str]
+    durable: bool = True
+    delay_ms: int | None = None
+    """A delay queue's TTL."""
+
+
+@dataclass(frozen=True, slots=True)
+class Declarations:
+    """Everything `declare_topology` declares, in its order: what the broker is told and what
+    the self-description (`common.messaging.asyncapi`) describes."""
+
+    exchanges: tuple[ExchangeDeclaration, ...]
+    queues: tuple[QueueDeclaration, ...]
+
+
+def declarations(topology: Topology, retry_base_delay_ms: int) -> Declarations:
+    """The exchanges, then for each work queue its dead-letter queue (bound first, so the work
+    queue's dead-letter route exists when the work queue does), itself and its delay queues."""
+    direct, fanout = aio_pika.ExchangeType.DIRECT, aio_pika.ExchangeType.FANOUT
+    exchanges = (
+        ExchangeDeclaration(topology.commands_exchange, direct),
+        ExchangeDeclaration(topology.events_exchange, fanout),
+        ExchangeDeclaration(topology.dead_letter_exchange, direct),
+        ExchangeDeclaration(topology.retry_exchange, direct),
+    )
+    sources = [(topology.commands_queue, topology.commands_exchange, topology.commands_queue)]
+    sources += [
+        (topology.projection_queue(p), topology.events_exchange, "") for p in topology.projections
+    ]
+    queues: list[QueueDeclaration] = []
+    for queue_name, source, routing_key in sources:
+        dlq = dlq_name(queue_name)
+        queues.append(
+            QueueDeclaration(
+                name=dlq,
+                role=QueueRole.DEAD_LETTER,
+                work_queue=queue_name,
+                exchange=topology.dead_letter_exchange,
+                routing_key=dlq,
+                arguments={"x-queue-type": "quorum"},
+            )
+        )
+        queues.append(
+            QueueDeclaration(
+                name=queue_name,
+                role=QueueRole.WORK,
+                work_queue=queue_name,
+                exchange=source,
+                routing_key=routing_key,
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-dead-letter-exchange": topology.dead_letter_exchange,
+                    "x-dead-letter-routing-key": dlq,
+                    "x-delivery-limit": DELIVERY_LIMIT,
+                },
+            )
+        )
+        for delay_ms in retry_delays_ms(retry_base_delay_ms):
+            name = retry_queue_name(queue_name, delay_ms)
+            arguments: dict[str, int | str] = {
+                "x-message-ttl": delay_ms,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": queue_name,
+            }
+            queues.append(
+                QueueDeclaration(
+                    name=name,
+                    role=QueueRole.DELAY,
+                    work_queue=queue_name,
+                    exchange=topology.retry_exchange,
+                    routing_key=name,
+                    arguments=arguments,
+                    delay_ms=delay_ms,
+                )
+            )
+    return Declarations(exchanges, tuple(queues))
+
+
 @dataclass(frozen=True, slots=True)
 class Exchanges:
     commands: AbstractExchange
@@ -94,41 +204,20 @@ async def declare_topology(
     channel: AbstractChannel, topology: Topology, retry_base_delay_ms: int
 ) -> Exchanges:
     """Declare (or confirm) every exchange, queue and binding. Safe to run concurrently."""
-    direct, fanout = aio_pika.ExchangeType.DIRECT, aio_pika.ExchangeType.FANOUT
-    names = topology
-    commands = await channel.declare_exchange(names.commands_exchange, direct, durable=True)
-    events = await channel.declare_exchange(names.events_exchange, fanout, durable=True)
-    dead_letter = await channel.declare_exchange(names.dead_letter_exchange, direct, durable=True)
-    retry = await channel.declare_exchange(names.retry_exchange, direct, durable=True)
-
-    sources = [(names.commands_queue, commands, names.commands_queue)]
-    sources += [(names.projection_queue(p), events, "") for p in names.projections]
-    for queue_name, source, routing_key in sources:
-        dlq = await channel.declare_queue(
-            dlq_name(queue_name), durable=True, arguments={"x-queue-type": "quorum"}
+    plan = declarations(topology, retry_base_delay_ms)
+    exchanges: dict[str, AbstractExchange] = {}
+    for exchange in plan.exchanges:
+        exchanges[exchange.name] = await channel.declare_exchange(
+            exchange.name, exchange.type, durable=exchange.durable
         )
-        await dlq.bind(dead_letter, routing_key=dlq_name(queue_name))
+    for declared in plan.queues:
         queue = await channel.declare_queue(
-            queue_name,
-            durable=True,
-            arguments={
-                "x-queue-type": "quorum",
-                "x-dead-letter-exchange": names.dead_letter_exchange,
-                "x-dead-letter-routing-key": dlq_name(queue_name),
-                "x-delivery-limit": DELIVERY_LIMIT,
-            },
+            declared.name, durable=declared.durable, arguments=dict(declared.arguments)
         )
-        await queue.bind(source, routing_key=routing_key)
-        for delay_ms in retry_delays_ms(retry_base_delay_ms):
-            name = retry_queue_name(queue_name, delay_ms)
-            delay_queue = await channel.declare_queue(
-                name,
-                durable=True,
-                arguments={
-                    "x-message-ttl": delay_ms,
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": queue_name,
-                },
-            )
-            await delay_queue.bind(retry, routing_key=name)
-    return Exchanges(commands=commands, events=events, dead_letter=dead_letter, retry=retry)
+        await queue.bind(exchanges[declared.exchange], routing_key=declared.routing_key)
+    return Exchanges(
+        commands=exchanges[topology.commands_exchange],
+        events=exchanges[topology.events_exchange],
+        dead_letter=exchanges[topology.dead_letter_exchange],
+        retry=exchanges[topology.retry_exchange],
+    )
