@@ -48,6 +48,7 @@ ATTEMPT_HEADER = "x-attempt"
 REASON_HEADER = "x-failure-reason"
 KIND_HEADER = "x-failure-kind"
 QUEUE_HEADER = "x-original-queue"
+FAILED_AT_HEADER = "x-failed-at"
 MAX_REASON_CHARS = 1000
 
 
@@ -395,7 +396,7 @@ class QueueConsumer:
             REASON_HEADER: failure_reason(reason),
             KIND_HEADER: kind.value,
             QUEUE_HEADER: self.queue_name,
-            "x-failed-at": datetime.now(UTC).isoformat(),
+            FAILED_AT_HEADER: datetime.now(UTC).isoformat(),
         }
         copy = copy_message(message, **failure)
         await self._forward(

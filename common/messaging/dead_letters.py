@@ -10,10 +10,31 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from common.messaging.consuming import ATTEMPT_HEADER, KIND_HEADER, QUEUE_HEADER, REASON_HEADER
+from common.messaging.consuming import (
+    ATTEMPT_HEADER,
+    FAILED_AT_HEADER,
+    KIND_HEADER,
+    QUEUE_HEADER,
+    REASON_HEADER,
+)
 from common.messaging.publishing import ConfirmedPublisher
 from common.messaging.topology import Topology, declare_topology, dlq_name
 from common.settings import Settings
+
+BROKER_HEADERS = (
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-delivery-count",
+)
+"""Headers RabbitMQ adds: when it dead-letters a message (a delay queue's TTL, a work queue's
+delivery limit), and on each redelivery from a quorum queue."""
+
+FAILURE_HEADERS = frozenset(
+    {REASON_HEADER, KIND_HEADER, QUEUE_HEADER, ATTEMPT_HEADER, FAILED_AT_HEADER, *BROKER_HEADERS}
+)
+"""Every header a failure adds to a message, ours and the broker's: a replay removes them all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,30 +56,14 @@ class DeadLetter:
             type=message.type,
             kind=str(headers.get(KIND_HEADER, "broker")),
             reason=str(headers.get(REASON_HEADER, default_reason)),
-            failed_at=str(headers.get("x-failed-at", "")),
+            failed_at=str(headers.get(FAILED_AT_HEADER, "")),
             size=len(message.body),
         )
 
 
 def replay_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
     """The message as it first was: failure headers removed, attempts reset."""
-    headers = {
-        k: v
-        for k, v in (message.headers or {}).items()
-        if k
-        not in {
-            REASON_HEADER,
-            KIND_HEADER,
-            QUEUE_HEADER,
-            ATTEMPT_HEADER,
-            "x-failed-at",
-            "x-death",
-            "x-first-death-exchange",
-            "x-first-death-queue",
-            "x-first-death-reason",
-            "x-delivery-count",
-        }
-    }
+    headers = {k: v for k, v in (message.headers or {}).items() if k not in FAILURE_HEADERS}
     return aio_pika.Message(
         body=message.body,
         headers=headers,
