@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 
 from common.domain import Registry, load_domains
+from common.messaging.asyncapi import asyncapi_document, vhost_of
+from common.messaging.topology import Topology
 from common.observability import metrics, tracing
 from common.process import settle_heap
 from common.settings import Settings, get_settings
 from gateway import commands_api, health
 from gateway.auth import ApiKeyMiddleware
 from gateway.middleware import RequestMiddleware
-from gateway.openapi import install_openapi, ref
+from gateway.openapi import install_asyncapi, install_openapi, ref
 from gateway.problems import install_problem_handlers
 from gateway.responses import CommandStatusView, ProblemDetails, accepted_model, status_model
 from gateway.runtime import Runtime
@@ -73,6 +76,16 @@ def create_app(
         [*loaded.schemas(), *map(accepted_model, aggregates), *statuses, ProblemDetails],
         # `GET /commands/{id}` answers for a command on any loaded aggregate.
         {CommandStatusView.__name__: {"anyOf": [ref(model) for model in statuses]}},
+    )
+    install_asyncapi(
+        app,
+        partial(
+            asyncapi_document,
+            loaded,
+            Topology(settings.app_prefix, tuple(loaded.projections)),
+            settings.retry_base_delay_ms,
+            vhost_of(settings.amqp_url),
+        ),
     )
     # Added last = outermost: metrics see every answer, including 401s.
     if settings.api_key_set:

@@ -1,4 +1,5 @@
-"""Self-description: the OpenAPI schema of bodies the routes read and write by hand.
+"""Self-description: the OpenAPI schema of bodies the routes read and write by hand, and the
+AsyncAPI document of the queues.
 
 The command routes take the raw body (to parse money exactly and stop reading early), so FastAPI
 cannot see their request models; routes point at `#/components/schemas/<Model>` through
@@ -7,13 +8,16 @@ cannot see their request models; routes point at `#/components/schemas/<Model>` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import cache
 from typing import Any
 
+import orjson
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
+from starlette.responses import Response
 
 from gateway.problems import PROBLEM_JSON
 
@@ -111,3 +115,31 @@ def install_openapi(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+ASYNCAPI_PATH = "/asyncapi.json"
+
+
+def install_asyncapi(app: FastAPI, describe: Callable[[], dict[str, Any]]) -> None:
+    """Serve `describe()` at `/asyncapi.json`: built on the first request, then kept (the
+    topology and the contracts do not change while the process runs)."""
+    document = cache(lambda: orjson.dumps(describe()))
+
+    async def asyncapi() -> Response:
+        return Response(document(), media_type="application/json")
+
+    app.add_api_route(
+        ASYNCAPI_PATH,
+        asyncapi,
+        methods=["GET"],
+        summary="The AsyncAPI 3.0.0 document of the exchanges, queues and messages",
+        tags=["operations"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Every exchange, queue and routing key, and every command and "
+                "event with its headers and payload schema.",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    )
