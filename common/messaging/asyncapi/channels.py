@@ -46,11 +46,13 @@ class Wiring:
         topology = self._topology
         for queue in self._plan.queues:
             self._queue_channel(queue)
-        commands = self._route(topology.commands_exchange, topology.commands_queue, "commands")
+        commands = self._route(
+            topology.commands_exchange, topology.commands_queue, "commands", self._commands
+        )
         self._operation(
             "gateway.sendCommand", "send", commands, "gateway", "Publish an accepted command."
         )
-        events = self._route(topology.events_exchange, "", "events")
+        events = self._route(topology.events_exchange, "", "events", self._events)
         self._operation(
             "relay.sendEvent", "send", events, "relay", "Publish committed events in log order."
         )
@@ -85,7 +87,7 @@ class Wiring:
             topology.retry_exchange,
             self._retry_template(work, delays),
             f"retries of {work}",
-            work,
+            self._messages_of(work),
             parameters={
                 "delay": {
                     "enum": [str(q.delay_ms) for q in delays],
@@ -102,7 +104,9 @@ class Wiring:
             "queue of its attempt, then ack the original.",
         )
         dead = self._dead_letter_queue(work)
-        dead_route = self._route(dead.exchange, dead.routing_key, f"dead letters of {work}", work)
+        dead_route = self._route(
+            dead.exchange, dead.routing_key, f"dead letters of {work}", self._messages_of(work)
+        )
         self._operation(
             f"{consumer}.deadLetter.{work}",
             "send",
@@ -119,7 +123,7 @@ class Wiring:
             "`list` reads dead letters and leaves them; `replay` acks each once its copy is "
             "confirmed.",
         )
-        back = self._route(DEFAULT_EXCHANGE, work, f"back to {work}", work)
+        back = self._route(DEFAULT_EXCHANGE, work, f"back to {work}", self._messages_of(work))
         self._operation(
             f"dlq.replay.{work}",
             "send",
@@ -189,7 +193,7 @@ class Wiring:
         exchange: str,
         routing_key: str,
         role: str,
-        work: str | None = None,
+        messages: list[str],
         parameters: dict[str, Any] | None = None,
     ) -> str:
         declared = self._exchanges.get(exchange)
@@ -201,9 +205,7 @@ class Wiring:
             "address": routing_key,
             "title": f"{shown} → {routing_key or '(any key)'}",
             "description": f"Publishing to `{shown}` ({kind}): {role}.",
-            "messages": self._channel_messages(
-                self._messages_of(work) if work is not None else self._messages_for(exchange)
-            ),
+            "messages": self._channel_messages(messages),
             "bindings": {
                 "amqp": {
                     "is": "routingKey",
@@ -222,9 +224,6 @@ class Wiring:
             channel["parameters"] = parameters
         self.channels[channel_id] = channel
         return channel_id
-
-    def _messages_for(self, exchange: str) -> list[str]:
-        return self._commands if exchange == self._topology.commands_exchange else self._events
 
     def _operation(
         self, operation_id: str, action: str, channel_id: str, process: str, summary: str
