@@ -398,6 +398,16 @@ def test_a_message_of_another_type_does_not_match(both: dict[str, Any]) -> None:
     assert not validator_for(both, f"{pointer}/headers").is_valid(wrong_version.headers)
 
 
+def test_a_traced_message_matches_and_a_malformed_trace_context_does_not(
+    both: dict[str, Any],
+) -> None:
+    key, message = wire_messages()[0]
+    headers = validator_for(both, f"#/components/messages/{key}/headers")
+    traced = {**message.headers, "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}
+    assert headers.is_valid(traced)
+    assert not headers.is_valid({**traced, "traceparent": "00-not-a-trace"})
+
+
 def test_failure_headers_are_the_ones_a_replay_strips(both: dict[str, Any]) -> None:
     described = both["components"]["schemas"]["FailureHeaders"]["properties"]
     assert set(described) == FAILURE_HEADERS

@@ -25,10 +25,12 @@ from common.messaging.consuming import (
 from common.messaging.dead_letters import BROKER_HEADERS
 from common.messaging.messages import JSON
 from common.messaging.outcomes import FailureKind
+from common.observability.tracing import TRACEPARENT, TRACESTATE
 
 AMQP_BINDING_VERSION = "0.3.0"
 SCHEMA_REF = "#/components/schemas/{model}"
 FAILURE_HEADERS_SCHEMA = "FailureHeaders"
+TRACE_HEADERS_SCHEMA = "TraceHeaders"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +58,11 @@ def message_catalogue(aggregates: Sequence[Aggregate[Any]]) -> MessageCatalogue:
     }
     return MessageCatalogue(
         messages={**commands, **events},
-        schemas={**schemas, FAILURE_HEADERS_SCHEMA: _failure_headers()},
+        schemas={
+            **schemas,
+            FAILURE_HEADERS_SCHEMA: _failure_headers(),
+            TRACE_HEADERS_SCHEMA: _trace_headers(),
+        },
         commands=list(commands),
         events=list(events),
     )
@@ -90,7 +96,27 @@ def _with_failures(properties: dict[str, Any]) -> dict[str, Any]:
         "type": "object",
         "properties": properties,
         "required": list(properties),
-        "allOf": [{"$ref": SCHEMA_REF.format(model=FAILURE_HEADERS_SCHEMA)}],
+        "allOf": [
+            {"$ref": SCHEMA_REF.format(model=FAILURE_HEADERS_SCHEMA)},
+            {"$ref": SCHEMA_REF.format(model=TRACE_HEADERS_SCHEMA)},
+        ],
+    }
+
+
+def _trace_headers() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "The W3C trace context of the span that sent the message, set only when "
+        "tracing is on (OpenTelemetry): a command carries the gateway's publish, an event the "
+        "relay's, which continues the trace of the command that caused it.",
+        "properties": {
+            TRACEPARENT: {
+                "type": "string",
+                "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+                "description": "`version-trace_id-parent_id-flags`.",
+            },
+            TRACESTATE: {"type": "string", "description": "Vendor-specific trace state."},
+        },
     }
 
 
