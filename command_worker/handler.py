@@ -138,6 +138,7 @@ def new_events_of(
         causation_id=command.command_id,
         occurred_at=datetime.now(UTC),
         traceparent=traceparent,
+        command_issued_at=command.issued_at,
     )
     return [
         NewEvent(

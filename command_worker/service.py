@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import aio_pika
@@ -16,8 +17,9 @@ from common.eventstore.database import create_pool, prepare_database
 from common.eventstore.store import EventStore
 from common.messaging.connection import BrokerUnavailable, SupervisedConnection
 from common.messaging.consuming import QueueConsumer
+from common.messaging.depths import QueueDepths
 from common.messaging.publishing import ConfirmedPublisher
-from common.messaging.topology import Topology, declare_topology
+from common.messaging.topology import Topology, declare_topology, dlq_name
 from common.observability import metrics
 from common.observability.server import HealthServer
 from common.process import install_stop_signals, settle_heap
@@ -113,6 +115,11 @@ class CommandWorker:
         )
         await self._connection.start()
         relay.start()
+        commands = self.topology.commands_queue
+        depths = asyncio.create_task(
+            QueueDepths(self._connection, [commands, dlq_name(commands)]).run(),
+            name="queue-depths",
+        )
         settle_heap()
         log.info("command worker started")
         await stop.wait()
@@ -120,6 +127,9 @@ class CommandWorker:
         if self._consumer is not None:
             await self._consumer.stop(settings.shutdown_timeout_s)
         await relay.stop()
+        depths.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await depths
         await self._dependencies.close()
         await self._connection.close()
         if health is not None:

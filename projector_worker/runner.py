@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -22,8 +23,9 @@ from common.eventstore.database import create_pool, prepare_database
 from common.eventstore.store import EventStore
 from common.messaging.connection import SupervisedConnection
 from common.messaging.consuming import QueueConsumer
+from common.messaging.depths import QueueDepths
 from common.messaging.outcomes import RejectMessage
-from common.messaging.topology import Topology, declare_topology
+from common.messaging.topology import Topology, declare_topology, dlq_name
 from common.observability import metrics
 from common.observability.logging import correlation_id
 from common.observability.server import HealthServer
@@ -128,6 +130,11 @@ class ProjectionRunner:
         """The highest position of an event acked without a change; the checkpoints follow it
         (at the lag's pace), so a projection that follows few streams is not shown behind."""
         metrics.init_projection_series(self.name, recovery_triggers=tuple(Trigger))
+        metrics.init_visible_series(
+            command_type
+            for command_type, aggregate in projector.registry.aggregate_of_command.items()
+            if aggregate.visible_in == self.name
+        )
 
     @property
     def queue(self) -> str:
@@ -192,6 +199,8 @@ class ProjectionRunner:
             assert self._applier is not None
             async with self.locks.hold(event.stream_id):
                 applied = await self._applier.apply(event, payload)
+            if applied is not Applied.DUPLICATE:
+                self._observe_visible(event)
             log.info(
                 _APPLIED_MESSAGES[applied],
                 extra={
@@ -207,6 +216,18 @@ class ProjectionRunner:
             raise RejectMessage(str(exc)) from exc
         finally:
             correlation_id.reset(token)
+
+    def _observe_visible(self, event: RecordedEvent) -> None:
+        """Accepted -> visible of the command behind `event`, if this projection is the one
+        its clients wait for and the event says when the command was accepted."""
+        metadata = event.metadata
+        if metadata.command_issued_at is None or not self.writer.makes_visible(event.stream_id):
+            return
+        seconds = (datetime.now(UTC) - metadata.command_issued_at).total_seconds()
+        # Clocks of the gateway's and this host may differ by a little.
+        metrics.COMMAND_VISIBLE.labels(metadata.command_type or event.type).observe(
+            max(seconds, 0.0)
+        )
 
     def _ignore(self, position: int) -> None:
         self._ignored.inc()
@@ -317,6 +338,9 @@ class Projector:
             for runner in self.runners
             for name, task in (("lag", runner.track_lag()), ("watch", runner.watch_views()))
         ]
+        queues = [runner.queue for runner in self.runners]
+        depths = QueueDepths(self.connection, [*queues, *map(dlq_name, queues)])
+        background.append(asyncio.create_task(depths.run(), name="queue-depths"))
         try:
             # Connected first: a session declares every queue before any rebuild reads the log,
             # so a projection new to the deployment holds every event its first rebuild does

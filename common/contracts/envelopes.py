@@ -23,6 +23,9 @@ class EventMetadata(Contract):
     traceparent: str | None = Field(default=None, exclude_if=lambda value: value is None)
     """The W3C trace context of the append that recorded the event, when tracing is on: the
     relay continues the command's trace from it. Left out of the JSON when absent."""
+    command_issued_at: datetime | None = None
+    """When the gateway accepted that command (absent on events stored before it was kept): the
+    projector measures from it how long the command took to become visible."""
 
 
 class RecordedEvent(Contract):

@@ -16,6 +16,8 @@ from functools import partial
 
 import aio_pika
 
+from common.observability import metrics
+
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
@@ -49,6 +51,7 @@ class SupervisedConnection:
         self.ready = asyncio.Event()
         self.sessions = 0
         """How many times a connection was made and set up; tests use it to see a reconnect."""
+        self._reconnects = metrics.RECONNECTS.labels(name)
 
     @property
     def connection(self) -> aio_pika.abc.AbstractConnection:
@@ -87,6 +90,8 @@ class SupervisedConnection:
                 connection.close_callbacks.add(partial(_resolve, lost))
                 self._connection = connection
                 await self._on_connected(connection)
+                if self.sessions:
+                    self._reconnects.inc()
                 self.sessions += 1
                 self.ready.set()
                 log.info("rabbitmq connected", extra={"connection": self._name})

@@ -40,6 +40,16 @@ COMMAND_LATENCY = Histogram(
     namespace=NAMESPACE,
     registry=None,
 )
+COMMAND_VISIBLE = Histogram(
+    "command_visible_seconds",
+    "From a command's acceptance at the gateway to its event applied to the views queries read "
+    "(by the projection its aggregate is visible in), by command type: once per event "
+    "delivered and applied, so a command of several events is visible at its last.",
+    ["type"],
+    buckets=LATENCY_BUCKETS,
+    namespace=NAMESPACE,
+    registry=None,
+)
 HANDLING_SECONDS = Histogram(
     "message_handling_seconds",
     "Time to handle one message, by queue.",
@@ -162,6 +172,29 @@ DEAD_LETTERS = Counter(
     namespace=NAMESPACE,
     registry=None,
 )
+QUEUE_MESSAGES = Gauge(
+    "queue_messages",
+    "Messages ready in a queue (not counting those delivered and unacked), sampled by the "
+    "workers that consume it and read its dead letters.",
+    ["queue"],
+    namespace=NAMESPACE,
+    registry=None,
+)
+QUEUE_CONSUMERS = Gauge(
+    "queue_consumers",
+    "Consumers of a queue, sampled with `queue_messages`.",
+    ["queue"],
+    namespace=NAMESPACE,
+    registry=None,
+)
+RECONNECTS = Counter(
+    "rabbitmq_reconnects_total",
+    "Connections to RabbitMQ made again after the first (each follows a lost connection or "
+    "failed attempts), by connection name.",
+    ["connection"],
+    namespace=NAMESPACE,
+    registry=None,
+)
 DEPENDENCY_UP = Gauge(
     "dependency_up",
     "1 while a service this worker's handlers need (postgres, redis) answered its last probe.",
@@ -242,6 +275,8 @@ def watch_gc_pauses() -> None:
 
 CONSUMER: tuple[Collector, ...] = (
     HANDLING_SECONDS,
+    QUEUE_MESSAGES,
+    QUEUE_CONSUMERS,
     RETRIES,
     DEAD_LETTERS,
     ACK_FRAMES,
@@ -253,6 +288,7 @@ GATEWAY: tuple[Collector, ...] = (
     HTTP_REQUESTS,
     WAITS_PENDING,
     WAITS_REFUSED,
+    RECONNECTS,
     GC_PAUSES,
 )
 COMMAND_WORKER: tuple[Collector, ...] = (
@@ -264,10 +300,12 @@ COMMAND_WORKER: tuple[Collector, ...] = (
     RELAY_LEADER,
     RELAY_LAG,
     RELAY_BLOCKED,
+    RECONNECTS,
     GC_PAUSES,
     *CONSUMER,
 )
 PROJECTOR: tuple[Collector, ...] = (
+    COMMAND_VISIBLE,
     EVENTS_PROJECTED,
     EVENTS_IGNORED,
     PROJECTION_LAG_POSITIONS,
@@ -275,6 +313,7 @@ PROJECTOR: tuple[Collector, ...] = (
     PROJECTION_RECOVERIES,
     STREAMS_RECOVERED,
     STATUSES_RECOVERED,
+    RECONNECTS,
     GC_PAUSES,
     *CONSUMER,
 )
@@ -311,6 +350,13 @@ def init_projection_series(projection: str, recovery_triggers: Iterable[str] = (
         PROJECTION_RECOVERIES.labels(projection, trigger)
     STREAMS_RECOVERED.labels(projection)
     STATUSES_RECOVERED.labels(projection)
+
+
+def init_visible_series(command_types: Iterable[str]) -> None:
+    """Export accepted -> visible of the command types a projection makes visible from the
+    start."""
+    for command_type in command_types:
+        COMMAND_VISIBLE.labels(command_type)
 
 
 def init_queue_series(queue: str, failure_kinds: Iterable[str]) -> None:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from common.domain import Registry, stream_id
-from common.messaging.topology import Topology
+from common.messaging.topology import Topology, dlq_name
 from common.settings import Settings
 from harness.processes import Proc, Processes, http_status, wait_for
 from orders.contracts import ItemAdded
@@ -180,12 +180,20 @@ WORKER_ONLY = {
     "orders_relay_blocked_seconds",
 }
 PROJECTOR_ONLY = {
+    "orders_command_visible_seconds",
     "orders_events_projected",
     "orders_events_ignored",
     "orders_projection_lag_positions",
     "orders_projection_lag_seconds",
 }
-CONSUMERS = {"orders_message_handling_seconds", "orders_retries", "orders_dead_letters"}
+CONSUMERS = {
+    "orders_message_handling_seconds",
+    "orders_retries",
+    "orders_dead_letters",
+    "orders_queue_messages",
+    "orders_queue_consumers",
+}
+EVERY_PROCESS = {"orders_rabbitmq_reconnects", "orders_gc_pause_seconds"}
 
 
 async def test_each_process_exports_its_metrics(
@@ -213,16 +221,25 @@ async def test_each_process_exports_its_metrics(
     assert gateway.total("orders_commands_total", type="AddItem", outcome="accepted") == 1
     assert gateway.total("orders_commands_total", type="ShipOrder", outcome="accepted") == 0
     assert gateway.total("orders_http_request_seconds_count", route="/orders", status="201") == 1
-    assert families(gateway) >= {"orders_commands"} | GATEWAY_ONLY
+    assert families(gateway) >= {"orders_commands"} | GATEWAY_ONLY | EVERY_PROCESS
+    assert gateway.series("orders_rabbitmq_reconnects_total") == [{"connection": "gateway"}]
+    assert gateway.total("orders_rabbitmq_reconnects_total") == 0
     assert not families(gateway) & (WORKER_ONLY | PROJECTOR_ONLY | CONSUMERS)
 
     async def worker_settled() -> Scrape | None:
         found = await scrape(system.command_worker.base_url)
         dead = found.total("orders_dead_letters_total", queue=commands_queue, kind="poison")
         lag = found.total("orders_relay_lag_positions")
-        return found if dead == 1 and lag == 0 else None
+        sampled = found.total("orders_queue_messages", queue=dlq_name(commands_queue))
+        return found if dead == 1 and lag == 0 and sampled == 1 else None
 
-    worker = await eventually(worker_settled, what="the poison message and the relay")
+    worker = await eventually(
+        worker_settled, what="the poison message, the relay and the queue depths"
+    )
+    assert worker.total("orders_queue_messages", queue=commands_queue) == 0
+    assert worker.total("orders_queue_consumers", queue=commands_queue) == 1
+    assert worker.total("orders_queue_consumers", queue=dlq_name(commands_queue)) == 0
+    assert worker.total("orders_rabbitmq_reconnects_total", connection="command_worker") == 0
     assert worker.total("orders_commands_total", type="CreateOrder", outcome="succeeded") == 1
     assert worker.total("orders_commands_total", type="AddItem", outcome="rejected") == 1
     command_types = system.registry.command_types
@@ -242,7 +259,7 @@ async def test_each_process_exports_its_metrics(
     }
     assert worker.total("orders_retries_total", queue=commands_queue) == 0
     assert worker.total("orders_dead_letters_total", queue=commands_queue, kind="exhausted") == 0
-    assert families(worker) >= {"orders_commands"} | WORKER_ONLY | CONSUMERS
+    assert families(worker) >= {"orders_commands"} | WORKER_ONLY | CONSUMERS | EVERY_PROCESS
     assert not families(worker) & (GATEWAY_ONLY | PROJECTOR_ONLY)
 
     # One event was appended; every projection got it, those following orders applied it.
@@ -263,6 +280,10 @@ async def test_each_process_exports_its_metrics(
             )
             and found.total("orders_projection_lag_positions") == 0
             and found.total("orders_projection_lag_seconds") == 0
+            and all(
+                found.total("orders_queue_consumers", queue=queue) == 1
+                for queue in map(topology.projection_queue, projections)
+            )
         )
         return found if caught_up else None
 
@@ -279,7 +300,13 @@ async def test_each_process_exports_its_metrics(
         "poison",
         "exhausted",
     }
-    assert families(projector) >= PROJECTOR_ONLY | CONSUMERS
+    # Accepted -> visible: the order's creation, once, in the projection it is visible in.
+    visible = "orders_command_visible_seconds_count"
+    assert projector.total(visible, type="CreateOrder") == 1
+    assert projector.total(visible) == 1
+    assert {s["type"] for s in projector.series(visible)} == command_types
+    assert projector.total("orders_command_visible_seconds_sum") > 0
+    assert families(projector) >= PROJECTOR_ONLY | CONSUMERS | EVERY_PROCESS
     assert not families(projector) & (GATEWAY_ONLY | WORKER_ONLY | {"orders_commands"})
 
 

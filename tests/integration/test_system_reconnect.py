@@ -17,6 +17,7 @@ from harness.isolation import Endpoints
 from harness.processes import Proc, Processes, http_status
 from tests.support.amqp import channel, eventually
 from tests.support.domains import topology_of
+from tests.support.scrape import scrape
 
 pytestmark = pytest.mark.integration
 
@@ -150,8 +151,12 @@ async def test_every_process_recovers_when_the_broker_closes_its_connections(
         headers={"Prefer": "wait=15"},
     )
     assert added.status_code == 200, added.text
-    for proc in system.procs:
+    for proc, name in zip(system.procs, PROCESS_NAMES, strict=True):
         assert "rabbitmq connection lost" in proc.log(), proc.module
+        reconnects = (await scrape(proc.base_url)).total(
+            "orders_rabbitmq_reconnects_total", connection=name
+        )
+        assert reconnects == 1, proc.module
 
 
 async def test_commands_get_a_quick_503_while_the_gateway_cannot_reconnect(
