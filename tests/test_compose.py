@@ -24,6 +24,14 @@ APP_MODULES = {
     "projector_worker": "projector_worker",
 }
 INFRA = {"rabbitmq", "postgres", "redis"}
+OBSERVABILITY = {"prometheus", "grafana", "jaeger"}
+"""The services of the `observability` profile: not started by a plain `docker compose up`."""
+SERVICE_NAMES = {
+    "gateway": "gateway",
+    "command_worker": "command-worker",
+    "projector_worker": "projector",
+}
+"""`OTEL_SERVICE_NAME` of each app service: the name its traces carry."""
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +79,7 @@ def test_compose_file_is_valid() -> None:
 
 
 def test_app_services_are_exactly_the_three_processes(services: dict[str, Any]) -> None:
-    assert set(services) == INFRA | set(APP_MODULES)
+    assert set(services) == INFRA | set(APP_MODULES) | OBSERVABILITY
 
 
 @pytest.mark.parametrize(("service", "module"), APP_MODULES.items())
@@ -174,3 +182,107 @@ def test_runner_help_works() -> None:
     assert result.returncode == 0, result.stderr
     for option in ("--command-workers", "--projector-workers", "--port"):
         assert option in result.stdout
+
+
+# --- the observability profile ------------------------------------------------------------------
+
+
+def mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> the file or folder of this repository bind-mounted there."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        assert source.startswith("./"), f"{volume}: only files of the repository are mounted"
+        found[target] = ROOT / source
+    return found
+
+
+def mounted(service: dict[str, Any], container_path: str) -> Path:
+    """The repository file behind `container_path` in the service (under a mounted folder too)."""
+    for target, source in mounts(service).items():
+        if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
+            return source / Path(container_path).relative_to(target)
+    raise AssertionError(f"nothing is mounted at {container_path}")
+
+
+def test_observability_services_start_only_with_their_profile(
+    services: dict[str, Any],
+) -> None:
+    for name, service in services.items():
+        expected = ["observability"] if name in OBSERVABILITY else None
+        assert service.get("profiles") == expected, name
+
+
+@pytest.mark.parametrize("service", sorted(INFRA | set(APP_MODULES) | OBSERVABILITY))
+def test_host_ports_are_local_and_images_pinned(services: dict[str, Any], service: str) -> None:
+    for entry in services[service].get("ports", []):
+        assert str(entry).startswith("127.0.0.1:"), f"{service} publishes {entry} beyond this host"
+    image = str(services[service]["image"])
+    tag = image.rpartition(":")[2] if ":" in image else ""
+    assert tag not in {"", "latest"}, f"{service}: pin the image's tag ({image})"
+    if service in OBSERVABILITY:
+        assert re.search(r"\d", tag), f"{service}: pin a version, not a moving tag ({image})"
+
+
+def test_prometheus_scrapes_every_replica_of_every_app_service(services: dict[str, Any]) -> None:
+    prometheus = services["prometheus"]
+    config_file = mounted(prometheus, "/etc/prometheus/prometheus.yml")
+    assert config_file.is_file(), config_file
+    config = yaml.safe_load(config_file.read_text())
+    scraped: dict[str, int] = {}
+    for job in config["scrape_configs"]:
+        assert job.get("metrics_path", "/metrics") == "/metrics", job["job_name"]
+        for sd in job.get("dns_sd_configs", []):
+            assert sd["type"] == "A", "A records list every replica of a scaled service"
+            for name in sd["names"]:
+                scraped[name] = int(sd["port"])
+    gateway_argv = as_argv(services["gateway"]["command"])
+    assert scraped == {
+        "gateway": int(gateway_argv[gateway_argv.index("--port") + 1]),
+        "command_worker": int(services["command_worker"]["environment"]["METRICS_PORT"]),
+        "projector_worker": int(services["projector_worker"]["environment"]["METRICS_PORT"]),
+    }
+    for worker in ("command_worker", "projector_worker"):
+        assert services[worker]["environment"]["METRICS_HOST"] == "0.0.0.0", worker
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(
+    services: dict[str, Any],
+) -> None:
+    grafana = services["grafana"]
+    for target, source in mounts(grafana).items():
+        assert source.exists(), f"{source} (mounted at {target}) is missing"
+    datasources = mounted(grafana, "/etc/grafana/provisioning/datasources")
+    [datasource] = [
+        entry
+        for path in sorted(datasources.glob("*.yml"))
+        for entry in yaml.safe_load(path.read_text())["datasources"]
+    ]
+    assert datasource["type"] == "prometheus"
+    url = urlsplit(datasource["url"])
+    assert url.hostname == "prometheus"
+    assert url.port in published_ports(services["prometheus"])
+    providers = [
+        provider
+        for path in sorted(mounted(grafana, "/etc/grafana/provisioning/dashboards").glob("*.yml"))
+        for provider in yaml.safe_load(path.read_text())["providers"]
+    ]
+    assert providers, "no dashboard provider"
+    for provider in providers:
+        folder = mounted(grafana, provider["options"]["path"])
+        assert sorted(folder.glob("*.json")), f"no dashboard in {folder}"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert mounted(grafana, home).is_file()
+
+
+def test_tracing_is_off_unless_the_otlp_endpoint_is_set(services: dict[str, Any]) -> None:
+    for service, name in SERVICE_NAMES.items():
+        env = services[service]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-}", service
+        assert env["OTEL_SERVICE_NAME"] == name
+    assert {4317, 4318, 16686} <= published_ports(services["jaeger"])
+    header = (ROOT / "docker-compose.yml").read_text().split("\nservices:", 1)[0]
+    assert (
+        "OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318 docker compose --profile observability "
+        "up --build" in header
+    )
