@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "dlq":
         return run_dlq_command(args, settings, topology, topology.commands_queue)
-    configure_logging("command_worker", settings.log_level)
+    configure_logging("command_worker", settings.log_level, settings.log_format)
     configure_tracing("command-worker", settings.traces_file)
     from command_worker.service import CommandWorker
 

@@ -8,6 +8,8 @@ from typing import Any
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.observability.logging import LogFormat
+
 
 class Settings(BaseSettings):
     """Every setting of every process. Environment variables use the upper-case field name."""
@@ -110,6 +112,10 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     """Root log level."""
+
+    log_format: LogFormat = LogFormat.JSON
+    """`json` (one object a line) or `console` (short coloured lines for a person; `make run`
+    uses it unless this is set)."""
 
     traces_file: str | None = None
     """Also write every finished trace span to this file, one JSON object per line (tests, or

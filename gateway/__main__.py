@@ -1,4 +1,4 @@
-"""`python -m gateway`: serve the HTTP gateway with uvicorn (one worker, JSON logs)."""
+"""`python -m gateway`: serve the HTTP gateway with uvicorn (one worker)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def _available(module: str) -> bool:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     settings = get_settings()
-    configure_logging("gateway", settings.log_level)
+    configure_logging("gateway", settings.log_level, settings.log_format)
     configure_tracing("gateway", settings.traces_file)
     try:
         _serve(args, settings)

@@ -233,6 +233,26 @@ class Proc:
             self._reap(block=True)
 
 
+def process_environment(
+    inherited: Mapping[str, str],
+    env: Mapping[str, str],
+    extra_env: Mapping[str, str] | None,
+    *,
+    foreground: bool,
+) -> dict[str, str]:
+    """A started process's environment: `inherited`, then `env`, then `extra_env`.
+
+    Processes in the caller's foreground (`make run`) log for a person (`LOG_FORMAT=console`)
+    unless `inherited` sets a format; processes that log to a file log JSON lines whatever
+    `inherited` says, because the harness and the tests read them (`env` or `extra_env` may
+    still choose)."""
+    formats = {"LOG_FORMAT": "console"} if foreground else {}
+    base = {**formats, **inherited}
+    if not foreground:
+        base["LOG_FORMAT"] = "json"
+    return {**base, **env, **(extra_env or {})}
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the parent dies without cleaning up."""
     with contextlib.suppress(OSError, AttributeError):
@@ -277,7 +297,7 @@ class Processes:
         listen = listen or (Listen.HTTP if module == "gateway" else Listen.METRICS)
         if listen is not Listen.NONE and port is None:
             port = free_port()
-        env = {**os.environ, **self.env, **(extra_env or {})}
+        env = process_environment(os.environ, self.env, extra_env, foreground=self.log_dir is None)
         argv = [sys.executable, "-m", module, *args]
         if listen is Listen.HTTP:
             argv += ["--host", host, "--port", str(port)]

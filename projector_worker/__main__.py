@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         topology = Topology(settings.app_prefix, tuple(registry.projections))
         queue = topology.projection_queue(args.projection)
         return run_dlq_command(args, settings, topology, queue)
-    configure_logging("projector", settings.log_level)
+    configure_logging("projector", settings.log_level, settings.log_format)
     if args.command == "rebuild":
         # Forked now, before any connection or event loop: loaded helpers start at once.
         forked = args.partitions - 1 if Forked.supported() else 0

@@ -2,8 +2,9 @@
 """Run the whole system in the foreground against the local services.
 
 One gateway, N command workers and M projectors, each line of their output prefixed with the
-process name. Ctrl-C (or SIGTERM) stops them all gracefully; if one of them dies on its own,
-the rest are stopped too and this script exits non-zero. The processes are started by the
+process name; they log short lines for a person (`LOG_FORMAT=console`, coloured on a terminal)
+unless LOG_FORMAT is set. Ctrl-C (or SIGTERM) stops them all gracefully; if one of them dies on
+its own, the rest are stopped too and this script exits non-zero. The processes are started by the
 harness the tests and the benchmark use (`harness.system`), which needs the standard library
 only, so this runs before anything is installed (`--help` at least).
 """
@@ -34,12 +35,12 @@ class Output:
 
     def __init__(self, stream: IO[str], colour: bool) -> None:
         self._stream = stream
-        self._colour = colour
+        self.colour = colour
         self._lock = threading.Lock()
 
     def prefix(self, name: str, index: int, width: int) -> str:
         label = f"{name:<{width}} |"
-        if not self._colour:
+        if not self.colour:
             return label + " "
         return f"\x1b[{COLOURS[index % len(COLOURS)]}m{label}\x1b[0m "
 
@@ -133,7 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Every process first, then the relay threads: the harness's preexec_fn is only safe
     # without threads.
-    processes = Processes({"PYTHONUNBUFFERED": "1"}, log_dir=None)
+    # The processes log for a person (LOG_FORMAT=console unless set); their output reaches the
+    # terminal through a pipe, so they are told when to colour it.
+    env = {"PYTHONUNBUFFERED": "1"}
+    if say.colour and "FORCE_COLOR" not in os.environ:
+        env["FORCE_COLOR"] = "1"
+    processes = Processes(env, log_dir=None)
     system = System.start(
         processes,
         command_workers=args.command_workers,
