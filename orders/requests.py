@@ -1,8 +1,9 @@
 """The HTTP request bodies of the command routes, validated strictly at the edge.
 
 They reuse the contracts' field types, so a request that passes here cannot fail as a command:
-money is parsed from the JSON text straight into `Decimal`, quantities must be JSON integers,
-and unknown fields are an error.
+money is a decimal string taken as written into `Decimal`, quantities are whole JSON numbers,
+and unknown fields are an error. Their JSON schemas, published in the OpenAPI document, state
+all of it: a request that matches them is accepted, one that does not is refused.
 """
 
 from __future__ import annotations
@@ -11,19 +12,25 @@ from typing import Annotated
 
 from pydantic import Field
 
-from common.contracts.base import Contract, Slug, Text
+from common.contracts.base import Contract, MoneyText, Slug, Text
 from orders.contracts import OrderLine, ShippingAddress
+
+
+class OrderLineRequest(OrderLine):
+    """One order line as a client sends it: the price as a string, `"12.50"`."""
+
+    price: MoneyText
 
 
 class CreateOrderRequest(Contract):
     """Body of `POST /orders`; the gateway assigns the order id."""
 
     customer_id: Slug
-    items: Annotated[list[OrderLine], Field(min_length=1, max_length=100)]
+    items: Annotated[list[OrderLineRequest], Field(min_length=1, max_length=100)]
     shipping_address: ShippingAddress
 
 
-class AddItemRequest(OrderLine):
+class AddItemRequest(OrderLineRequest):
     """Body of `POST /orders/{order_id}/items`: one order line."""
 
 

@@ -44,7 +44,7 @@ ORDER: dict[str, Any] = {
         "country": "GB",
     },
 }
-ITEM: dict[str, Any] = {"product_id": "sku-2", "quantity": 1, "price": 0.1}
+ITEM: dict[str, Any] = {"product_id": "sku-2", "quantity": 1, "price": "0.1"}
 
 
 def with_item(**changes: Any) -> dict[str, Any]:
