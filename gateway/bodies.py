@@ -12,7 +12,12 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
-from gateway.problems import Problem, ProblemType, problem_from_validation_error
+from gateway.problems import (
+    Problem,
+    ProblemType,
+    problem_from_validation_error,
+    validation_problem,
+)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -88,7 +93,10 @@ def parse_json(model: type[ModelT], raw: bytes) -> ModelT:
 
 
 async def read_json(request: Request, model: type[ModelT], limit: int) -> ModelT:
-    """Media type (415), size (413) and content (422) checked, in that order."""
+    """Media type (415), size (413) and content (422) checked, in that order; a request with
+    no body at all (no media type, no bytes) lacks a required part, like a missing field (422)."""
+    if "content-type" not in request.headers and not await read_body(request, limit):
+        raise validation_problem([{"field": "body", "message": "a JSON body is required"}])
     require_json(request)
     return parse_json(model, await read_body(request, limit))
 

@@ -40,8 +40,8 @@ router = APIRouter(tags=["commands"])
 _COMMAND_HEADERS = [
     header_parameter(
         idempotency.HEADER,
-        "1-200 printable ASCII characters; repeating a request with the same key returns the"
-        " same ids and takes effect once. Remembered for 24 hours.",
+        "1-200 printable ASCII characters, no space at either end; repeating a request with"
+        " the same key returns the same ids and takes effect once. Remembered for 24 hours.",
         {"type": "string", "pattern": idempotency.KEY_PATTERN},
     ),
     header_parameter(CORRELATION_HEADER, "A UUID to follow the command through logs; echoed back."),

@@ -36,9 +36,11 @@ NAMESPACE = UUID("6f1c1f9e-3c2a-5b7e-9d41-0a8e2f4b7c13")
 TTL_S = 86_400
 """How long a key is remembered; a retry after that is a new command."""
 
-KEY_PATTERN = r"^[\x20-\x7e]{1,200}$"
-"""1-200 printable ASCII characters."""
+KEY_PATTERN = r"^[\x21-\x7e](?:[\x20-\x7e]{0,198}[\x21-\x7e])?$"
+"""1-200 printable ASCII characters, no space at either end: HTTP drops those from a header
+value, so a key sent with them would arrive as another key."""
 _VALID_KEY = re.compile(KEY_PATTERN)
+KEY_RULE = "must be 1-200 printable ASCII characters, without a space at either end"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +56,7 @@ def parse_key(value: str | None) -> str | None:
     if value is None:
         return None
     if _VALID_KEY.fullmatch(value) is None:
-        raise validation_problem(
-            [{"field": HEADER, "message": "must be 1-200 printable ASCII characters"}]
-        )
+        raise validation_problem([{"field": HEADER, "message": KEY_RULE}])
     return value
 
 

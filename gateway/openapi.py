@@ -20,6 +20,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.responses import Response
 
 from gateway.problems import PROBLEM_JSON
+from gateway.routing import UUID_PATTERN
 
 REF = "#/components/schemas/{model}"
 
@@ -57,7 +58,7 @@ def path_parameter(name: str, description: str) -> dict[str, Any]:
         "in": "path",
         "required": True,
         "description": description,
-        "schema": {"type": "string", "format": "uuid"},
+        "schema": {"type": "string", "format": "uuid", "pattern": UUID_PATTERN},
     }
 
 

@@ -10,12 +10,13 @@ not run for these routes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 from uuid import UUID
 
 from fastapi.routing import APIRoute
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -33,13 +34,16 @@ class RawRoute(APIRoute):
 
 
 _UUID: TypeAdapter[UUID] = TypeAdapter(UUID)
+UUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+"""A UUID as ids are written (RFC 9562), which is what OpenAPI's `format: uuid` means."""
+_HYPHENATED = re.compile(UUID_PATTERN)
 
 
 def path_uuid(request: Request, name: str) -> UUID:
-    """The path parameter `name` as a UUID, parsed as the other routes parse theirs (`UUID()`
-    alone also takes full-width digits); 422 naming it otherwise."""
+    """The path parameter `name` as a UUID in its hyphenated form (pydantic alone also takes
+    32 bare digits, braces and `urn:uuid:`; `UUID()` alone, full-width digits); 422 naming it
+    otherwise."""
     raw = request.path_params[name]
-    try:
-        return _UUID.validate_python(raw)
-    except ValidationError:
-        raise validation_problem([{"field": name, "message": "must be a UUID"}]) from None
+    if _HYPHENATED.fullmatch(raw) is None:
+        raise validation_problem([{"field": name, "message": "must be a UUID"}])
+    return _UUID.validate_python(raw)
