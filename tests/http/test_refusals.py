@@ -2,8 +2,8 @@
 
 The app is made but its lifespan never runs, so no request here can reach RabbitMQ or Redis: one
 that tried would fail on the missing runtime. A refused request queues nothing by construction.
-What needs a service (a 202, a search, a view) is tested against real processes in
-`tests/integration/`.
+What needs a service (a search, a view) is tested against real processes in `tests/integration/`;
+a 202 in process, with a publisher that records commands, in `test_openapi_commands.py`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from common.settings import Settings
 from gateway.app import create_app
 from gateway.idempotency import HEADER
+from tests.support.offline import offline_settings
 
 PROBLEM_JSON = "application/problem+json"
 ADDRESS = {
@@ -32,23 +32,11 @@ ORDER: dict[str, Any] = {"customer_id": "refused", "items": [ITEM], "shipping_ad
 SOME_ORDER = str(uuid.uuid4())
 FULL_WIDTH_UUID = "".join(chr(0xFF10 + int(c)) if c.isdigit() else c for c in SOME_ORDER)
 """What `uuid.UUID()` alone would take: its hex parsing reads any Unicode digit."""
-NOWHERE = "://127.0.0.1:9"
-"""Service addresses nothing answers on: nothing here may connect to them anyway."""
-
-
-def settings(**changes: Any) -> Settings:
-    return Settings(
-        domains="orders",
-        amqp_url=f"amqp{NOWHERE}/",
-        redis_url=f"redis{NOWHERE}/0",
-        database_url=f"postgresql{NOWHERE}/none",
-        **changes,
-    )
 
 
 @pytest.fixture(scope="module")
 def transport() -> httpx.ASGITransport:
-    return httpx.ASGITransport(app=create_app(settings()))
+    return httpx.ASGITransport(app=create_app(offline_settings()))
 
 
 @pytest.fixture
@@ -151,6 +139,31 @@ async def test_invalid_fields_are_422_naming_the_field(
     assert_problem(await client.post("/orders", json={**ORDER, **changes}), 422, field)
 
 
+@pytest.mark.parametrize("path", ["/orders", f"/orders/{SOME_ORDER}/items"])
+async def test_no_body_at_all_is_a_missing_body(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.post(path)
+    assert_problem(response, 422, "body")
+
+
+@pytest.mark.parametrize(
+    "order_id",
+    [SOME_ORDER.replace("-", ""), "{" + SOME_ORDER + "}", "urn:uuid:" + SOME_ORDER],
+    ids=repr,
+)
+@pytest.mark.parametrize(
+    ("method", "template"),
+    [("POST", "/orders/{}/items"), ("POST", "/orders/{}/ship"), ("DELETE", "/orders/{}?reason=r")],
+)
+async def test_order_ids_are_uuids_as_written_with_hyphens(
+    client: httpx.AsyncClient, method: str, template: str, order_id: str
+) -> None:
+    """The document's `format: uuid` is the hyphenated form; the other spellings pydantic reads
+    are refused, so that the document and the gateway agree."""
+    body = ITEM if template.endswith("items") else None
+    response = await client.request(method, template.format(order_id), json=body)
+    assert_problem(response, 422, "order_id")
+
+
 async def test_a_missing_field_is_named(client: httpx.AsyncClient) -> None:
     order = {k: v for k, v in ORDER.items() if k != "customer_id"}
     assert_problem(await client.post("/orders", json=order), 422, "customer_id")
@@ -206,7 +219,7 @@ async def test_wrong_content_types_are_415(
 async def test_bodies_over_the_limit_are_413_declared_or_streamed(
     client: httpx.AsyncClient,
 ) -> None:
-    big = b'{"customer_id": "' + b"x" * settings().max_body_bytes + b'"}'
+    big = b'{"customer_id": "' + b"x" * offline_settings().max_body_bytes + b'"}'
     assert_problem(await post_raw(client, "/orders", big), 413)
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -223,7 +236,7 @@ async def test_bodies_over_the_limit_are_413_declared_or_streamed(
 
 @pytest.mark.parametrize(
     "key",
-    [b"", b"k" * 201, "clé".encode(), b"tab\there"],
+    [b"", b"k" * 201, "clé".encode(), b"tab\there", b" k", b"k "],
     ids=repr,
 )
 async def test_malformed_idempotency_keys_are_422(client: httpx.AsyncClient, key: bytes) -> None:
@@ -352,7 +365,7 @@ async def test_the_correlation_id_is_echoed_or_made(client: httpx.AsyncClient) -
 
 @pytest.fixture(scope="module")
 def guarded() -> httpx.ASGITransport:
-    return httpx.ASGITransport(app=create_app(settings(api_keys="first-key, second-key")))
+    return httpx.ASGITransport(app=create_app(offline_settings(api_keys="first-key, second-key")))
 
 
 @pytest.mark.parametrize(
