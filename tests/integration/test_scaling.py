@@ -36,7 +36,13 @@ from tests.support.events import all_events, order_stream, until
 from tests.support.invariants import relay_caught_up, write_side_problems
 from tests.support.projector import run_rebuild
 from tests.support.scrape import scrape
-from tests.support.views import dump_live, live_generation, views_match_streams, views_reached
+from tests.support.views import (
+    dump_differences,
+    dump_live,
+    live_generation,
+    views_match_streams,
+    views_reached,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -257,7 +263,8 @@ async def test_three_command_workers_and_two_projectors_lose_nothing(
         rebuilt = await live_generation(redis_client, keys, name)
         assert rebuilt is not None
         assert rebuilt != live, name
-    assert await dump_live(redis_client, keys) == live_dump
+    rebuilt_dump = await dump_live(redis_client, keys)
+    assert rebuilt_dump == live_dump, dump_differences(live_dump, rebuilt_dump)
 
     dlqs = [dlq_name(q) for q in topology_of(isolated_settings).work_queues]
     assert await queue_counts(isolated_settings, *dlqs) == [0] * len(dlqs)
