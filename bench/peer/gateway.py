@@ -1,0 +1,60 @@
+"""`python -m bench.peer.gateway --host H --port P`: the peer's HTTP gateway.
+
+`POST /orders` validates the body, publishes `PlaceOrder` persistent to the durable commands
+queue and answers 202 once RabbitMQ confirmed it (FastStream's channels confirm by default)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from fastapi import FastAPI, Response
+from faststream.rabbit.fastapi import RabbitRouter
+
+from bench.peer.config import PeerSettings
+from bench.peer.contracts import Accepted, CreateOrder, PlaceOrder
+from bench.peer.serve import configure_logging, parse_args, serve
+from bench.peer.topology import COMMANDS
+
+
+def create_app(settings: PeerSettings) -> FastAPI:
+    # Service lines per message at DEBUG: at a thousand commands a second, no one reads them.
+    router = RabbitRouter(settings.amqp_url, schema_url=None, log_level=logging.DEBUG)
+    commands = router.publisher(COMMANDS, persist=True)
+
+    @router.after_startup
+    async def declare(app: FastAPI) -> None:
+        await router.broker.declare_queue(COMMANDS)
+
+    @router.get("/health/ready")
+    async def ready() -> Response:
+        healthy = await router.broker.ping(timeout=1.0)
+        return Response(status_code=200 if healthy else 503)
+
+    @router.post("/orders", status_code=202)
+    async def create_order(body: CreateOrder) -> Accepted:
+        command = PlaceOrder(
+            **body.model_dump(),
+            command_id=uuid.uuid4(),
+            order_id=uuid.uuid4(),
+            accepted_at=datetime.now(UTC),
+        )
+        await commands.publish(command)
+        return Accepted(command_id=command.command_id, order_id=command.order_id)
+
+    app = FastAPI(title="peer gateway", openapi_url=None)
+    app.include_router(router)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args("python -m bench.peer.gateway", __doc__.splitlines()[0], argv)
+    settings = PeerSettings.from_env()
+    configure_logging(settings.log_level)
+    serve(create_app(settings), args)
+
+
+if __name__ == "__main__":
+    main()
