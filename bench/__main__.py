@@ -31,7 +31,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         epilog="Phases: publish floor, end-to-end closed loop, open-loop latency at half the "
         "measured rate, queries against an HGETALL floor, 1 vs 2 workers, rebuild against raw "
-        "Redis writes, peak RSS of every process.",
+        "Redis writes, creates alone against a naive FastStream peer, peak RSS of every process.",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run of well under a minute")
     parser.add_argument("--clients", type=int, help="concurrent clients of the closed loops")
@@ -76,6 +76,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="tracing on in the measured processes, every span written to a file in the output",
     )
+    parser.add_argument(
+        "--peer",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="creates alone through this project and a naive FastStream peer (default: on)",
+    )
     parser.add_argument("--redis-db", type=int, default=0, help="Redis index (%(default)s)")
     parser.add_argument(
         "--projections",
@@ -102,6 +108,7 @@ def plan_of(args: argparse.Namespace) -> Plan:
         "log_level": args.log_level,
         "projections": args.projections,
         "traces": args.traces or None,
+        "peer": args.peer,
     }
     plan = dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v is not None})
     if plan.warmup_s >= plan.duration_s:

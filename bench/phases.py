@@ -23,6 +23,7 @@ import orjson
 
 from bench import seed
 from bench.mix import create_requests
+from bench.peer_phase import run_comparison as run_peer_comparison
 from bench.stats import best_round, merge_results, rate, split_at_append, with_rate
 from bench.system import OUT, cpu_shares, cpu_snapshot
 from common.process import run as run_on_uvloop
@@ -59,6 +60,8 @@ class Plan:
     traces: bool = False
     """Tracing on in the measured processes (`--traces`), every span written to a file: what
     tracing costs, against a run without."""
+    peer: bool = True
+    """Creates alone through this project and through the naive peer (`bench/peer/`)."""
 
     @classmethod
     def full(cls) -> Plan:
@@ -418,6 +421,8 @@ class Bench:
             e2e = self.phase_e2e()
             self.phase_latency(e2e["visible_rate"])
             self.phase_queries()
+            if self.plan.peer:
+                run_peer_comparison(self)
             for _ in range(self.plan.floor_rounds - 1):
                 self.phase_floor_publish()
             self.phase_scaling()
