@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from bench.peer_report import peer_figures, peer_rows
 from bench.stats import cpu_ms_per_op, measured, percentile, ratio
 
 
@@ -40,6 +41,7 @@ TARGETS = (
     Target("rebuild_ratio_to_redis", "rebuild events/s over raw Redis writes", True, 0.5),
     Target("scale_2_over_1", "2 workers over 1 worker (visible/s)", True, 1.0),
     Target("max_rss_mb", "peak RSS of any system process (MB)", False, 150),
+    Target("peer_ratio", "creates visible/s over the naive peer's", True, 2.5),
 )
 
 
@@ -237,6 +239,7 @@ def figures(raw: Mapping[str, Any], processes: Sequence[Mapping[str, Any]]) -> d
             _get(raw, "scale_2", "visible_rate"), _get(raw, "scale_1", "visible_rate")
         ),
         "max_rss_mb": round(max(system_rss), 1) if system_rss else None,
+        **peer_figures(raw),
     }
 
 
@@ -284,6 +287,7 @@ def summary_rows(raw: Mapping[str, Any]) -> list[tuple[str, Any]]:
     add("rebuild: raw HSET+ZADD events/s", "raw_redis", "events_per_s")
     add("rebuild: CPU of the rebuild process (cores)", "rebuild", "cpu_shares", "rebuild")
     add("rebuild: CPU of redis (cores)", "rebuild", "cpu_shares", "redis")
+    rows += peer_rows(raw)
     for label, phase, rate_key in CPU_COSTS:
         cost = cpu_ms_per_op(_get(raw, phase, "cpu_shares") or {}, _get(raw, phase, rate_key))
         if cost is not None:

@@ -104,6 +104,7 @@ def test_judge_names_every_issue_target() -> None:
         "rebuild_ratio_to_redis",
         "scale_2_over_1",
         "max_rss_mb",
+        "peer_ratio",
     }
     judged = judge({"e2e_ratio_to_floor": 0.9, "p99_visible_ms_at_half_rate": 80.0})
     assert judged["e2e_ratio_to_floor"]["result"] == "PASS"
@@ -146,6 +147,7 @@ def test_figures_are_ratios_to_their_own_floors() -> None:
         "PASS",
         "PASS",
         "PASS",
+        "n/a",  # no peer in this run
     ]
 
 
