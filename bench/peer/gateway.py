@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from fastapi import FastAPI, Response
-from faststream.rabbit.fastapi import RabbitRouter
+from faststream.rabbit import RabbitBroker
 
 from bench.peer.config import PeerSettings
 from bench.peer.contracts import Accepted, CreateOrder, PlaceOrder
@@ -21,19 +22,26 @@ from bench.peer.topology import COMMANDS
 
 def create_app(settings: PeerSettings) -> FastAPI:
     # Service lines per message at DEBUG: at a thousand commands a second, no one reads them.
-    router = RabbitRouter(settings.amqp_url, schema_url=None, log_level=logging.DEBUG)
-    commands = router.publisher(COMMANDS, persist=True)
+    broker = RabbitBroker(settings.amqp_url, log_level=logging.DEBUG)
+    commands = broker.publisher(COMMANDS, persist=True)
 
-    @router.after_startup
-    async def declare(app: FastAPI) -> None:
-        await router.broker.declare_queue(COMMANDS)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await broker.start()
+        await broker.declare_queue(COMMANDS)
+        try:
+            yield
+        finally:
+            await broker.stop()
 
-    @router.get("/health/ready")
+    app = FastAPI(title="peer gateway", lifespan=lifespan, openapi_url=None)
+
+    @app.get("/health/ready")
     async def ready() -> Response:
-        healthy = await router.broker.ping(timeout=1.0)
+        healthy = await broker.ping(timeout=1.0)
         return Response(status_code=200 if healthy else 503)
 
-    @router.post("/orders", status_code=202)
+    @app.post("/orders", status_code=202)
     async def create_order(body: CreateOrder) -> Accepted:
         command = PlaceOrder(
             **body.model_dump(),
@@ -44,8 +52,6 @@ def create_app(settings: PeerSettings) -> FastAPI:
         await commands.publish(command)
         return Accepted(command_id=command.command_id, order_id=command.order_id)
 
-    app = FastAPI(title="peer gateway", openapi_url=None)
-    app.include_router(router)
     return app
 
 
