@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from bench.mix import Mix, OrderBook, create_requests
 from bench.peer.contracts import CreateOrder, OrderLine, PeerKeys, total_of, visible_message
-from bench.peer_phase import CREATES_ONLY, OURS, PEER
+from bench.peer_phase import CREATES_ONLY, OURS, PEER, best_visible_round
 from bench.peer_report import cpu_ms_by_process, is_ours, is_peer, peer_figures, peer_rows
 from bench.report import judge
 from bench.sources import Clock, Commands
@@ -85,6 +85,17 @@ def test_the_table_shows_both_rates_and_the_peers_cost_by_process() -> None:
     figures = peer_figures(raw)
     assert figures["peer_cpu_ms_per_visible"]["peer-worker"] == 0.6
     assert "peer-worker" not in figures["creates_cpu_ms_per_visible"]
+
+
+def test_the_best_round_counts_and_a_lost_command_in_any_round_too() -> None:
+    rounds = [
+        {"visible_rate": 300.0, "unsettled": 1},
+        {"visible_rate": 410.04, "unsettled": 0, "name": "second"},
+    ]
+    best = best_visible_round(rounds)
+    assert best["name"] == "second"
+    assert best["round_rates"] == [300.0, 410.0]
+    assert best["unsettled"] == 1
 
 
 def test_the_creates_only_load_never_sends_a_follow_up() -> None:
