@@ -12,8 +12,9 @@ from typing import Any
 
 from bench.peer_phase import OURS, PEER, PEER_PROCESS
 from bench.stats import measured, ratio
+from bench.system import SERVICE_NAMES
 
-SERVICES = ("rabbitmq", "postgresql", "redis")
+SERVICES = frozenset(SERVICE_NAMES.values())
 
 
 def _phase(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
