@@ -36,7 +36,7 @@ class Target:
 
 TARGETS = (
     Target("e2e_ratio_to_floor", "e2e visible/s over publish floor", True, 0.7),
-    Target("p99_visible_ms_at_half_rate", "p99 accepted->visible at half rate (ms)", False, 50),
+    Target("p99_visible_ms_at_half_rate", "p99 sent->visible at half rate (ms)", False, 50),
     Target("query_ratio_to_floor", "GET /orders/{id} over HGETALL floor", True, 0.8),
     Target("rebuild_ratio_to_redis", "rebuild events/s over raw Redis writes", True, 0.5),
     Target("scale_2_over_1", "2 workers over 1 worker (visible/s)", True, 1.0),
@@ -160,7 +160,7 @@ def plot(path: Path, latency: Mapping[str, Any], e2e: Mapping[str, Any] | None) 
     if samples:
         xs = [t for t, _ in samples]
         ys = [ms for _, ms in samples]
-        over_time.scatter(xs, ys, s=3, alpha=0.35, label="accepted -> visible")
+        over_time.scatter(xs, ys, s=3, alpha=0.35, label="sent -> visible")
         if appended:
             over_time.scatter(
                 [t for t, _ in appended],
@@ -168,7 +168,7 @@ def plot(path: Path, latency: Mapping[str, Any], e2e: Mapping[str, Any] | None) 
                 s=2,
                 alpha=0.25,
                 color="tab:green",
-                label="accepted -> appended by the worker",
+                label="sent -> appended by the worker",
             )
         for q, style in ((50, "-"), (99, "--")):
             rx, ry = rolling_percentile(samples, q)
@@ -180,11 +180,11 @@ def plot(path: Path, latency: Mapping[str, Any], e2e: Mapping[str, Any] | None) 
                 histogram.axvline(summary[name], linestyle="--", linewidth=1)
                 histogram.text(summary[name], histogram.get_ylim()[1] * 0.9, f" {name}", fontsize=8)
     rate = latency.get("rate")
-    over_time.set_title(f"Accepted -> visible in the views, open loop at {fmt(rate, 0)} commands/s")
-    over_time.set_xlabel("seconds since the load started (time of the 202)")
+    over_time.set_title(f"Sent -> visible in the views, open loop at {fmt(rate, 0)} commands/s")
+    over_time.set_xlabel("seconds since the load started (time the request was sent)")
     over_time.set_ylabel("ms (log)")
     over_time.legend(loc="upper right", fontsize=8)
-    histogram.set_title("Histogram of accepted -> visible")
+    histogram.set_title("Histogram of sent -> visible")
     histogram.set_xlabel("ms")
     histogram.set_ylabel("commands")
     if e2e is not None:
@@ -267,12 +267,12 @@ def summary_rows(raw: Mapping[str, Any]) -> list[tuple[str, Any]]:
             rows.append((f"e2e: CPU of {name} (cores)", share))
     add("latency: CPU outside this benchmark (cores)", "latency", "cpu_shares", "outside")
     add("latency: offered rate (commands/s)", "latency", "rate")
-    add("latency: accepted->visible p50 (ms)", "latency", "visible_ms", "p50")
-    add("latency: accepted->visible p95 (ms)", "latency", "visible_ms", "p95")
-    add("latency: accepted->visible p99 (ms)", "latency", "visible_ms", "p99")
-    add("latency: accepted->visible max (ms)", "latency", "visible_ms", "max")
+    add("latency: sent->visible p50 (ms)", "latency", "visible_ms", "p50")
+    add("latency: sent->visible p95 (ms)", "latency", "visible_ms", "p95")
+    add("latency: sent->visible p99 (ms)", "latency", "visible_ms", "p99")
+    add("latency: sent->visible max (ms)", "latency", "visible_ms", "max")
     add("latency: intended send->visible p99 (ms)", "latency", "intended_visible_ms", "p99")
-    add("latency: accepted->appended (worker) p99 (ms)", "latency", "appended_ms", "p99")
+    add("latency: sent->appended (gateway+worker) p99", "latency", "appended_ms", "p99")
     add("latency: appended->visible (relay+proj.) p99", "latency", "appended_to_visible_ms", "p99")
     add("latency: HTTP p99 (ms)", "latency", "http_ms", "p99")
     add("queries: floor HGETALL req/s", "floor_hgetall", "request_rate")

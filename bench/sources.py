@@ -88,7 +88,9 @@ class Pending:
     kind: str
     order_id: str
     lines: int
-    accepted_at: float
+    sent_at: float
+    """When the request's bytes were written to the connection: a command's latency starts
+    there, so one that is visible before its 202 is read still counts its whole way."""
     intended_at: float
 
 
@@ -110,7 +112,7 @@ class Commands:
         self.latencies_ms: list[float] = []
         self.intended_latencies_ms: list[float] = []
         self.samples: list[tuple[float, float, str]] = []
-        """(accepted at in s, accepted -> visible in ms, command id) of each visible command."""
+        """(sent at in s, sent -> visible in ms, command id) of each visible command."""
         self.orders: list[str] = []
         self.last_visible = 0.0
         self.intended_at = 0.0
@@ -133,12 +135,12 @@ class Commands:
         ids = orjson.loads(body)
         command_id: str = ids["command_id"]
         self.accepted.add(now)
-        pending = Pending(kind, ids["order_id"], lines, now, intended or sent)
+        pending = Pending(kind, ids["order_id"], lines, sent, intended or sent)
         early = self.early.pop(command_id, None)
         if early is None:
             self.pending[command_id] = pending
         else:
-            self._settle(command_id, pending, max(early[0], now), visible=early[1])
+            self._settle(command_id, pending, early[0], visible=early[1])
 
     def on_message(self, payload: bytes, now: float) -> None:
         message = orjson.loads(payload)
@@ -161,11 +163,11 @@ class Commands:
             self.book.rejected(pending.order_id)
             return
         self.visible.add(now)
-        self.last_visible = now
-        latency = (now - pending.accepted_at) * 1000
+        self.last_visible = max(self.last_visible, now)
+        latency = (now - pending.sent_at) * 1000
         self.latencies_ms.append(latency)
         self.intended_latencies_ms.append((now - pending.intended_at) * 1000)
-        self.samples.append((round(self.clock.at(pending.accepted_at), 4), round(latency, 3), cid))
+        self.samples.append((round(self.clock.at(pending.sent_at), 4), round(latency, 3), cid))
         self.book.visible(pending.kind, pending.order_id, pending.lines)
         if pending.kind == "create" and len(self.orders) < SAMPLE_LIMIT:
             self.orders.append(pending.order_id)

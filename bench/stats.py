@@ -116,11 +116,13 @@ def split_at_append(
 ) -> tuple[list[tuple[float, float, float]], dict[str, Any], dict[str, Any]]:
     """Split each command's way to the views where its events were appended.
 
-    `samples` are (accepted at, accepted -> visible ms, command id) with times from the load's
-    start at `started_epoch`; `appended` maps command ids to their append, in epoch seconds.
-    Returns the samples as (accepted at, accepted -> visible ms, accepted -> appended ms or -1)
-    and the summaries of the two legs: the worker's, and the relay's plus the projector's. A
-    worker may append before the 202 reaches the client; that leg counts as 0."""
+    `samples` are (sent at, sent -> visible ms, command id) with times from the load's start
+    at `started_epoch`; `appended` maps command ids to their append, in epoch seconds.
+    Returns the samples as (sent at, sent -> visible ms, sent -> appended ms or -1) and the
+    summaries of the two legs: the gateway's and the worker's, and the relay's plus the
+    projector's. The append is stamped by PostgreSQL's clock and the send by the generator's,
+    converted through one reading of the wall clock: the first leg is kept within 0 and the
+    whole way."""
     split: list[tuple[float, float, float]] = []
     worker: list[float] = []
     rest: list[float] = []

@@ -69,6 +69,7 @@ class HttpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self.busy = False
         self.sent_at = 0.0
+        """When the request in flight was handed to the socket (read just before the write)."""
         self.context: object = None
         """Whatever the caller attached to the request in flight."""
 

@@ -348,22 +348,33 @@ def test_a_command_is_visible_when_its_projection_arrives() -> None:
     assert commands.visible.total == 0
     commands.on_message(projected("c1"), 102.025)
     assert commands.visible.total == 1
-    assert commands.latencies_ms == [pytest.approx(25.0)]
-    assert commands.samples == [(2.0, 25.0, "c1")]
+    # From the moment the request was written, not from its 202.
+    assert commands.latencies_ms == [pytest.approx(35.0)]
+    assert commands.samples == [(1.99, 35.0, "c1")]
     assert commands.book.ready == 1
     assert commands.orders == ["o1"]
     assert commands.accepted.per_second == [0, 0, 1]
     assert commands.accepted.steady == 1
 
 
-def test_a_projection_that_beats_the_202_counts_with_zero_latency() -> None:
+def test_a_projection_that_beats_the_202_counts_from_the_send_not_zero() -> None:
     commands = tracker()
     commands.on_message(projected("c2"), 102.0)
     assert commands.early
     commands.answered(("create", None, 1, 0.0), 202, accepted("c2", "o2"), 101.9, 102.001)
     assert commands.visible.total == 1
-    assert commands.latencies_ms == [0.0]
+    assert commands.latencies_ms == [pytest.approx(100.0)]
+    assert commands.samples == [(1.9, 100.0, "c2")]
+    assert commands.last_visible == 102.0
     assert not commands.early
+
+
+def test_the_open_loop_also_times_from_the_intended_send() -> None:
+    commands = tracker()
+    commands.answered(("add", "o5", 0, 101.5), 202, accepted("c5", "o5"), 101.6, 101.7)
+    commands.on_message(projected("c5"), 101.8)
+    assert commands.latencies_ms == [pytest.approx(200.0)]
+    assert commands.intended_latencies_ms == [pytest.approx(300.0)]
 
 
 def test_the_way_to_the_views_splits_where_the_events_were_appended() -> None:
@@ -374,7 +385,7 @@ def test_the_way_to_the_views_splits_where_the_events_were_appended() -> None:
     assert split == [(1.0, 30.0, 12.0), (2.0, 8.0, 0.0), (3.0, 20.0, -1.0)]
     assert worker["count"] == rest["count"] == 2
     assert worker["max"] == pytest.approx(12.0)
-    assert rest["max"] == pytest.approx(18.0)  # "early" was appended before its 202 arrived
+    assert rest["max"] == pytest.approx(18.0)  # "early": the clocks disagree by a millisecond
 
 
 def test_rejections_settle_without_visibility_and_others_are_pruned() -> None:
