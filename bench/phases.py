@@ -24,7 +24,14 @@ import orjson
 from bench import seed
 from bench.mix import create_requests
 from bench.peer_phase import run_comparison as run_peer_comparison
-from bench.stats import best_round, merge_results, rate, split_at_append, with_rate
+from bench.stats import (
+    best_round,
+    memory_by_kind,
+    merge_results,
+    rate,
+    split_at_append,
+    with_rate,
+)
 from bench.system import OUT, cpu_shares, cpu_snapshot
 from common.process import run as run_on_uvloop
 from common.readmodel.keys import Keys
@@ -54,6 +61,8 @@ class Plan:
     customers: int = 500
     generator_check: bool = True
     rerun_one_worker: bool = True
+    """Measure one worker pair at the scaling rate next to two; False: the latency phase,
+    at the same rate earlier in the run, stands for it."""
     log_level: str = "INFO"
     projections: tuple[str, ...] = ()
     """The projections the projectors run (`--projections`); empty: every registered one."""
@@ -267,22 +276,30 @@ class Bench:
         self.settle(name)
         return result
 
-    def phase_latency(self, max_rate: float) -> None:
+    def open_loop(
+        self, name: str, rate: float, duration_s: float, warmup_s: float, **extra: Any
+    ) -> dict[str, Any]:
+        """The command mix sent at a fixed `rate`, whatever the answers do."""
         assert self.gateway is not None
         assert self.gateway.port is not None
+        config = self.command_config(self.gateway.port, mode="open")
+        config.update(
+            rate=rate,
+            connections=self.plan.open_connections,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            **extra,
+        )
+        return with_rate(self.generate(name, config))
+
+    def phase_latency(self, max_rate: float) -> float:
+        """The open loop at half `max_rate` (or the plan's rate), timing every command; the
+        rate it ran at."""
         half = self.plan.latency_rate or max(max_rate / 2, 1.0)
         if self.plan.latency_rate:
             self.notes.append(f"latency: at the given {half:g} commands/s, not half the e2e rate")
-        config = self.command_config(self.gateway.port, mode="open")
-        config.update(
-            rate=half,
-            connections=self.plan.open_connections,
-            duration_s=self.plan.latency_s,
-            warmup_s=0,
-            keep_samples=True,
-        )
         self.say(f"latency: open loop at {half:.0f} commands/s for {self.plan.latency_s:g}s")
-        result = with_rate(self.generate("latency", config))
+        result = self.open_loop("latency", half, self.plan.latency_s, 0, keep_samples=True)
         appended = run_on_uvloop_value(
             seed.append_times(self.iso.database_url, result["started_epoch"] - 1)
         )
@@ -291,6 +308,22 @@ class Bench:
         )
         self.raw["latency"] = result
         self.settle("latency")
+        return half
+
+    def phase_redis_memory(self) -> None:
+        """What the read side keeps in Redis per order once the mixed load has settled: every
+        key of the run (views, indexes, command statuses), before the query phase copies views
+        to the floor's keys, over the orders created."""
+        iso = self.iso
+        self.say("redis memory: MEMORY USAGE of every key of the run")
+        orders = run_on_uvloop_value(seed.orders_created(iso.database_url))
+        usage = run_on_uvloop_value(seed.key_memory(iso.redis_url, iso.prefix))
+        self.raw["redis_memory"] = {
+            "orders_created": orders,
+            "keys": len(usage),
+            "bytes": sum(size for _, size in usage),
+            "by_kind": memory_by_kind(usage, iso.prefix),
+        }
 
     def phase_queries(self) -> None:
         assert self.floor is not None
@@ -331,16 +364,25 @@ class Bench:
         for name, results in rounds.items():
             self.raw[name] = best_round(results)
 
-    def phase_scaling(self) -> None:
+    def phase_scaling(self, rate: float) -> None:
+        """The open loop at one `rate` below saturation with one worker pair, then with two:
+        what a second pair costs per command, not what it adds on a saturated machine."""
         if self.plan.rerun_one_worker:
-            self.raw["scale_1"] = self.phase_e2e("scale_1")
+            self.scaling_round("scale_1", rate)
         else:
-            self.raw["scale_1"] = self.raw["e2e"]
+            latency = self.raw["latency"]
+            self.raw["scale_1"] = {key: latency[key] for key in SCALING_KEYS if key in latency}
+            self.raw["scale_1"]["measured_in"] = "latency"
         self.say("scaling: starting a second command worker and projector")
         assert self.system is not None
         self.system.start_command_worker()
         self.system.start_projector()
-        self.raw["scale_2"] = self.phase_e2e("scale_2")
+        self.scaling_round("scale_2", rate)
+
+    def scaling_round(self, name: str, rate: float) -> None:
+        self.say(f"{name}: open loop at {rate:.0f} commands/s for {self.plan.duration_s:g}s")
+        self.raw[name] = self.open_loop(name, rate, self.plan.duration_s, self.plan.warmup_s)
+        self.settle(name)
 
     def phase_rebuild(self) -> None:
         iso = self.iso
@@ -419,13 +461,14 @@ class Bench:
             self.say("system: starting the gateway, a command worker and a projector")
             self.gateway = self.start_system()
             e2e = self.phase_e2e()
-            self.phase_latency(e2e["visible_rate"])
+            open_rate = self.phase_latency(e2e["visible_rate"])
+            self.phase_redis_memory()
             self.phase_queries()
             if self.plan.peer:
                 run_peer_comparison(self)
             for _ in range(self.plan.floor_rounds - 1):
                 self.phase_floor_publish()
-            self.phase_scaling()
+            self.phase_scaling(open_rate)
             self.phase_rebuild()
         finally:
             self.say("bench: stopping the processes")
@@ -453,6 +496,10 @@ def run_on_uvloop_value(coroutine: Any) -> Any:
 
     run_on_uvloop(wrapper)
     return box[0]
+
+
+SCALING_KEYS = ("rate", "accepted_rate", "visible_rate", "cpu_shares")
+"""What the latency phase lends the scaling figure when it stands for one worker pair."""
 
 
 SUMMARY = re.compile(r"rebuild (?:of \S+ )?done: .*?(\d+) events read .*? switched after ([\d.]+)s")

@@ -17,6 +17,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.typing import EncodableT
 
+from bench.stats import glob_escape
 from common.contracts.envelopes import EventMetadata
 from common.domain import Registry, load_domains, stream_id
 from common.eventstore.database import create_pool, prepare_database
@@ -303,6 +304,38 @@ async def raw_redis_writes(
     finally:
         await redis.aclose()
     return {"events": events, "seconds": seconds, "events_per_s": events / seconds}
+
+
+async def orders_created(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM events WHERE type = 'OrderCreated'"))
+    finally:
+        await conn.close()
+
+
+async def key_memory(redis_url: str, prefix: str) -> list[tuple[str, int]]:
+    """Every key under `prefix` and the bytes `MEMORY USAGE ... SAMPLES 0` gives it: the
+    value, the key and its entry in the keyspace, every element counted (not sampled). The run
+    shares its Redis index with others, so its keys are found by their prefix (SCAN), not by a
+    difference of `used_memory`."""
+    redis = Redis.from_url(redis_url)
+    try:
+        names = [
+            key.decode()
+            async for key in redis.scan_iter(match=glob_escape(prefix) + "*", count=1000)
+        ]
+        usage: list[tuple[str, int]] = []
+        for start in range(0, len(names), 1000):
+            chunk = names[start : start + 1000]
+            async with redis.pipeline(transaction=False) as pipe:
+                for name in chunk:
+                    pipe.memory_usage(name, samples=0)
+                sizes = await pipe.execute()
+            usage += [(n, int(b)) for n, b in zip(chunk, sizes, strict=True) if b is not None]
+        return usage
+    finally:
+        await redis.aclose()
 
 
 async def sample_view(redis_url: str, prefix: str, order_id: str) -> dict[bytes, bytes] | None:

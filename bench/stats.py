@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 
@@ -154,3 +154,55 @@ def cpu_ms_per_op(shares: dict[str, float], ops_per_s: float | None) -> float | 
     if not shares or not ops_per_s:
         return None
     return round(sum(measured(shares).values()) / ops_per_s * 1000, 3)
+
+
+def cpu_ms_per_command(
+    shares: Mapping[str, float],
+    commands_per_s: float | None,
+    counts: Callable[[str], bool] = lambda name: True,
+) -> dict[str, float] | None:
+    """CPU milliseconds per command of each measured process and service that `counts`, and
+    their `total`: the cores each used during the phase over the commands per second. None
+    when nothing was measured."""
+    if not commands_per_s:
+        return None
+    spent = {
+        name: cores / commands_per_s * 1000
+        for name, cores in measured(shares).items()
+        if counts(name)
+    }
+    if not spent:
+        return None
+    out = {name: round(ms, 3) for name, ms in sorted(spent.items())}
+    out["total"] = round(sum(spent.values()), 3)
+    return out
+
+
+def key_kind(key: str, prefix: str) -> str:
+    """`key` without `prefix`, each segment holding a digit (an id, a generation) as `*`:
+    `command:*`, `order_views:*:order:*`."""
+    name = key.removeprefix(prefix)
+    return ":".join("*" if any(c.isdigit() for c in part) else part for part in name.split(":"))
+
+
+def memory_by_kind(usage: Iterable[tuple[str, int]], prefix: str) -> dict[str, dict[str, int]]:
+    """Keys and bytes per kind of key (`key_kind`), largest first. A kind whose last segment
+    is a word, beside a kind with `*` there (a search token without a digit, `token:lane`
+    beside `token:*`), is counted as that kind."""
+    kinds: dict[str, dict[str, int]] = {}
+    for key, size in usage:
+        entry = kinds.setdefault(key_kind(key, prefix), {"keys": 0, "bytes": 0})
+        entry["keys"] += 1
+        entry["bytes"] += size
+    for kind in [k for k in kinds if not k.endswith(":*")]:
+        wider = kind.rpartition(":")[0] + ":*"
+        if wider in kinds:
+            folded = kinds.pop(kind)
+            kinds[wider]["keys"] += folded["keys"]
+            kinds[wider]["bytes"] += folded["bytes"]
+    return dict(sorted(kinds.items(), key=lambda item: -item[1]["bytes"]))
+
+
+def glob_escape(text: str) -> str:
+    """`text` as a literal in a Redis MATCH pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\^" else c for c in text)
