@@ -30,10 +30,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m bench",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         epilog="Phases: publish floor, end-to-end closed loop, open-loop latency at half the "
-        "measured rate, queries against an HGETALL floor, 1 vs 2 workers, rebuild against raw "
-        "Redis writes, creates alone against a naive FastStream peer, peak RSS of every process.",
+        "measured rate, Redis memory per order, queries against an HGETALL floor, CPU per "
+        "command of 1 vs 2 worker pairs at that rate, rebuild against raw Redis writes, peak RSS "
+        "of every process, creates alone against a naive FastStream peer.",
     )
-    parser.add_argument("--quick", action="store_true", help="a smoke run of well under a minute")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
     parser.add_argument("--clients", type=int, help="concurrent clients of the closed loops")
     parser.add_argument("--duration", type=float, help="seconds of each closed command loop")
     parser.add_argument("--warmup", type=float, help="seconds left out of the steady window")
