@@ -13,7 +13,7 @@ from typing import Any
 import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
 
 from common.contracts.envelopes import RecordedEvent
@@ -24,11 +24,13 @@ from common.eventstore.store import EventStore
 from common.messaging.connection import SupervisedConnection
 from common.messaging.consuming import QueueConsumer
 from common.messaging.depths import QueueDepths
+from common.messaging.messages import EVENT_BATCH, event_message
 from common.messaging.outcomes import RejectMessage
 from common.messaging.topology import Topology, declare_topology, dlq_name
-from common.observability import metrics
+from common.observability import metrics, tracing
 from common.observability.logging import correlation_id
 from common.observability.server import HealthServer
+from common.observability.tracing import TRACEPARENTS
 from common.process import settle_heap
 from common.readmodel.commands import STATUS_TTL_S
 from common.readmodel.keys import Keys
@@ -50,6 +52,7 @@ no event comes along to notice it."""
 VIEW_CACHE_SIZE = 20_000
 """Views kept per projection to continue from without reading Redis: enough for the streams
 that are active, small enough that a full garbage collection stays short."""
+_BATCH = TypeAdapter(list[RecordedEvent])
 _APPLIED_MESSAGES = {
     Applied.APPLIED: "event applied to the views",
     Applied.DUPLICATE: "event already in the views",
@@ -174,8 +177,12 @@ class ProjectionRunner:
         self.consumer = consumer
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
-        """Apply one event; poison goes to the dead-letter queue, anything else is retried.
-        An event of a stream the projection does not follow is acked and counted."""
+        """Apply the event, or the batch of events, in `message`: poison goes to the dead-letter
+        queue, anything else is retried. An event of a stream the projection does not follow is
+        acked and counted."""
+        if message.type == EVENT_BATCH:
+            await self._handle_batch(message)
+            return
         headers = message.headers or {}
         stream_hint = headers.get("stream_id")
         if isinstance(stream_hint, str) and not self.projection.follows(stream_hint):
@@ -186,6 +193,55 @@ class ProjectionRunner:
             event = RecordedEvent.model_validate_json(message.body)
         except ValidationError as exc:
             raise RejectMessage(f"not a recorded event: {exc}") from exc
+        await self._apply(event)
+
+    async def _handle_batch(self, message: AbstractIncomingMessage) -> None:
+        """The events of a batch, each stream's in order and the streams side by side. A poison
+        event is dead-lettered alone (a message of its own) and the others applied; any other
+        failure retries the whole batch, whose events already applied are then duplicates."""
+        headers = message.headers or {}
+        streams = headers.get("stream_ids")
+        if isinstance(streams, list) and not any(
+            isinstance(stream, str) and self.projection.follows(stream) for stream in streams
+        ):
+            last = headers.get("last_position")
+            self._ignore(last if isinstance(last, int) else 0)
+            return
+        try:
+            events = _BATCH.validate_json(message.body)
+        except ValidationError as exc:
+            raise RejectMessage(f"not a batch of recorded events: {exc}") from exc
+        parents = headers.get(TRACEPARENTS)
+        traced = tracing.enabled() and isinstance(parents, list) and len(parents) == len(events)
+        by_stream: dict[str, list[tuple[RecordedEvent, str | None]]] = {}
+        for index, event in enumerate(events):
+            parent = parents[index] if traced else None  # type: ignore[index]
+            by_stream.setdefault(event.stream_id, []).append(
+                (event, parent if isinstance(parent, str) and parent else None)
+            )
+        poison: list[tuple[RecordedEvent, str]] = []
+
+        async def apply_stream(stream: list[tuple[RecordedEvent, str | None]]) -> None:
+            for event, parent in stream:
+                try:
+                    if parent is None:
+                        await self._apply(event)
+                    else:
+                        with tracing.consuming(self.queue, {tracing.TRACEPARENT: parent}):
+                            await self._apply(event)
+                except RejectMessage as exc:
+                    poison.append((event, exc.reason))
+
+        async with asyncio.TaskGroup() as group:
+            for stream in by_stream.values():
+                group.create_task(apply_stream(stream))
+        assert self.consumer is not None
+        for event, reason in poison:
+            await self.consumer.dead_letter_part(message, event_message(event), reason)
+
+    async def _apply(self, event: RecordedEvent) -> None:
+        """Apply one event (upcast first) under its stream's lock; `RejectMessage` if it can
+        never apply."""
         if not self.projection.follows(event.stream_id):
             self._ignore(event.position)
             return

@@ -392,16 +392,40 @@ class QueueConsumer:
     ) -> None:
         metrics.DEAD_LETTERS.labels(self.queue_name, kind.value).inc()
         log.error("dead-lettering %s (%s): %s", message.message_id, kind.value, reason)
-        failure: dict[str, FieldValue] = {
+        copy = copy_message(message, **self._failure(kind, reason))
+        await self._forward(
+            message, self._topology.dead_letter_exchange, dlq_name(self.queue_name), copy
+        )
+
+    async def dead_letter_part(
+        self, message: AbstractIncomingMessage, part: aio_pika.Message, reason: str
+    ) -> None:
+        """Dead-letter `part`: one item of `message` that can never be handled (an event of a
+        batch), as a message of its own, while the handler goes on with the rest and `message`
+        is acked as usual. Raises unless the dead-letter queue confirmed it (the whole message
+        is then retried, and the item dead-lettered again)."""
+        metrics.DEAD_LETTERS.labels(self.queue_name, FailureKind.POISON.value).inc()
+        log.error(
+            "dead-lettering %s of %s (%s): %s",
+            part.message_id,
+            message.message_id,
+            FailureKind.POISON.value,
+            reason,
+        )
+        part.headers.update(self._failure(FailureKind.POISON, reason))
+        assert self._publisher is not None
+        await self._publisher.publish(
+            self._topology.dead_letter_exchange, dlq_name(self.queue_name), part
+        )
+
+    def _failure(self, kind: FailureKind, reason: str) -> dict[str, FieldValue]:
+        """The headers of a dead letter: why, what kind of failure, from which queue, when."""
+        return {
             REASON_HEADER: failure_reason(reason),
             KIND_HEADER: kind.value,
             QUEUE_HEADER: self.queue_name,
             FAILED_AT_HEADER: datetime.now(UTC).isoformat(),
         }
-        copy = copy_message(message, **failure)
-        await self._forward(
-            message, self._topology.dead_letter_exchange, dlq_name(self.queue_name), copy
-        )
 
     async def _forward(
         self,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import aio_pika
@@ -11,6 +12,8 @@ from common.contracts.commands import CommandBase
 from common.contracts.envelopes import RecordedEvent
 
 JSON = "application/json"
+EVENT_BATCH = "event-batch"
+"""The `type` of a message holding several events (`events_message`)."""
 
 
 def command_message(
@@ -50,5 +53,32 @@ def event_message(event: RecordedEvent, app_id: str = "relay") -> aio_pika.Messa
             "correlation_id": str(event.metadata.correlation_id),
             "causation_id": str(event.metadata.causation_id),
             "command_id": str(event.metadata.command_id),
+        },
+    )
+
+
+def events_message(events: Sequence[RecordedEvent], app_id: str = "relay") -> aio_pika.Message:
+    """Committed events in one message: one event as `event_message`; several as a JSON array
+    of them in log order, typed `event-batch`, its headers saying what it holds (`count`, the
+    first and last positions, each distinct stream), so the console still reads clearly.
+
+    The broker and each projection then handle one message, one delivery and one ack for the
+    whole batch instead of one per event."""
+    if len(events) == 1:
+        return event_message(events[0], app_id)
+    first, last = events[0], events[-1]
+    return aio_pika.Message(
+        body=b"[" + b",".join(event.model_dump_json().encode() for event in events) + b"]",
+        content_type=JSON,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=f"positions-{first.position}-{last.position}",
+        type=EVENT_BATCH,
+        timestamp=datetime.now(UTC),
+        app_id=app_id,
+        headers={
+            "count": len(events),
+            "first_position": first.position,
+            "last_position": last.position,
+            "stream_ids": list(dict.fromkeys(event.stream_id for event in events)),
         },
     )

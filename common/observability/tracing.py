@@ -44,6 +44,8 @@ _state: dict[str, Any] = {"provider": None}
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+TRACEPARENTS = "traceparents"
+"""On a message of several events: each event's `traceparent`, in order."""
 
 
 def enabled() -> bool:

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from common.contracts.envelopes import RecordedEvent
 from common.messaging.topology import dlq_name
 from common.readmodel.keys import Keys
 from common.settings import Settings
@@ -175,6 +176,38 @@ async def test_poison_events_are_dead_lettered(
         dlq = dlq_name(order_views_queue(isolated_settings))
         message = await until(lambda: _get(channel, dlq), 20, "a dead letter")
         assert b"not in the event store" in str(message.headers).encode()
+    finally:
+        await connection.close()
+
+
+async def test_a_batch_applies_each_event_and_dead_letters_its_poison_alone(
+    processes: Processes, pg: asyncpg.Pool, redis_client: Redis, isolated_settings: Settings
+) -> None:
+    """The relay sends the events of one read in one message: each stream's events apply in
+    order, the streams side by side; an event that can never apply goes to the dead-letter
+    queue as a message of its own, and the batch's other events are not held back by it."""
+    processes.start("projector_worker")
+    keys = Keys(isolated_settings.redis_key_prefix)
+    ledger = Ledger(pg)
+    orders = await ledger.seed(6)
+    for order_id in orders[:3]:
+        await ledger.append(order_id, ItemAdded(item=line("late", 1, "1.00")))
+    events = await all_events(pg)
+    bogus = events[0].model_copy(
+        update={"event_id": uuid.uuid4(), "stream_id": order_stream(uuid.uuid4()), "version": 2}
+    )
+    await publish(isolated_settings, [*events[:4], bogus, *events[4:]], batched=True)
+    await until(lambda: views_reached(redis_client, keys, ledger.versions), 20, "every view")
+    assert await views_match_streams(redis_client, keys, pg)
+    connection = await aio_pika.connect(isolated_settings.amqp_url)
+    try:
+        channel = await connection.channel()
+        for queue in projection_queues(isolated_settings):
+            dead = await until(lambda q=queue: _get(channel, dlq_name(q)), 20, "a dead letter")
+            assert dead.type == bogus.type  # the event alone, not the batch
+            assert RecordedEvent.model_validate_json(dead.body) == bogus
+            assert dead.headers["x-failure-kind"] == "poison"
+            assert await _get(channel, dlq_name(queue)) is None
     finally:
         await connection.close()
 

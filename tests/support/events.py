@@ -20,7 +20,7 @@ import asyncpg
 from common.contracts.envelopes import EventMetadata, RecordedEvent
 from common.domain import stream_id
 from common.eventstore.store import EventStore, NewEvent
-from common.messaging.messages import event_message
+from common.messaging.messages import event_message, events_message
 from common.messaging.publishing import ConfirmedPublisher
 from common.messaging.topology import declare_topology
 from common.settings import Settings
@@ -168,10 +168,11 @@ async def all_events(pool: asyncpg.Pool, after: int = 0) -> list[RecordedEvent]:
 
 @contextlib.asynccontextmanager
 async def event_publisher(
-    settings: Settings,
+    settings: Settings, *, batched: bool = False
 ) -> AsyncIterator[Callable[[Sequence[RecordedEvent]], Awaitable[None]]]:
     """A function publishing recorded events to the events exchange as the relay does
-    (confirmed): every projection's queue gets them."""
+    (confirmed): every projection's queue gets them. Each in a message of its own, or with
+    `batched` all in one message (`event-batch`)."""
     topology = topology_of(settings)
     connection = await aio_pika.connect(settings.amqp_url)
     try:
@@ -180,6 +181,9 @@ async def event_publisher(
         publisher = await ConfirmedPublisher.open(connection, 10)
 
         async def send(events: Sequence[RecordedEvent]) -> None:
+            if batched:
+                await publisher.publish(topology.events_exchange, "", events_message(events))
+                return
             for start in range(0, len(events), 200):
                 chunk = events[start : start + 200]
                 await publisher.publish_many(
@@ -191,6 +195,8 @@ async def event_publisher(
         await connection.close()
 
 
-async def publish(settings: Settings, events: Sequence[RecordedEvent]) -> None:
-    async with event_publisher(settings) as send:
+async def publish(
+    settings: Settings, events: Sequence[RecordedEvent], *, batched: bool = False
+) -> None:
+    async with event_publisher(settings, batched=batched) as send:
         await send(events)
