@@ -34,6 +34,7 @@ from typing import Any
 
 import aio_pika
 import asyncpg
+from aio_pika.abc import FieldValue
 from opentelemetry import trace
 
 from command_worker.window import InFlight
@@ -42,7 +43,7 @@ from common.domain import UnknownEvent
 from common.eventstore.database import STATEMENT_TIMEOUT_S, connect
 from common.eventstore.store import EventStore, HeldBack
 from common.messaging.connection import BrokerUnavailable
-from common.messaging.messages import event_message
+from common.messaging.messages import events_message
 from common.messaging.publishing import ConfirmedPublisher
 from common.observability import metrics, tracing
 
@@ -65,6 +66,10 @@ transaction left open (a forgotten `psql` session that called an append function
 HELD_BACK_LOG_EVERY_S = 60.0
 """While the relay stays held back, the warning is repeated this often (the gauge follows every
 second)."""
+EVENTS_PER_MESSAGE = 50
+"""Events of one read sent in one message (`events_message`): the broker's and the projectors'
+cost is per message, so a busy log costs them a fraction per event. Small enough that a
+retried or dead-lettered batch is cheap to handle again."""
 MAX_IN_FLIGHT = 8
 """Batches published and not yet confirmed: small ones, as at modest rates. Under a backlog,
 when batches are full, events in flight are capped at twice the batch size instead, so a busy
@@ -285,11 +290,15 @@ class Relay:
             await window.room_for(len(events))
             if self._stopping.is_set():
                 return None
-            messages = [("", event_message(self._current(event))) for event in events]
+            batches = [
+                [self._current(event) for event in events[start : start + EVENTS_PER_MESSAGE]]
+                for start in range(0, len(events), EVENTS_PER_MESSAGE)
+            ]
+            messages = [("", events_message(batch)) for batch in batches]
             sent = events[-1].position
             publish = self._publisher().publish_many(self._exchange, messages)
             if tracing.enabled():
-                publish = traced_publish(publish, self._exchange, events, messages)
+                publish = traced_publish(publish, self._exchange, batches, messages)
             window.send(publish, sent, len(events))
             await self._checkpoint_if_due(conn)
             if len(events) < self._batch_size:
@@ -338,22 +347,33 @@ class Relay:
 async def traced_publish(
     publish: Coroutine[Any, Any, None],
     exchange: str,
-    events: Sequence[RecordedEvent],
+    batches: Sequence[Sequence[RecordedEvent]],
     messages: Sequence[tuple[str, aio_pika.Message]],
 ) -> None:
-    """`publish`, with a producer span per event that carries its append's trace context: the
-    span goes into the message's headers and ends once the broker confirmed the batch."""
+    """`publish`, with a producer span per event that carries its append's trace context, each
+    ending once the broker confirmed. A message of one event carries its span in `traceparent`;
+    a batch carries one per event in `traceparents`, in the order of its events ('' for one
+    without)."""
     spans = []
-    for event, (_key, message) in zip(events, messages, strict=True):
-        if event.metadata.traceparent is None:
-            continue
-        span = tracing.start_publish(
-            exchange,
-            tracing.context_of(event.metadata.traceparent),
-            {"messaging.message.id": str(event.event_id), "cqrs.position": event.position},
-        )
-        tracing.inject(message.headers, trace.set_span_in_context(span))
-        spans.append(span)
+    for batch, (_key, message) in zip(batches, messages, strict=True):
+        parents: list[FieldValue] = []
+        for event in batch:
+            if event.metadata.traceparent is None:
+                parents.append("")
+                continue
+            span = tracing.start_publish(
+                exchange,
+                tracing.context_of(event.metadata.traceparent),
+                {"messaging.message.id": str(event.event_id), "cqrs.position": event.position},
+            )
+            spans.append(span)
+            carrier: dict[str, Any] = {}
+            tracing.inject(carrier, trace.set_span_in_context(span))
+            parents.append(carrier.get(tracing.TRACEPARENT, ""))
+            if len(batch) == 1:
+                message.headers.update(carrier)
+        if len(batch) > 1 and any(parents):
+            message.headers[tracing.TRACEPARENTS] = parents
     try:
         await publish
     except BaseException as exc:

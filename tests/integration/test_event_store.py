@@ -24,7 +24,7 @@ from common.messaging.connection import BrokerUnavailable
 from common.messaging.publishing import ConfirmedPublisher
 from common.observability import metrics
 from common.settings import Settings
-from tests.support.amqp import channel, eventually, take, tap_events
+from tests.support.amqp import channel, events_in, eventually, take_events, tap_events
 from tests.support.domains import registry_of, topology_of
 
 pytestmark = pytest.mark.integration
@@ -186,7 +186,7 @@ async def test_relay_sends_on_while_a_batch_awaits_its_confirm_and_resends_after
             # Confirmed means enqueued: everything sent is in the tap by now.
             positions = []
             while (message := await tap.get(fail=False, no_ack=True)) is not None:
-                positions.append(orjson.loads(message.body)["position"])
+                positions += [event["position"] for event in events_in(message)]
             assert set(positions) == set(range(1, 21)), sorted(positions)
             assert positions.count(5) == positions.count(6) == 1  # only the resend reached RabbitMQ
     finally:
@@ -206,7 +206,7 @@ async def test_relay_publishes_in_order_and_resumes_from_its_checkpoint(
     async with channel(isolated_settings.amqp_url) as ch:
         tap = await tap_events(ch)
         async with running_relay(isolated_settings) as relay:
-            first = await take(tap, 12)
+            first = await take_events(tap, 12)
             await eventually(lambda: relay.published_up_to == 12, what="published up to 12")
 
             async def checkpoint() -> int | None:
@@ -218,10 +218,9 @@ async def test_relay_publishes_in_order_and_resumes_from_its_checkpoint(
             assert await checkpoint() == 12
         await append(store, streams[0], 4)
         async with running_relay(isolated_settings):
-            [late] = await take(tap, 1)
-    positions = [orjson.loads(m.body)["position"] for m in first]
-    assert positions == list(range(1, 13))
-    assert orjson.loads(late.body)["position"] == 13
+            [late] = await take_events(tap, 1)
+    assert [event["position"] for event in first] == list(range(1, 13))
+    assert late["position"] == 13
 
 
 async def test_relay_does_not_skip_an_event_committed_after_a_higher_position(
@@ -257,10 +256,10 @@ async def test_relay_does_not_skip_an_event_committed_after_a_higher_position(
                 # The relay sees position 2 committed but must hold back until A ends.
                 assert await tap.get(fail=False, no_ack=True) is None
                 await slow_tx.commit()
-                messages = await take(tap, 2)
+                events = await take_events(tap, 2)
     finally:
         await slow.close()
-    assert [orjson.loads(m.body)["position"] for m in messages] == [slow_position, fast_position]
+    assert [event["position"] for event in events] == [slow_position, fast_position]
 
 
 async def _open_append(conn: asyncpg.Connection, stream: str) -> int:
@@ -341,11 +340,11 @@ async def test_a_write_transaction_on_another_table_holds_nothing_back(
             async with running_relay(isolated_settings) as relay:
                 await eventually(lambda: relay.is_leader, what="relay leading")
                 [later] = await append(store, new_stream(), 0)
-                messages = await take(tap, 2, timeout=10)
+                events = await take_events(tap, 2, timeout=10)
         assert forgotten.is_in_transaction()
     finally:
         await forgotten.close()
-    assert [orjson.loads(m.body)["position"] for m in messages] == [appended, later]
+    assert [event["position"] for event in events] == [appended, later]
 
 
 async def test_any_insert_into_the_log_holds_the_horizon_until_it_ends(
@@ -423,11 +422,11 @@ async def test_an_appender_holding_the_relay_back_is_named_in_logs_and_metrics(
                 assert relay_blocked_seconds() >= 1.0
                 assert await tap.get(fail=False, no_ack=True) is None
                 await held_tx.commit()
-                messages = await take(tap, 2)
+                events = await take_events(tap, 2)
                 await eventually(lambda: relay_blocked_seconds() == 0, what="the gauge at 0")
     finally:
         await held.close()
-    assert [orjson.loads(m.body)["position"] for m in messages] == [low, high]
+    assert [event["position"] for event in events] == [low, high]
     [warning] = named()[:1]
     assert "'forgotten-append'" in warning, warning
     assert "state idle in transaction" in warning, warning
@@ -444,8 +443,8 @@ async def test_rolled_back_positions_leave_a_gap_the_relay_passes(
     async with channel(isolated_settings.amqp_url) as ch:
         tap = await tap_events(ch)
         async with running_relay(isolated_settings):
-            messages = await take(tap, 2)
-    assert [orjson.loads(m.body)["version"] for m in messages] == [1, 2]
+            events = await take_events(tap, 2)
+    assert [event["version"] for event in events] == [1, 2]
 
 
 async def test_one_relay_leads_and_another_takes_over(
@@ -462,12 +461,12 @@ async def test_one_relay_leads_and_another_takes_over(
         leader, standby = (first, second) if first.is_leader else (second, first)
         assert not standby.is_leader
         await append(store, "s", 0)
-        await take(tap, 1)
+        await take_events(tap, 1)
         await leader.stop()
         await eventually(lambda: standby.is_leader, what="standby takes over")
         await append(store, "s", 1)
-        [after] = await take(tap, 1)
-    assert orjson.loads(after.body)["version"] == 2
+        [after] = await take_events(tap, 1)
+    assert after["version"] == 2
 
 
 async def test_a_connection_released_inside_a_transaction_comes_back_without_it(

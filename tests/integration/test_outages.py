@@ -146,7 +146,9 @@ async def test_a_frozen_redis_pauses_the_projector_until_it_answers(
     await eventually(lambda: _recorded_all(pg, len(commands)), timeout=60, what="commands handled")
     await asyncio.sleep(OUTAGE_S)
     await no_retry_spent(isolated_settings, projector)
-    assert (await queue_counts(isolated_settings, queue))[0] >= LATE  # paused: their events wait
+    # Paused: the late commands' events wait in the queue (the relay may have sent them in one
+    # message, a batch).
+    assert (await queue_counts(isolated_settings, queue))[0] >= 1
 
     redis_proxy.thaw()
     keys = Keys(isolated_settings.redis_key_prefix)

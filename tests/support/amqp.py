@@ -6,11 +6,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aio_pika
+import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from common.messaging.messages import command_message
+from common.messaging.messages import EVENT_BATCH, command_message
 from common.messaging.topology import Topology, declare_topology
 from common.settings import Settings
 from orders.contracts import Command
@@ -55,6 +57,31 @@ async def take(
             raise AssertionError(f"expected {count} messages, got {len(received)}")
         await asyncio.sleep(0.02)
     return received
+
+
+def events_in(message: AbstractIncomingMessage) -> list[dict[str, Any]]:
+    """The events a relay message holds, as JSON: one, or a batch's (`event-batch`)."""
+    body = orjson.loads(message.body)
+    return body if message.type == EVENT_BATCH else [body]
+
+
+async def take_events(
+    queue: AbstractQueue, count: int, timeout: float = 20
+) -> list[dict[str, Any]]:
+    """Exactly `count` events from relay messages (batches unpacked), or fail after
+    `timeout` with what arrived."""
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(events) < count:
+        message = await queue.get(fail=False, no_ack=True)
+        if message is not None:
+            events += events_in(message)
+            continue
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {count} events, got {len(events)}")
+        await asyncio.sleep(0.02)
+    assert len(events) == count, f"expected {count} events, got {len(events)}"
+    return events
 
 
 async def depth(ch: AbstractChannel, name: str) -> int:

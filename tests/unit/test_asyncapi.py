@@ -26,7 +26,7 @@ from common.messaging.consuming import (
     REASON_HEADER,
 )
 from common.messaging.dead_letters import FAILURE_HEADERS
-from common.messaging.messages import command_message, event_message
+from common.messaging.messages import command_message, event_message, events_message
 from common.messaging.topology import Topology, declare_topology
 from orders.contracts import CreateOrder, OrderCreated, OrderLine, ShippingAddress
 from tests.domains.tickets.contracts import OpenTicket, TicketOpened
@@ -386,6 +386,28 @@ def test_the_messages_the_code_builds_match_their_description(both: dict[str, An
             if getattr(message, name, None) not in (None, 0)
         }
         assert properties == set(PROPERTIES)
+
+
+def test_a_batch_the_relay_builds_matches_its_description(both: dict[str, Any]) -> None:
+    events = [event for _, event in sample_events()]
+    message = events_message(events)
+    assert_described(both, "EventBatch", message)
+    described = both["components"]["messages"]["EventBatch"]
+    assert message.type == described["bindings"]["amqp"]["messageType"]
+    assert set(message.headers) == set(described["headers"]["required"])
+    pointer = "#/components/messages/EventBatch/payload"
+    assert not validator_for(both, pointer).is_valid([json.loads(event_message(events[0]).body)])
+    broken = json.loads(message.body)
+    broken[1]["data"] = {}
+    assert not validator_for(both, pointer).is_valid(broken)
+    # Wherever events travel (the events route, each projection's queue), batches do too.
+    carrying = [
+        {m["$ref"].rsplit("/", 1)[-1] for m in operation.get("messages", [])}
+        for operation in both["operations"].values()
+    ]
+    carrying = [refs for refs in carrying if "Order.OrderCreated" in refs]
+    assert len(carrying) >= 3  # the relay's send, each projection's receive, failures
+    assert all("EventBatch" in refs for refs in carrying)
 
 
 def test_a_message_of_another_type_does_not_match(both: dict[str, Any]) -> None:

@@ -23,14 +23,15 @@ from common.messaging.consuming import (
     REASON_HEADER,
 )
 from common.messaging.dead_letters import BROKER_HEADERS
-from common.messaging.messages import JSON
+from common.messaging.messages import EVENT_BATCH, JSON
 from common.messaging.outcomes import FailureKind
-from common.observability.tracing import TRACEPARENT, TRACESTATE
+from common.observability.tracing import TRACEPARENT, TRACEPARENTS, TRACESTATE
 
 AMQP_BINDING_VERSION = "0.3.0"
 SCHEMA_REF = "#/components/schemas/{model}"
 FAILURE_HEADERS_SCHEMA = "FailureHeaders"
 TRACE_HEADERS_SCHEMA = "TraceHeaders"
+EVENT_BATCH_MESSAGE = "EventBatch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +57,16 @@ def message_catalogue(aggregates: Sequence[Aggregate[Any]]) -> MessageCatalogue:
         for aggregate in aggregates
         for event in aggregate.events
     }
+    batch = {EVENT_BATCH_MESSAGE: _batch_message([m["payload"] for m in events.values()])}
     return MessageCatalogue(
-        messages={**commands, **events},
+        messages={**commands, **events, **batch},
         schemas={
             **schemas,
             FAILURE_HEADERS_SCHEMA: _failure_headers(),
             TRACE_HEADERS_SCHEMA: _trace_headers(),
         },
         commands=list(commands),
-        events=list(events),
+        events=[*events, *batch],
     )
 
 
@@ -100,6 +102,42 @@ def _with_failures(properties: dict[str, Any]) -> dict[str, Any]:
             {"$ref": SCHEMA_REF.format(model=FAILURE_HEADERS_SCHEMA)},
             {"$ref": SCHEMA_REF.format(model=TRACE_HEADERS_SCHEMA)},
         ],
+    }
+
+
+def _batch_message(event_payloads: list[dict[str, Any]]) -> dict[str, Any]:
+    stream_id = {"type": "string", "description": "A stream with events in the batch."}
+    return {
+        "name": EVENT_BATCH,
+        "title": "A batch of events",
+        "summary": "The events of one read of the log, in log order: the relay sends up to 50 "
+        "in one message when several are committed at once (a lone event goes as its own "
+        "message). A projection dead-letters an event of a batch that can never apply as a "
+        "message of its own, and retries the whole batch on any other failure.",
+        "contentType": JSON,
+        "headers": {
+            "type": "object",
+            "properties": {
+                "count": {"type": "integer", "minimum": 2, "description": "Events in it."},
+                "first_position": {"type": "integer", "minimum": 1},
+                "last_position": {"type": "integer", "minimum": 1},
+                "stream_ids": {
+                    "type": "array",
+                    "items": stream_id,
+                    "description": "Each stream once, in order of first appearance.",
+                },
+                TRACEPARENTS: {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "When tracing is on: each event's `traceparent`, in order "
+                    "('' for one without).",
+                },
+            },
+            "required": ["count", "first_position", "last_position", "stream_ids"],
+            "allOf": [{"$ref": SCHEMA_REF.format(model=FAILURE_HEADERS_SCHEMA)}],
+        },
+        "payload": {"type": "array", "minItems": 2, "items": {"anyOf": event_payloads}},
+        "bindings": {"amqp": {"messageType": EVENT_BATCH, "bindingVersion": AMQP_BINDING_VERSION}},
     }
 
 
