@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.phases import Bench, PhaseFailed, Plan, relative
+from bench.phases import Bench, relative
+from bench.plan import PhaseFailed, Plan
 from bench.system import OUT
 from harness.isolation import Endpoints, Slice
 from harness.processes import ROOT

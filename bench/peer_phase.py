@@ -16,6 +16,7 @@ import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from bench.peer.contracts import PeerKeys
+from bench.plan import PhaseFailed
 from bench.stats import with_rate
 from harness.processes import Listen, Proc
 
@@ -66,8 +67,6 @@ def start_peer(bench: Bench) -> list[Proc]:
 
 def run_comparison(bench: Bench) -> None:
     """Creates alone through this project and through the peer, taking turns."""
-    from bench.phases import PhaseFailed  # imports this module
-
     assert bench.gateway is not None
     assert bench.gateway.port is not None
     if importlib.util.find_spec("faststream") is None:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import select
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,91 +22,20 @@ import orjson
 from bench import seed
 from bench.mix import create_requests
 from bench.peer_phase import run_comparison as run_peer_comparison
+from bench.plan import PhaseFailed, Plan
+from bench.rebuild_phase import run_rebuild
 from bench.stats import (
     best_round,
     memory_by_kind,
     merge_results,
-    rate,
     split_at_append,
     with_rate,
 )
-from bench.system import OUT, cpu_shares, cpu_snapshot
-from common.process import run as run_on_uvloop
+from bench.system import OUT, cpu_shares, cpu_snapshot, run_on_uvloop_value
 from common.readmodel.keys import Keys
 from harness.isolation import Slice, settings_env
 from harness.processes import Listen, Proc, Processes
 from harness.system import System
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How long and how hard each phase runs."""
-
-    quick: bool
-    clients: int
-    duration_s: float
-    warmup_s: float
-    floor_s: float
-    latency_s: float
-    query_s: float
-    query_rounds: int
-    floor_rounds: int
-    rebuild_events: int
-    drain_timeout_s: float
-    latency_rate: float | None = None
-    """The open loop's rate; None: half the measured e2e rate (the target's definition)."""
-    open_connections: int = 64
-    customers: int = 500
-    generator_check: bool = True
-    rerun_one_worker: bool = True
-    """Measure one worker pair at the scaling rate next to two; False: the latency phase,
-    at the same rate earlier in the run, stands for it."""
-    log_level: str = "INFO"
-    projections: tuple[str, ...] = ()
-    """The projections the projectors run (`--projections`); empty: every registered one."""
-    traces: bool = False
-    """Tracing on in the measured processes (`--traces`), every span written to a file: what
-    tracing costs, against a run without."""
-    peer: bool = True
-    """Creates alone through this project and through the naive peer (`bench/peer/`)."""
-
-    @classmethod
-    def full(cls) -> Plan:
-        return cls(
-            quick=False,
-            clients=32,
-            duration_s=20,
-            warmup_s=3,
-            floor_s=12,
-            latency_s=20,
-            query_s=5,
-            query_rounds=3,
-            floor_rounds=2,
-            rebuild_events=50_000,
-            drain_timeout_s=180,
-        )
-
-    @classmethod
-    def smoke(cls) -> Plan:
-        return cls(
-            quick=True,
-            clients=16,
-            duration_s=4,
-            warmup_s=1,
-            floor_s=3,
-            latency_s=3,
-            query_s=1.5,
-            query_rounds=1,
-            floor_rounds=1,
-            rebuild_events=3_000,
-            drain_timeout_s=15,
-            generator_check=False,
-            rerun_one_worker=False,
-        )
-
-
-class PhaseFailed(Exception):
-    """A phase could not run (a process died, a generator hung)."""
 
 
 class Bench:
@@ -384,61 +311,6 @@ class Bench:
         self.raw[name] = self.open_loop(name, rate, self.plan.duration_s, self.plan.warmup_s)
         self.settle(name)
 
-    def phase_rebuild(self) -> None:
-        iso = self.iso
-        have = run_on_uvloop_value(seed.event_count(iso.database_url))
-        missing = self.plan.rebuild_events - have
-        if missing > 0:
-            self.say(f"rebuild: seeding {missing} events (the store has {have})")
-            run_on_uvloop_value(
-                seed.seed_events(iso.database_url, missing, 99, self.plan.customers)
-            )
-        self.settle("seeding", timeout_s=max(60.0, self.plan.rebuild_events / 500))
-        events = run_on_uvloop_value(seed.event_count(iso.database_url))
-        orders = self.raw.get("e2e", {}).get("orders", [])
-        view = (
-            run_on_uvloop_value(seed.sample_view(iso.redis_url, iso.prefix, orders[0]))
-            if orders
-            else None
-        )
-        self.say(f"rebuild: raw pipelined HSET+ZADD, {events} events")
-        raw = run_on_uvloop_value(
-            seed.raw_redis_writes(iso.redis_url, iso.prefix, events, 1000, view)
-        )
-        iso.delete_keys(f"{seed.raw_floor_keys(iso.prefix).base}*")
-        self.raw["raw_redis"] = raw
-        name = seed.ORDER_VIEWS
-        self.say(f"rebuild: python -m projector_worker rebuild {name}, {events} events")
-        before = cpu_snapshot(self.procs.procs)
-        started = time.monotonic()
-        proc = self.procs.start(
-            "projector_worker", "rebuild", name, "--quiet", name="rebuild", listen=Listen.NONE
-        )
-        if not proc.wait(600):
-            proc.stop()
-            raise PhaseFailed(f"rebuild did not finish in 600s:\n{proc.tail()}")
-        wall = time.monotonic() - started
-        after = cpu_snapshot(self.procs.procs)
-        if proc.exit_code != 0:
-            raise PhaseFailed(f"rebuild failed (exit {proc.exit_code}):\n{proc.tail()}")
-        shares = cpu_shares(before, after)
-        if proc.usage is not None:
-            # It came and went between the snapshots: its own rusage says what it used.
-            shares["rebuild"] = round(proc.usage.cpu_s / wall, 3)
-            shares["outside"] = round(max(shares["outside"] - shares["rebuild"], 0.0), 3)
-        summary = parse_rebuild_summary(proc.tail())
-        seconds = summary["seconds"] if summary else wall
-        replayed = summary["events"] if summary else events
-        if summary is None:
-            self.notes.append("rebuild summary line not found: timed the whole process instead")
-        self.raw["rebuild"] = {
-            "events": replayed,
-            "seconds": seconds,
-            "process_wall_s": wall,
-            "events_per_s": rate(replayed, seconds),
-            "cpu_shares": shares,
-        }
-
     def settle(self, after: str, timeout_s: float = 60.0) -> None:
         """Wait until the projectors applied every stored event before the next phase."""
         iso = self.iso
@@ -469,7 +341,7 @@ class Bench:
             for _ in range(self.plan.floor_rounds - 1):
                 self.phase_floor_publish()
             self.phase_scaling(open_rate)
-            self.phase_rebuild()
+            run_rebuild(self)
         finally:
             self.say("bench: stopping the processes")
             self.procs.stop_all()
@@ -486,31 +358,5 @@ def relative(path: Path) -> str:
     return path.name
 
 
-def run_on_uvloop_value(coroutine: Any) -> Any:
-    """Run a coroutine to completion on uvloop and return its value."""
-    box: list[Any] = []
-
-    async def wrapper() -> int:
-        box.append(await coroutine)
-        return 0
-
-    run_on_uvloop(wrapper)
-    return box[0]
-
-
 SCALING_KEYS = ("rate", "accepted_rate", "visible_rate", "cpu_shares")
 """What the latency phase lends the scaling figure when it stands for one worker pair."""
-
-
-SUMMARY = re.compile(r"rebuild (?:of \S+ )?done: .*?(\d+) events read .*? switched after ([\d.]+)s")
-"""The replay is timed up to the switch; deleting the old generation's keys comes after."""
-
-
-def parse_rebuild_summary(log: str) -> dict[str, float] | None:
-    """Events and seconds to the switch from `projector_worker rebuild`'s closing line, if
-    present."""
-    found = SUMMARY.findall(log)
-    if not found:
-        return None
-    events, seconds = found[-1]
-    return {"events": int(events), "seconds": float(seconds)}

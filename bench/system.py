@@ -11,7 +11,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from common.process import run as run_on_uvloop
 from harness.processes import ROOT, Proc
 
 OUT = ROOT / "bench" / "out"
@@ -86,3 +88,15 @@ def cpu_shares(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
     shares["machine"] = round(machine, 3)
     shares["outside"] = round(max(machine - ours, 0.0), 3)
     return shares
+
+
+def run_on_uvloop_value(coroutine: Any) -> Any:
+    """Run a coroutine to completion on uvloop and return its value."""
+    box: list[Any] = []
+
+    async def wrapper() -> int:
+        box.append(await coroutine)
+        return 0
+
+    run_on_uvloop(wrapper)
+    return box[0]

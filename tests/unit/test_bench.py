@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from bench.mix import KINDS, Mix, OrderBook, command_request, create_requests
-from bench.phases import parse_rebuild_summary
+from bench.rebuild_phase import parse_rebuild_summary
 from bench.report import (
     TARGETS,
     Target,
