@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     (https://www.rabbitmq.com/docs/consumer-prefetch)."""
 
     projector_prefetch: int = Field(default=500, ge=1, le=5000)
-    """Unacked event messages per projector."""
+    """Unacked event messages per projection, and the most events each applies at once (a
+    batch counts its events)."""
 
     redis_timeout_s: float = Field(default=30.0, gt=0)
     """Connect and read timeout of the workers' Redis calls: a Redis that stops answering

@@ -36,6 +36,7 @@ from common.readmodel.commands import STATUS_TTL_S
 from common.readmodel.keys import Keys
 from common.readmodel.projection import Projection, ProjectionError
 from common.settings import Settings
+from projector_worker.budget import EventBudget
 from projector_worker.catchup import Applied, LiveApplier
 from projector_worker.losses import LossDetector, Trigger
 from projector_worker.rebuild import ensure_views
@@ -122,6 +123,7 @@ class ProjectionRunner:
             status_ttl_s=projector.settings.command_status_ttl_s,
         )
         self.locks = KeyedLocks()
+        self.budget = EventBudget(projector.settings.projector_prefetch)
         self.views_ready = asyncio.Event()
         self.consumer: QueueConsumer | None = None
         self._applier: LiveApplier | None = None
@@ -181,8 +183,14 @@ class ProjectionRunner:
         queue, anything else is retried. An event of a stream the projection does not follow is
         acked and counted."""
         if message.type == EVENT_BATCH:
-            await self._handle_batch(message)
+            count = (message.headers or {}).get("count")
+            async with self.budget.take(count if isinstance(count, int) else 1):
+                await self._handle_batch(message)
             return
+        async with self.budget.take(1):
+            await self._handle_event(message)
+
+    async def _handle_event(self, message: AbstractIncomingMessage) -> None:
         headers = message.headers or {}
         stream_hint = headers.get("stream_id")
         if isinstance(stream_hint, str) and not self.projection.follows(stream_hint):
