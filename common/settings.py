@@ -41,9 +41,13 @@ class Settings(BaseSettings):
     """Unacked command messages per worker
     (https://www.rabbitmq.com/docs/consumer-prefetch)."""
 
-    projector_prefetch: int = Field(default=500, ge=1, le=5000)
-    """Unacked event messages per projection, and the most events each applies at once (a
-    batch counts its events)."""
+    projector_prefetch: int = Field(default=64, ge=1, le=5000)
+    """Unacked event messages per projection. A message holds one event or a batch of up to
+    50, so this bounds the bodies a projector holds; `PROJECTOR_EVENTS_IN_FLIGHT` bounds the
+    work."""
+
+    projector_events_in_flight: int = Field(default=500, ge=1, le=50_000)
+    """The most events a projection applies at once (a batch counts its events)."""
 
     redis_timeout_s: float = Field(default=30.0, gt=0)
     """Connect and read timeout of the workers' Redis calls: a Redis that stops answering

@@ -123,7 +123,7 @@ class ProjectionRunner:
             status_ttl_s=projector.settings.command_status_ttl_s,
         )
         self.locks = KeyedLocks()
-        self.budget = EventBudget(projector.settings.projector_prefetch)
+        self.budget = EventBudget(projector.settings.projector_events_in_flight)
         self.views_ready = asyncio.Event()
         self.consumer: QueueConsumer | None = None
         self._applier: LiveApplier | None = None
