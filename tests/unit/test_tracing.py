@@ -24,8 +24,8 @@ from common.observability.tracing import WithinTraces, enabled, wanted
         ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"}, None, ["otlp"]),
         ({"OTEL_TRACES_EXPORTER": "console"}, None, ["console"]),
         ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c"}, None, []),
-        ({"OTEL_TRACES_EXPORTER": "otlp,console"}, "/tmp/s", ["otlp", "console", "file"]),
-        ({}, "/tmp/spans.jsonl", ["file"]),
+        ({"OTEL_TRACES_EXPORTER": "otlp,console"}, "spans.jsonl", ["otlp", "console", "file"]),
+        ({}, "spans.jsonl", ["file"]),
         ({"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c"}, "/x", []),
     ],
 )
