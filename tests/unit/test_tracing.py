@@ -26,7 +26,11 @@ from common.observability.tracing import WithinTraces, enabled, wanted
         ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c"}, None, []),
         ({"OTEL_TRACES_EXPORTER": "otlp,console"}, "spans.jsonl", ["otlp", "console", "file"]),
         ({}, "spans.jsonl", ["file"]),
-        ({"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c"}, "/x", []),
+        (
+            {"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c"},
+            "spans.jsonl",
+            [],
+        ),
     ],
 )
 def test_tracing_is_on_only_when_configured(
