@@ -138,7 +138,7 @@ class ProjectionRunner:
         metrics.init_visible_series(
             command_type
             for command_type, aggregate in projector.registry.aggregate_of_command.items()
-            if aggregate.visible_in == self.name
+            if aggregate.stream_type in self.writer.visible_for
         )
 
     @property
@@ -192,10 +192,10 @@ class ProjectionRunner:
 
     async def _handle_event(self, message: AbstractIncomingMessage) -> None:
         headers = message.headers or {}
-        stream_hint = headers.get("stream_id")
-        if isinstance(stream_hint, str) and not self.projection.follows(stream_hint):
-            position = headers.get("position")
-            self._ignore(position if isinstance(position, int) else 0)
+        stream = headers.get("stream_id")
+        if self._none_followed(
+            [stream] if isinstance(stream, str) else None, headers.get("position")
+        ):
             return
         try:
             event = RecordedEvent.model_validate_json(message.body)
@@ -209,34 +209,32 @@ class ProjectionRunner:
         failure retries the whole batch, whose events already applied are then duplicates."""
         headers = message.headers or {}
         streams = headers.get("stream_ids")
-        if isinstance(streams, list) and not any(
-            isinstance(stream, str) and self.projection.follows(stream) for stream in streams
+        if self._none_followed(
+            streams if isinstance(streams, list) else None, headers.get("last_position")
         ):
-            last = headers.get("last_position")
-            self._ignore(last if isinstance(last, int) else 0)
             return
         try:
             events = _BATCH.validate_json(message.body)
         except ValidationError as exc:
             raise RejectMessage(f"not a batch of recorded events: {exc}") from exc
         parents = headers.get(TRACEPARENTS)
-        traced = tracing.enabled() and isinstance(parents, list) and len(parents) == len(events)
-        by_stream: dict[str, list[tuple[RecordedEvent, str | None]]] = {}
-        for index, event in enumerate(events):
-            parent = parents[index] if traced else None  # type: ignore[index]
-            by_stream.setdefault(event.stream_id, []).append(
-                (event, parent if isinstance(parent, str) and parent else None)
-            )
+        if not (tracing.enabled() and isinstance(parents, list) and len(parents) == len(events)):
+            parents = [None] * len(events)
+        by_stream: dict[str, list[tuple[RecordedEvent, object]]] = {}
+        for event, parent in zip(events, parents, strict=True):
+            by_stream.setdefault(event.stream_id, []).append((event, parent))
         poison: list[tuple[RecordedEvent, str]] = []
 
-        async def apply_stream(stream: list[tuple[RecordedEvent, str | None]]) -> None:
+        async def apply_stream(stream: list[tuple[RecordedEvent, object]]) -> None:
             for event, parent in stream:
+                traced = isinstance(parent, str) and parent
                 try:
-                    if parent is None:
+                    with (
+                        tracing.consuming(self.queue, {tracing.TRACEPARENT: parent})
+                        if traced
+                        else contextlib.nullcontext()
+                    ):
                         await self._apply(event)
-                    else:
-                        with tracing.consuming(self.queue, {tracing.TRACEPARENT: parent}):
-                            await self._apply(event)
                 except RejectMessage as exc:
                     poison.append((event, exc.reason))
 
@@ -246,6 +244,16 @@ class ProjectionRunner:
         assert self.consumer is not None
         for event, reason in poison:
             await self.consumer.dead_letter_part(message, event_message(event), reason)
+
+    def _none_followed(self, streams: list[Any] | None, position: object) -> bool:
+        """Whether a message's headers name its streams and none is one this projection
+        follows: then it is acked unread, counted as ignored up to `position`."""
+        if streams is None or any(
+            isinstance(stream, str) and self.projection.follows(stream) for stream in streams
+        ):
+            return False
+        self._ignore(position if isinstance(position, int) else 0)
+        return True
 
     async def _apply(self, event: RecordedEvent) -> None:
         """Apply one event (upcast first) under its stream's lock; `RejectMessage` if it can
