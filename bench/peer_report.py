@@ -7,11 +7,11 @@ this project's loop had no peer running.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from bench.peer_phase import OURS, PEER, PEER_PROCESS
-from bench.stats import measured, ratio
+from bench.stats import cpu_ms_per_command, ratio
 from bench.system import SERVICE_NAMES
 
 SERVICES = frozenset(SERVICE_NAMES.values())
@@ -20,20 +20,6 @@ SERVICES = frozenset(SERVICE_NAMES.values())
 def _phase(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     phase = raw.get(name)
     return phase if isinstance(phase, Mapping) else {}
-
-
-def cpu_ms_by_process(
-    shares: Mapping[str, float], per_s: float | None, counts: Callable[[str], bool]
-) -> dict[str, float]:
-    """CPU milliseconds per operation of each process and service that `counts`, at `per_s`
-    operations a second; empty without a rate."""
-    if not per_s:
-        return {}
-    return {
-        name: round(cores / per_s * 1000, 3)
-        for name, cores in measured(shares).items()
-        if counts(name)
-    }
 
 
 def is_peer(name: str) -> bool:
@@ -46,10 +32,12 @@ def is_ours(name: str) -> bool:
 
 
 def side_cpu(raw: Mapping[str, Any], name: str) -> dict[str, float]:
-    """CPU ms per visible create of one side, by process and service."""
+    """CPU ms per visible create of one side, by process and service, and their `total`;
+    empty without a rate."""
     phase = _phase(raw, name)
     counts = is_peer if name == PEER else is_ours
-    return cpu_ms_by_process(phase.get("cpu_shares") or {}, phase.get("visible_rate"), counts)
+    shares = phase.get("cpu_shares") or {}
+    return cpu_ms_per_command(shares, phase.get("visible_rate"), counts) or {}
 
 
 def peer_figures(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -75,7 +63,8 @@ def peer_rows(raw: Mapping[str, Any]) -> list[tuple[str, Any]]:
         rows.append((f"creates only, {side}: HTTP p99 (ms)", phase.get("http_ms", {}).get("p99")))
         costs = side_cpu(raw, name)
         if costs:
-            rows.append((f"creates only, {side}: CPU ms per create", round(sum(costs.values()), 3)))
+            total = costs.pop("total")
+            rows.append((f"creates only, {side}: CPU ms per create", total))
             for process, ms in sorted(costs.items(), key=lambda item: -item[1]):
                 rows.append((f"  of which {process}", ms))
     return rows

@@ -151,9 +151,8 @@ def cpu_ms_per_op(shares: dict[str, float], ops_per_s: float | None) -> float | 
     """CPU milliseconds the measured processes and the services spent per operation (load
     generators excluded). Less sensitive to a busy neighbour than a rate, though the services
     count whatever else used them meanwhile."""
-    if not shares or not ops_per_s:
-        return None
-    return round(sum(measured(shares).values()) / ops_per_s * 1000, 3)
+    cost = cpu_ms_per_command(shares, ops_per_s)
+    return None if cost is None else cost["total"]
 
 
 def cpu_ms_per_command(

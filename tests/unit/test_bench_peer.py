@@ -13,9 +13,10 @@ from pydantic import ValidationError
 from bench.mix import Mix, OrderBook, create_requests
 from bench.peer.contracts import CreateOrder, OrderLine, PeerKeys, total_of, visible_message
 from bench.peer_phase import CREATES_ONLY, OURS, PEER, best_visible_round
-from bench.peer_report import cpu_ms_by_process, is_ours, is_peer, peer_figures, peer_rows
+from bench.peer_report import is_ours, is_peer, peer_figures, peer_rows
 from bench.report import judge
 from bench.sources import Clock, Commands
+from bench.stats import cpu_ms_per_command
 from common.readmodel.notifications import projected_command_message
 from orders.requests import CreateOrderRequest
 
@@ -58,7 +59,7 @@ def test_a_missing_side_leaves_the_peer_figures_out_not_wrong() -> None:
 
 
 def test_cpu_per_create_counts_each_sides_processes_and_the_services() -> None:
-    peer = cpu_ms_by_process(SHARES, 500.0, is_peer)
+    peer = cpu_ms_per_command(SHARES, 500.0, is_peer)
     assert peer == {
         "peer-gateway": 0.8,
         "peer-worker": 0.6,
@@ -66,11 +67,21 @@ def test_cpu_per_create_counts_each_sides_processes_and_the_services() -> None:
         "rabbitmq": 1.0,
         "postgresql": 0.4,
         "redis": 0.2,
+        "total": 3.4,
     }
-    ours = cpu_ms_by_process(SHARES, 500.0, is_ours)
-    assert set(ours) == {"gateway", "command-1", "projector-1", "rabbitmq", "postgresql", "redis"}
+    ours = cpu_ms_per_command(SHARES, 500.0, is_ours)
+    assert ours is not None
+    assert set(ours) == {
+        "gateway",
+        "command-1",
+        "projector-1",
+        "rabbitmq",
+        "postgresql",
+        "redis",
+        "total",
+    }
     assert ours["gateway"] == 0.2
-    assert cpu_ms_by_process(SHARES, None, is_peer) == {}
+    assert cpu_ms_per_command(SHARES, None, is_peer) is None
 
 
 def test_the_table_shows_both_rates_and_the_peers_cost_by_process() -> None:
