@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import aio_pika
 import orjson
@@ -42,21 +42,37 @@ async def tap_events(ch: AbstractChannel, topology: Topology | None = None) -> A
     return queue
 
 
+Item = TypeVar("Item")
+
+
+async def _gather(
+    queue: AbstractQueue,
+    count: int,
+    timeout: float,
+    items_of: Callable[[AbstractIncomingMessage], list[Item]],
+    what: str,
+) -> list[Item]:
+    """Exactly `count` items of the messages taken (acked) from `queue`, or fail after
+    `timeout` with what arrived."""
+    items: list[Item] = []
+    deadline = time.monotonic() + timeout
+    while len(items) < count:
+        message = await queue.get(fail=False, no_ack=True)
+        if message is not None:
+            items += items_of(message)
+            continue
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {count} {what}, got {len(items)}")
+        await asyncio.sleep(0.02)
+    assert len(items) == count, f"expected {count} {what}, got {len(items)}"
+    return items
+
+
 async def take(
     queue: AbstractQueue, count: int, timeout: float = 20
 ) -> list[AbstractIncomingMessage]:
     """Exactly `count` messages (acked), or fail after `timeout` with what arrived."""
-    received: list[AbstractIncomingMessage] = []
-    deadline = time.monotonic() + timeout
-    while len(received) < count:
-        message = await queue.get(fail=False, no_ack=True)
-        if message is not None:
-            received.append(message)
-            continue
-        if time.monotonic() > deadline:
-            raise AssertionError(f"expected {count} messages, got {len(received)}")
-        await asyncio.sleep(0.02)
-    return received
+    return await _gather(queue, count, timeout, lambda message: [message], "messages")
 
 
 def events_in(message: AbstractIncomingMessage) -> list[dict[str, Any]]:
@@ -70,18 +86,7 @@ async def take_events(
 ) -> list[dict[str, Any]]:
     """Exactly `count` events from relay messages (batches unpacked), or fail after
     `timeout` with what arrived."""
-    events: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while len(events) < count:
-        message = await queue.get(fail=False, no_ack=True)
-        if message is not None:
-            events += events_in(message)
-            continue
-        if time.monotonic() > deadline:
-            raise AssertionError(f"expected {count} events, got {len(events)}")
-        await asyncio.sleep(0.02)
-    assert len(events) == count, f"expected {count} events, got {len(events)}"
-    return events
+    return await _gather(queue, count, timeout, events_in, "events")
 
 
 async def depth(ch: AbstractChannel, name: str) -> int:
