@@ -246,9 +246,10 @@ def process_environment(
     unless `inherited` sets a format; processes that log to a file log JSON lines whatever
     `inherited` says, because the harness and the tests read them (`env` or `extra_env` may
     still choose)."""
-    formats = {"LOG_FORMAT": "console"} if foreground else {}
-    base = {**formats, **inherited}
-    if not foreground:
+    base = dict(inherited)
+    if foreground:
+        base.setdefault("LOG_FORMAT", "console")
+    else:
         base["LOG_FORMAT"] = "json"
     return {**base, **env, **(extra_env or {})}
 
