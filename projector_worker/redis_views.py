@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from common.contracts.envelopes import RecordedEvent
 from common.domain import split_stream_id
 from common.readmodel.commands import PROJECTED_VERSION_FIELD, STATUS_TTL_S, status_fields
+from common.readmodel.connection import connect_redis
 from common.readmodel.keys import Keys
 from common.readmodel.layout import CHECKPOINT, MEMBERS
 from common.readmodel.notifications import projected_command_message, stream_version_message
@@ -29,14 +30,13 @@ REDIS_CONNECTIONS = 32
 
 def open_redis(settings: Settings) -> Redis:
     """The projector's (and a rebuild's) Redis client."""
-    pool = BlockingConnectionPool.from_url(
+    return connect_redis(
         settings.redis_url,
         max_connections=REDIS_CONNECTIONS,
-        timeout=settings.redis_timeout_s,
+        blocking_timeout=settings.redis_timeout_s,
         socket_connect_timeout=min(5.0, settings.redis_timeout_s),
         socket_timeout=settings.redis_timeout_s,
     )
-    return Redis(connection_pool=pool)
 
 
 @dataclass(frozen=True, slots=True)
