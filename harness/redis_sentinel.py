@@ -227,6 +227,7 @@ class SentinelGroup:
             return None
 
         successor = wait_for(promoted, FAILOVER_WAIT_S, "the Sentinels to promote a replica")
+        assert successor is not None
         return victim, successor, time.monotonic() - killed_at
 
     def replicas_of(self, primary: Server) -> list[Server]:

@@ -107,6 +107,8 @@ class LiveState:
     writes: int
     live: int
     checkpoint: int
+    server: str = ""
+    """The `run_id` of the Redis server that answered: another one after a failover."""
 
 
 def _int(value: bytes | str | None) -> int | None:
@@ -337,18 +339,20 @@ class ViewWriter:
         )
 
     async def live_state(self) -> LiveState | None:
-        """The write count, the generation queries read and its checkpoint, read atomically
-        (MULTI, checking that the pointer is still the one read first); None without such a
-        generation."""
+        """The write count, the generation queries read, its checkpoint and the server's
+        identity, read atomically (MULTI, checking that the pointer is still the one read
+        first); None without such a generation."""
         pointer = await self.redis.get(self.keys.generation)
         while (live := _int(pointer)) is not None:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.get(self.keys.writes)
                 pipe.get(self.keys.generation)
                 pipe.get(self.keys.views(live).checkpoint)
-                writes, pointer, checkpoint = await pipe.execute()
+                pipe.info("server")
+                writes, pointer, checkpoint, server = await pipe.execute()
             if _int(pointer) == live:
-                return LiveState(_int(writes) or 0, live, _int(checkpoint) or 0)
+                run_id = str(server.get("run_id", ""))
+                return LiveState(_int(writes) or 0, live, _int(checkpoint) or 0, run_id)
         return None
 
     async def checkpoint(self, generation: int) -> int:
