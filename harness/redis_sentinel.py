@@ -9,6 +9,13 @@ them even if it is killed (`PR_SET_PDEATHSIG`).
 
 `kill_primary()` SIGKILLs the primary and returns once the Sentinels name another one and it
 answers as a primary. `REDIS_URL` for the system is `group.url(db)`.
+
+Asynchronous replication loses what the promoted replica had not applied when the primary
+died; on one machine that is rarely more than nothing. `hold_replication(replica)` makes it
+certain: the replica stops applying the primary's stream (`CLIENT PAUSE WRITE`, which Redis 7
+applies to the replication link too) while it answers reads and Sentinel's pings as usual;
+`kill_primary()` releases it right after the kill, when the stream it held back is gone with
+the link. The first replica has the lowest `replica-priority`, so it is the one promoted.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +41,8 @@ DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 5000
 START_TIMEOUT_S = 20.0
 FAILOVER_WAIT_S = 30.0
+HOLD_LIMIT_MS = 60_000
+"""The longest a replica holds writes back, should nothing release it."""
 
 
 class ServersUnavailable(RuntimeError):
@@ -61,6 +70,14 @@ class Server:
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
 
+@dataclass(frozen=True)
+class Failover:
+    killed: Server
+    promoted: Server
+    seconds: float
+    """From the kill until the promoted server answered as the primary."""
+
+
 @dataclass
 class SentinelGroup:
     """One primary, `replicas` replicas and three Sentinels, started together."""
@@ -71,6 +88,7 @@ class SentinelGroup:
     servers: list[Server] = field(default_factory=list)
     """The data servers, the first primary first."""
     sentinel_servers: list[Server] = field(default_factory=list)
+    _held: list[Server] = field(default_factory=list)
 
     @classmethod
     @contextlib.contextmanager
@@ -98,7 +116,13 @@ class SentinelGroup:
         self._launch(primary, [])
         for i in range(self.replicas):
             replica = self._server(f"replica-{i + 1}")
-            self._launch(replica, ["--replicaof", "127.0.0.1", str(primary.port)])
+            # The first replica is the one the Sentinels promote (the lowest priority wins), so
+            # a drill knows which server must have missed writes.
+            priority = str(10 if i == 0 else 100)
+            self._launch(
+                replica,
+                ["--replicaof", "127.0.0.1", str(primary.port), "--replica-priority", priority],
+            )
         for i in range(self.sentinels):
             sentinel = Server(f"sentinel-{i + 1}", free_port(), self.root / f"sentinel-{i + 1}")
             sentinel.directory.mkdir()
@@ -207,14 +231,40 @@ class SentinelGroup:
         best = max(votes.items(), key=lambda kv: kv[1], default=None)
         return best[0] if best and best[1] * 2 > len(self.sentinel_servers) else None
 
-    def kill_primary(self) -> tuple[Server, Server, float]:
-        """SIGKILL the primary; return it, the promoted replica and the seconds from the kill
-        until the new primary answered as one."""
+    def hold_replication(
+        self, replica: Server | None = None, scripts: Iterable[str] = ()
+    ) -> Server:
+        """Make `replica` (the one promoted first, by default) stop applying writes from the
+        primary until `kill_primary()` or `release_replication()`; return it.
+
+        The pause also holds `SCRIPT LOAD` back, which a replica that is merely behind would
+        run: `scripts` (the read scripts clients will call on it) are loaded first."""
+        replica = replica or self.servers[1]
+        with replica.client() as client:
+            for script in scripts:
+                client.script_load(script)
+            client.execute_command("CLIENT", "PAUSE", HOLD_LIMIT_MS, "WRITE")
+        self._held.append(replica)
+        return replica
+
+    def release_replication(self) -> None:
+        """Let every held replica apply the primary's stream again (it catches up)."""
+        for held in self._held:
+            with held.client() as client:
+                client.execute_command("CLIENT", "UNPAUSE")
+        self._held.clear()
+
+    def kill_primary(self) -> Failover:
+        """SIGKILL the primary, release held replicas, and wait until the Sentinels promoted
+        another server."""
         victim = self.primary()
         assert victim.process is not None
         killed_at = time.monotonic()
         victim.process.send_signal(signal.SIGKILL)
         victim.process.wait(5)
+        # Let the replica see the link die before it may apply anything more.
+        wait_for(self._links_down, 5.0, "the replicas to lose their primary")
+        self.release_replication()
 
         def promoted() -> Server | None:
             port = self.primary_port()
@@ -228,7 +278,15 @@ class SentinelGroup:
 
         successor = wait_for(promoted, FAILOVER_WAIT_S, "the Sentinels to promote a replica")
         assert successor is not None
-        return victim, successor, time.monotonic() - killed_at
+        return Failover(victim, successor, time.monotonic() - killed_at)
+
+    def _links_down(self) -> bool:
+        for server in self.servers:
+            if server.running:
+                with server.client() as client:
+                    if client.info("replication").get("master_link_status") == "up":
+                        return False
+        return True
 
     def replicas_of(self, primary: Server) -> list[Server]:
         """The running servers that replicate `primary` with their link up."""
