@@ -1,9 +1,11 @@
-"""`REDIS_URL` naming Sentinels, and where reads go, without services."""
+"""`REDIS_URL` naming Sentinels, and where the gateway's reads go, without services."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -19,6 +21,7 @@ from common.readmodel.connection import (
     parse_sentinel_url,
 )
 from common.settings import Settings
+from gateway.reads import queries_of
 
 
 @pytest.mark.parametrize(
@@ -121,3 +124,28 @@ def test_clients_follow_the_primary_or_the_replicas_the_url_names() -> None:
                 await client.aclose()
 
     asyncio.run(opened())
+
+
+class _Queries:
+    def __init__(self, redis: object, keys: object) -> None:
+        self.redis = redis
+        self.keys = keys
+
+
+def _request(primary: object, reads: object) -> Any:
+    runtime = SimpleNamespace(redis=primary, redis_reads=reads, keys="keys")
+    return SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(runtime=runtime)))
+
+
+def test_queries_read_replicas_unless_they_must_be_current() -> None:
+    request = _request(primary := object(), replicas := object())
+    reads = queries_of(request, _Queries)
+    current = queries_of(request, _Queries, primary=True)
+    assert (reads.redis, current.redis) == (replicas, primary)
+    assert queries_of(request, _Queries) is reads  # made once, its scripts registered once
+    assert queries_of(request, _Queries, primary=True) is current
+
+
+def test_without_replicas_every_query_is_the_same_instance() -> None:
+    request = _request(primary := object(), primary)
+    assert queries_of(request, _Queries, primary=True) is queries_of(request, _Queries)
