@@ -23,6 +23,7 @@ from common.messaging.topology import Topology, declare_topology, dlq_name
 from common.observability import metrics
 from common.observability.server import HealthServer
 from common.process import install_stop_signals, settle_heap
+from common.readmodel.connection import connect_redis
 from common.readmodel.keys import Keys
 from common.settings import Settings
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def open_redis(settings: Settings) -> Redis:
     """The command worker's Redis client: every call bounded by `REDIS_TIMEOUT_S`."""
-    return Redis.from_url(
+    return connect_redis(
         settings.redis_url,
         socket_connect_timeout=min(5.0, settings.redis_timeout_s),
         socket_timeout=settings.redis_timeout_s,

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.observability.logging import LogFormat
+from common.readmodel.connection import ReadFrom, check_redis_url
 
 
 class Settings(BaseSettings):
@@ -31,7 +32,14 @@ class Settings(BaseSettings):
     """PostgreSQL URL of the event store; the database is created on start-up if missing."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis URL of the read model; its path is the database index."""
+    """Redis URL of the read model: `redis://host:port/<db>` for one server, or
+    `redis+sentinel://host1:26379,host2:26379/<service>/<db>` for the primary that these
+    Sentinels name (followed through failovers); credentials as in redis URLs."""
+
+    redis_read_from: ReadFrom = ReadFrom.PRIMARY
+    """`primary`, or `replicas`: queries read views from the replicas the Sentinels know (a
+    `min_version` the replica has not reached yet is read from the primary). Needs a
+    `redis+sentinel://` URL."""
 
     redis_key_prefix: str = "orders:"
     """Prefix of every Redis key and pub/sub channel, so deployments can share one Redis;
@@ -133,6 +141,11 @@ class Settings(BaseSettings):
         if isinstance(data, dict) and not data.get("redis_key_prefix") and data.get("app_prefix"):
             return {**data, "redis_key_prefix": f"{data['app_prefix']}:"}
         return data
+
+    @model_validator(mode="after")
+    def _redis_url_opens(self) -> Settings:
+        check_redis_url(self.redis_url, self.redis_read_from)
+        return self
 
     @model_validator(mode="after")
     def _waits_leave_room_for_requests(self) -> Settings:

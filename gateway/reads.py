@@ -19,16 +19,23 @@ Q = TypeVar("Q")
 T = TypeVar("T")
 
 
-def queries_of(request: Request, factory: Callable[..., Q]) -> Q:
-    """The app's instance of a query class (made on first use from the runtime's Redis client
-    and keys), so its scripts are registered once."""
+def queries_of(request: Request, factory: Callable[..., Q], *, primary: bool = False) -> Q:
+    """The app's instance of a query class, made on first use from a Redis client and the
+    runtime's keys, so its scripts are registered once. The client is the one queries read
+    (a replica with `REDIS_READ_FROM=replicas`), or the primary with `primary`: for a read that
+    must be at least as new as something already seen, or a script that writes (scratch keys).
+    Without replicas both are the same instance."""
     state = request.app.state
-    cache: dict[Callable[..., object], object] = getattr(state, "query_objects", None) or {}
+    cache: dict[tuple[Callable[..., object], bool], object] = (
+        getattr(state, "query_objects", None) or {}
+    )
     state.query_objects = cache
-    found = cache.get(factory)
+    runtime = runtime_of(request)
+    primary = primary and runtime.redis_reads is not runtime.redis
+    found = cache.get((factory, primary))
     if found is None:
-        runtime = runtime_of(request)
-        found = cache[factory] = factory(runtime.redis, runtime.keys)
+        redis = runtime.redis if primary else runtime.redis_reads
+        found = cache[factory, primary] = factory(redis, runtime.keys)
     return found  # type: ignore[return-value]
 
 

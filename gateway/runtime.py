@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from common.domain import Registry
 from common.messaging.topology import Topology
+from common.readmodel.connection import ReadFrom, connect_redis
 from common.readmodel.keys import Keys
 from common.readmodel.pipelining import AutoPipeline
 from common.settings import Settings
@@ -40,12 +41,18 @@ class Runtime:
             timeout_s=settings.publish_timeout_s,
             retry_base_delay_ms=settings.retry_base_delay_ms,
         )
-        self.redis: Redis = Redis.from_url(
-            settings.redis_url,
-            socket_connect_timeout=REDIS_TIMEOUT_S,
-            socket_timeout=REDIS_TIMEOUT_S,
-            client_name=redis_client_name(settings.redis_key_prefix),
-        )
+        connection: dict[str, Any] = {
+            "socket_connect_timeout": REDIS_TIMEOUT_S,
+            "socket_timeout": REDIS_TIMEOUT_S,
+            "client_name": redis_client_name(settings.redis_key_prefix),
+        }
+        self.redis: Redis = connect_redis(settings.redis_url, **connection)
+        """The primary: writes, command statuses, waits and anything that must be current."""
+        self.redis_reads: Redis = self.redis
+        """Where queries read views: the primary, or its replicas with
+        `REDIS_READ_FROM=replicas`."""
+        if settings.redis_read_from is ReadFrom.REPLICAS:
+            self.redis_reads = connect_redis(settings.redis_url, replicas=True, **connection)
         self.redis_batch = AutoPipeline(self.redis)
         """The request path's Redis writes go through here, pipelined with other requests'."""
 
@@ -56,6 +63,8 @@ class Runtime:
     async def close(self) -> None:
         await self.publisher.close()
         await self.redis_batch.close()
+        if self.redis_reads is not self.redis:
+            await self.redis_reads.aclose()
         await self.redis.aclose()
 
     async def readiness(self) -> dict[str, bool]:

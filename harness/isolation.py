@@ -281,6 +281,7 @@ def settings_env(settings: Settings, log_level: str = "INFO") -> dict[str, str]:
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
         "REDIS_KEY_PREFIX": settings.redis_key_prefix,
+        "REDIS_READ_FROM": settings.redis_read_from.value,
         "RETRY_BASE_DELAY_MS": str(settings.retry_base_delay_ms),
         "SHUTDOWN_TIMEOUT_S": str(settings.shutdown_timeout_s),
         "LOG_LEVEL": log_level,

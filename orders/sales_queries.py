@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from common.contracts.base import money_str
 from common.readmodel.keys import Keys
-from common.readmodel.reading import GENERATION_BASE, ProjectionReader
+from common.readmodel.reading import GENERATION_BASE, READ_ONLY, ProjectionReader
 from orders.sales import (
     ORDERS,
     REVENUE_CENTS,
@@ -23,7 +23,8 @@ from orders.sales import (
 )
 
 TOP = (
-    GENERATION_BASE
+    READ_ONLY
+    + GENERATION_BASE
     + """
 -- ARGV[2] ranking suffix, ARGV[3] how many, ARGV[4] product suffix without the id
 local ids = redis.call('ZRANGE', base .. ARGV[2], 0, tonumber(ARGV[3]) - 1)

@@ -12,6 +12,14 @@ checkpoint is the highest position the older state holds. A count, not the check
 an event applied late (a retry, a redelivery) below a checkpoint leaves the checkpoint alone,
 and so would its loss.
 
+A failover is checked as well, whatever the counts say. The write count is shared by every
+projector of a projection, so after a promoted replica that missed the last writes takes over,
+another projector's new writes can raise it past what this one saw before this one's next call:
+the count alone would miss the loss. The watchdog therefore also reads the answering server's
+`run_id` with the count; when it differs from the one seen before (the client now talks to
+another server: a failover, or a restart), the views are checked from that server's checkpoint
+as after any loss. The margin of the check covers writes lost a few seconds before it.
+
 Calls overlap (the projector pipelines them) and the watchdog reads on another connection, so a
 reply can come back after a later one was seen. Each comparison is therefore against the count
 seen *before the call was sent* (`mark`), which the call cannot have preceded in Redis.
@@ -39,6 +47,9 @@ class Trigger(StrEnum):
     """An APPLY call found the write count lower than already seen (a loss under load)."""
     WATCHDOG = "watchdog"
     """The periodic check found it lower (a loss while no event comes)."""
+    SWITCH = "switch"
+    """The periodic check found another Redis server answering (a failover, or a restart):
+    it may lack writes the previous one had."""
 
     @property
     def described(self) -> str:
@@ -49,6 +60,7 @@ _DESCRIBED = {
     Trigger.START: "found by the check at start",
     Trigger.APPLY: "noticed by an apply",
     Trigger.WATCHDOG: "noticed by the watchdog",
+    Trigger.SWITCH: "another Redis server answers",
 }
 
 
@@ -71,6 +83,8 @@ class LossDetector:
         self._projection = projection
         self._listeners: list[OnLoss] = []
         self.seen = 0
+        self.server: str | None = None
+        """The `run_id` of the Redis server the watchdog last read."""
         self._epoch = 0
         """Raised at each loss: replies to calls sent before it no longer raise `seen`."""
 
@@ -94,8 +108,23 @@ class LossDetector:
         )
 
     def after_read(self, mark: Mark, state: LiveState) -> None:
-        """Judge what the watchdog read."""
+        """Judge what the watchdog read: a lower count, or another server."""
+        epoch = self._epoch
         self._observe(mark, state.writes, state.writes, state.checkpoint, Trigger.WATCHDOG)
+        previous, self.server = self.server, state.server or self.server
+        if previous is None or not state.server or state.server == previous:
+            return
+        if self._epoch != epoch:
+            return  # the count already told, and a check is on its way
+        log.warning(
+            "another Redis server answers for %s (a failover or a restart): checking the streams"
+            " changed since position %d",
+            self._projection,
+            state.checkpoint,
+            extra={"projection": self._projection, "position": state.checkpoint},
+        )
+        for on_loss in self._listeners:
+            on_loss(state.checkpoint, Trigger.SWITCH)
 
     def _observe(
         self, mark: Mark, before: int, after: int, checkpoint: int | None, trigger: Trigger

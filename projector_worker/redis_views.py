@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from common.contracts.envelopes import RecordedEvent
 from common.domain import split_stream_id
 from common.readmodel.commands import PROJECTED_VERSION_FIELD, STATUS_TTL_S, status_fields
+from common.readmodel.connection import connect_redis
 from common.readmodel.keys import Keys
 from common.readmodel.layout import CHECKPOINT, MEMBERS
 from common.readmodel.notifications import projected_command_message, stream_version_message
@@ -29,14 +30,13 @@ REDIS_CONNECTIONS = 32
 
 def open_redis(settings: Settings) -> Redis:
     """The projector's (and a rebuild's) Redis client."""
-    pool = BlockingConnectionPool.from_url(
+    return connect_redis(
         settings.redis_url,
         max_connections=REDIS_CONNECTIONS,
-        timeout=settings.redis_timeout_s,
+        blocking_timeout=settings.redis_timeout_s,
         socket_connect_timeout=min(5.0, settings.redis_timeout_s),
         socket_timeout=settings.redis_timeout_s,
     )
-    return Redis(connection_pool=pool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +107,8 @@ class LiveState:
     writes: int
     live: int
     checkpoint: int
+    server: str = ""
+    """The `run_id` of the Redis server that answered: another one after a failover."""
 
 
 def _int(value: bytes | str | None) -> int | None:
@@ -337,18 +339,20 @@ class ViewWriter:
         )
 
     async def live_state(self) -> LiveState | None:
-        """The write count, the generation queries read and its checkpoint, read atomically
-        (MULTI, checking that the pointer is still the one read first); None without such a
-        generation."""
+        """The write count, the generation queries read, its checkpoint and the server's
+        identity, read atomically (MULTI, checking that the pointer is still the one read
+        first); None without such a generation."""
         pointer = await self.redis.get(self.keys.generation)
         while (live := _int(pointer)) is not None:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.get(self.keys.writes)
                 pipe.get(self.keys.generation)
                 pipe.get(self.keys.views(live).checkpoint)
-                writes, pointer, checkpoint = await pipe.execute()
+                pipe.info("server")
+                writes, pointer, checkpoint, server = await pipe.execute()
             if _int(pointer) == live:
-                return LiveState(_int(writes) or 0, live, _int(checkpoint) or 0)
+                run_id = str(server.get("run_id", ""))
+                return LiveState(_int(writes) or 0, live, _int(checkpoint) or 0, run_id)
         return None
 
     async def checkpoint(self, generation: int) -> int:

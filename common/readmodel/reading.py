@@ -15,6 +15,10 @@ from redis.asyncio import Redis
 
 from common.readmodel.keys import ProjectionKeys
 
+READ_ONLY = "#!lua flags=no-writes\n"
+"""The first line of a script that only reads: Redis then runs it on a replica, also while the
+replica holds writes back (`CLIENT PAUSE WRITE`), and refuses any write it attempts."""
+
 GENERATION_BASE = """
 local generation = redis.call('GET', KEYS[1])
 if not generation then return {0} end
@@ -23,7 +27,8 @@ local base = ARGV[1] .. 'g' .. generation .. ':'
 """The start of every read script: `base` is the live generation's key prefix."""
 
 VIEW = (
-    GENERATION_BASE
+    READ_ONLY
+    + GENERATION_BASE
     + """
 -- ARGV[2] view suffix
 return {1, redis.call('HGETALL', base .. ARGV[2])}
@@ -31,7 +36,8 @@ return {1, redis.call('HGETALL', base .. ARGV[2])}
 )
 
 VIEW_VERSION = (
-    GENERATION_BASE
+    READ_ONLY
+    + GENERATION_BASE
     + """
 -- ARGV[2] view suffix
 return {1, tonumber(redis.call('HGET', base .. ARGV[2], 'version') or '0')}
@@ -39,7 +45,8 @@ return {1, tonumber(redis.call('HGET', base .. ARGV[2], 'version') or '0')}
 )
 
 HISTORY = (
-    GENERATION_BASE
+    READ_ONLY
+    + GENERATION_BASE
     + """
 -- ARGV[2] view suffix, ARGV[3] history suffix, ARGV[4] first index, ARGV[5] last index
 if redis.call('EXISTS', base .. ARGV[2]) == 0 then return {1, 0, {}} end

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -14,9 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+from common.readmodel.connection import ReadFrom
 from harness.isolation import Endpoints, answers, new_run_id, settings_env
 from harness.load import LoadShape
 from harness.processes import process_group
+from harness.redis_sentinel import SentinelGroup
 from tests.chaos import services as shared
 from tests.chaos.report import Row, details, markdown
 from tests.chaos.scenarios import BY_NAME, FREEZE_S, SCENARIOS, Scenario, run_scenario
@@ -86,12 +89,21 @@ def run_one(
     log_dir = logs / scenario.name
     log_dir.mkdir(parents=True)
     try:
-        with (
-            isolated_settings(services, run) as settings,
-            process_group({**settings_env(settings), **scenario.env}, log_dir) as started,
-        ):
+        with contextlib.ExitStack() as stack:
+            settings = stack.enter_context(isolated_settings(services, run))
+            group = None
+            if scenario.sentinels:
+                group = stack.enter_context(SentinelGroup.started())
+                settings = settings.model_copy(
+                    update={"redis_url": group.url(0), "redis_read_from": ReadFrom.REPLICAS}
+                )
+            started = stack.enter_context(
+                process_group({**settings_env(settings), **scenario.env}, log_dir)
+            )
             outcome = asyncio.run(
-                run_scenario(scenario, settings, started, services, shape, freeze_s=freeze_s)
+                run_scenario(
+                    scenario, settings, started, services, shape, freeze_s=freeze_s, sentinels=group
+                )
             )
             return outcome.row
     except Exception as exc:

@@ -18,12 +18,14 @@ from uuid import UUID
 
 import asyncpg
 import httpx
-from redis.asyncio import Redis
 
+from common.readmodel import reading
+from common.readmodel.connection import connect_redis
 from common.settings import Settings
 from harness.isolation import Endpoints, new_run_id
 from harness.load import LoadDriver, LoadShape, time_to_read, time_to_recover
 from harness.processes import Proc, Processes
+from harness.redis_sentinel import SentinelGroup
 from harness.system import System
 from tests.chaos import services as shared
 from tests.chaos.freezing import Process, frozen
@@ -59,6 +61,8 @@ class Drill:
     """When the fault began; an injection that has to get ready first moves it."""
     freeze_s: float = FREEZE_S
     """How long a freeze lasts."""
+    sentinels: SentinelGroup | None = None
+    """The system's own Redis primary, replicas and Sentinels, for a scenario that has them."""
 
     @property
     def vhost(self) -> str:
@@ -82,6 +86,10 @@ class Scenario:
     """Settings of the system's processes that differ from the production defaults."""
     expect_logged: str | None = None
     """A line some worker must have logged, or the fault did not do what it is there to do."""
+    sentinels: bool = False
+    """Run the system on a Redis primary, two replicas and three Sentinels of its own
+    (`harness/redis_sentinel.py`), reading views from the replicas, instead of the shared
+    Redis."""
 
 
 # --- the injections -----------------------------------------------------------------------------
@@ -157,6 +165,26 @@ async def restart_postgres(drill: Drill) -> None:
 async def restart_redis(drill: Drill) -> None:
     drill.say("    Redis shut down without saving for 2 s, then started empty")
     await asyncio.to_thread(shared.restart_redis, drill.services)
+
+
+HELD_S = 1.0
+"""How long the replica to be promoted misses the primary's writes before the primary dies."""
+
+
+async def fail_over_redis(drill: Drill) -> None:
+    group = drill.sentinels
+    assert group is not None
+    held = group.hold_replication(scripts=(reading.VIEW, reading.VIEW_VERSION, reading.HISTORY))
+    drill.say(f"    {held.role} stops applying the primary's writes for {HELD_S:g} s")
+    await asyncio.sleep(HELD_S)
+    drill.fault_started = time.monotonic()
+    failover = await asyncio.to_thread(group.kill_primary)
+    drill.say(
+        f"    primary SIGKILLed; the Sentinels promoted {failover.promoted.role} in"
+        f" {failover.seconds:.1f} s"
+    )
+    if failover.promoted is not held:
+        drill.notes.append(f"{failover.promoted.role} was promoted, not {held.role}")
 
 
 @dataclass(frozen=True)
@@ -290,6 +318,15 @@ SCENARIOS = (
         freeze(RABBITMQ),
         restarts="RabbitMQ",
     ),
+    Scenario(
+        "redis-failover",
+        f"on a primary, two replicas and three Sentinels (reads from the replicas): the replica"
+        f" to be promoted misses {HELD_S:g} s of writes, then the primary is SIGKILLed; the views"
+        " must catch up what the promoted replica lacks",
+        fail_over_redis,
+        sentinels=True,
+        expect_logged="after Redis lost writes",
+    ),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}
 
@@ -317,11 +354,12 @@ async def run_scenario(
     projectors: int = 2,
     quiet_timeout_s: float = 180.0,
     freeze_s: float = FREEZE_S,
+    sentinels: SentinelGroup | None = None,
 ) -> ScenarioResult:
     system = await asyncio.to_thread(
         System.start, processes, command_workers=command_workers, projectors=projectors
     )
-    drill = Drill(services, settings, system, say, freeze_s=freeze_s)
+    drill = Drill(services, settings, system, say, freeze_s=freeze_s, sentinels=sentinels)
     run = new_run_id()
     async with httpx.AsyncClient(base_url=system.gateway.base_url, timeout=30) as client:
         driver = LoadDriver(client, shape)
@@ -372,7 +410,7 @@ async def run_scenario(
 
 async def _judge(settings: Settings, accepted: list[UUID]) -> Verdict:
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect_redis(settings.redis_url)
     try:
         return await judge(settings, pool, redis, accepted)
     finally:

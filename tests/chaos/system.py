@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from command_worker.relay import CHECKPOINT
 from common.domain import load_domains
 from common.messaging.topology import Topology, retry_delays_ms, retry_queue_name
+from common.readmodel.connection import connect_redis
 from common.readmodel.keys import Keys
 from common.settings import Settings
 from harness.isolation import Endpoints, isolated_slice, new_run_id
@@ -121,7 +122,7 @@ async def wait_for_quiet(
 
 async def _check_quiet(settings: Settings, accepted: list[UUID]) -> str:
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
-    client = Redis.from_url(settings.redis_url)
+    client = connect_redis(settings.redis_url)
     try:
         return await quiet(settings, pool, client, accepted)
     finally:

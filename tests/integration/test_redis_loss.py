@@ -22,7 +22,7 @@ from common.settings import Settings
 from harness.processes import Proc, Processes
 from orders.contracts import ItemAdded
 from projector_worker.losses import LossDetector, Trigger
-from projector_worker.redis_views import Generations, LiveState
+from projector_worker.redis_views import Generations
 from projector_worker.runner import writer_for
 from tests.support.domains import registry_of
 from tests.support.events import Ledger, all_events, line, until
@@ -86,7 +86,10 @@ async def test_apply_reports_the_checkpoint_and_write_count_it_found(
         snapshot = await take_snapshot(redis_client, isolated_settings.redis_key_prefix)
         assert await apply(created_1) == (created_2.position, 2, 2)  # a duplicate writes nothing
         assert await apply(added) == (created_2.position, 2, 3)
-        assert await writer.live_state() == LiveState(3, 1, added.position)
+        state = await writer.live_state()
+        assert state is not None
+        assert (state.writes, state.live, state.checkpoint) == (3, 1, added.position)
+        assert state.server  # the run_id of the server that answered
         assert (losses, detector.seen) == ([], 3)
 
         # The older state comes back: the next call finds the count and checkpoint it held.

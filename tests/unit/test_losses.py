@@ -75,3 +75,24 @@ def test_replies_without_the_generation_queries_read_report_nothing() -> None:
     losses_of.after_apply(losses_of.mark(), building_only)
     assert losses == []
     assert losses_of.seen == 1  # Redis was emptied: counting starts over
+
+
+def test_another_server_answering_is_checked_even_when_the_count_went_on() -> None:
+    # Another projector's writes on the promoted replica raised the shared count past what this
+    # one saw: only the server's identity tells that the replica may lack writes.
+    losses_of, losses = detector()
+    losses_of.after_read(losses_of.mark(), LiveState(50, 7, 20, "old-primary"))
+    losses_of.after_read(losses_of.mark(), LiveState(52, 7, 21, "old-primary"))
+    assert losses == []
+    losses_of.after_read(losses_of.mark(), LiveState(60, 7, 24, "promoted-replica"))
+    assert losses == [(24, Trigger.SWITCH)]
+    losses_of.after_read(losses_of.mark(), LiveState(61, 7, 25, "promoted-replica"))
+    assert losses == [(24, Trigger.SWITCH)]
+
+
+def test_a_server_switch_with_a_lower_count_is_checked_once() -> None:
+    losses_of, losses = detector()
+    losses_of.after_read(losses_of.mark(), LiveState(50, 7, 20, "old-primary"))
+    losses_of.after_read(losses_of.mark(), LiveState(45, 7, 18, "promoted-replica"))
+    assert losses == [(18, Trigger.WATCHDOG)]
+    assert losses_of.server == "promoted-replica"
