@@ -17,7 +17,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.typing import EncodableT
 
-from bench.stats import glob_escape
+from common.readmodel.layout import glob_escape
 from common.contracts.envelopes import EventMetadata
 from common.domain import Registry, load_domains, stream_id
 from common.eventstore.database import create_pool, prepare_database

@@ -200,8 +200,3 @@ def memory_by_kind(usage: Iterable[tuple[str, int]], prefix: str) -> dict[str, d
             kinds[wider]["keys"] += folded["keys"]
             kinds[wider]["bytes"] += folded["bytes"]
     return dict(sorted(kinds.items(), key=lambda item: -item[1]["bytes"]))
-
-
-def glob_escape(text: str) -> str:
-    """`text` as a literal in a Redis MATCH pattern."""
-    return "".join(f"\\{c}" if c in "*?[]\\^" else c for c in text)

@@ -16,7 +16,7 @@ from common.contracts.envelopes import RecordedEvent
 from common.domain import split_stream_id
 from common.readmodel.commands import PROJECTED_VERSION_FIELD, STATUS_TTL_S, status_fields
 from common.readmodel.keys import Keys
-from common.readmodel.layout import CHECKPOINT, MEMBERS
+from common.readmodel.layout import CHECKPOINT
 from common.readmodel.notifications import projected_command_message, stream_version_message
 from common.readmodel.pipelining import AutoPipeline
 from common.readmodel.projection import Projection, ViewChange
@@ -195,7 +195,6 @@ class ViewWriter:
             keys += [
                 view_keys.key(change.view_key),
                 view_keys.checkpoint,
-                view_keys.members,
                 view_keys.key(change.history_key or change.view_key),
             ]
             keys += [view_keys.key(suffix) for suffix in index_keys]
@@ -333,7 +332,7 @@ class ViewWriter:
         projection passed without a change."""
         await self._advance(
             keys=[self.keys.generation, self.keys.rebuilding],
-            args=[self.keys.prefix, position, CHECKPOINT, MEMBERS],
+            args=[self.keys.prefix, position, CHECKPOINT],
         )
 
     async def live_state(self) -> LiveState | None:

@@ -92,9 +92,7 @@ async def dump_generation(
     """Every key of a projection's generation with its content, keyed by suffix (comparable
     across generations and prefixes)."""
     view_keys = projection_keys(keys, projection).views(generation)
-    # The members set names every key the generation ever wrote, to drop it: an index emptied
-    # since (a customer whose orders all moved on) is bookkeeping, not content.
-    members = sorted(await redis.smembers(view_keys.members))
+    members = sorted([key async for key in redis.scan_iter(match=view_keys.pattern, count=1000)])
     kinds = {key: (await redis.type(key)).decode() for key in members}
     members = [key for key in members if kinds[key] != "none"]
     base = view_keys.base.encode()

@@ -29,7 +29,6 @@ from bench.stats import (
     best_round,
     cpu_ms_per_command,
     cpu_ms_per_op,
-    glob_escape,
     key_kind,
     memory_by_kind,
     merge_results,
@@ -41,6 +40,7 @@ from bench.stats import (
 )
 from bench.system import CpuSnapshot, cpu_shares
 from bench.wire import ProtocolError, http_request, parse_resp, resp_command, split_response
+from common.readmodel.layout import glob_escape
 from projector_worker.generations import RebuildSummary
 
 # --- statistics ------------------------------------------------------------------------------

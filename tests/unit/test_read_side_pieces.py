@@ -105,5 +105,6 @@ def test_view_keys_live_under_their_generation() -> None:
     assert keys == ViewKeys("orders:order_views:", 7)
     assert keys.key(order_suffix("o-1")) == "orders:order_views:g7:order:o-1"
     assert keys.key(history_suffix("o-1")) == "orders:order_views:g7:history:o-1"
-    assert keys.members == "orders:order_views:g7:members"
+    assert keys.pattern == "orders:order_views:g7:*"
+    assert Keys("a*[b]:").projection("p").views(1).pattern == "a\\*\\[b\\]:p:g1:*"
     assert keys.checkpoint == "orders:order_views:g7:checkpoint"
