@@ -17,13 +17,12 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.typing import EncodableT
 
-from common.readmodel.layout import glob_escape
 from common.contracts.envelopes import EventMetadata
 from common.domain import Registry, load_domains, stream_id
 from common.eventstore.database import create_pool, prepare_database
 from common.eventstore.store import CommandOutcome, EventStore, NewEvent
 from common.readmodel.keys import Keys, ProjectionKeys
-from common.readmodel.layout import ViewKeys
+from common.readmodel.layout import ViewKeys, glob_escape
 from common.readmodel.projection import Projection
 from common.settings import get_settings
 from orders.contracts import (
