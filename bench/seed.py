@@ -168,7 +168,7 @@ def registry() -> Registry:
 
 
 def order_views(prefix: str) -> ProjectionKeys:
-    return Keys(prefix).projection(ORDER_VIEWS)
+    return Keys(prefix).projection(OrderViews.keys_name())
 
 
 async def projection_lag(
@@ -191,7 +191,7 @@ async def projection_lag(
         await conn.close()
     lag = 0
     for name, head in heads.items():
-        projection_keys = keys.projection(name)
+        projection_keys = keys.projection(projections[name].keys_name())
         live = await redis.get(projection_keys.generation)
         if live is None:
             lag = max(lag, head)

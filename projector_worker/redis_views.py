@@ -134,7 +134,7 @@ class ViewWriter:
         self.status_ttl_s = status_ttl_s
         """Time to live of the command status hashes this writer records."""
         self.root_keys = keys
-        self.keys = keys.projection(projection.name)
+        self.keys = keys.projection(projection.keys_name())
         self.projection = projection
         self.visible_for = frozenset(visible_for)
         """The stream types whose aggregate is visible in this projection."""

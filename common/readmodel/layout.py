@@ -1,8 +1,8 @@
 """The keys of one projection's generation, whatever the projection.
 
 Every key of a generation is `{projection prefix}g{generation}:{suffix}`, where the projection
-prefix is `{key prefix}{projection name}:` (see `keys.py`). A projection names its own
-suffixes; one belongs to every generation:
+prefix is `{key prefix}{projection keys name}:` (see `keys.py` and `Projection.keys_name`).
+A projection names its own suffixes; one belongs to every generation:
 
 | suffix       | type   | content                                        |
 |--------------|--------|------------------------------------------------|

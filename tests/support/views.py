@@ -30,7 +30,9 @@ ORDER_VIEWS = OrderViews.name
 
 
 def projection_keys(keys: Keys | ProjectionKeys, projection: str = ORDER_VIEWS) -> ProjectionKeys:
-    return keys if isinstance(keys, ProjectionKeys) else keys.projection(projection)
+    if isinstance(keys, ProjectionKeys):
+        return keys
+    return keys.projection(registry_of().projections[projection].keys_name())
 
 
 async def live_generation(
@@ -200,7 +202,7 @@ async def compare_with_replay(
             await writer.close()
             generation = await live_generation(redis, scratch, name)
             if generation is not None:
-                await drop_generation(redis, scratch.projection(name), generation)
+                await drop_generation(redis, projection_keys(scratch, name), generation)
             leftovers = await keys_with_prefix(redis, scratch.prefix)
             for start in range(0, len(leftovers), 500):
                 await redis.unlink(*leftovers[start : start + 500])

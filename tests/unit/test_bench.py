@@ -342,6 +342,7 @@ def test_a_key_s_kind_hides_its_ids_and_generation() -> None:
         "order_views:*:customer:*:created"
     )
     assert key_kind(f"{prefix}order_views:generation", prefix) == "order_views:generation"
+    assert key_kind(f"{prefix}order_views.v2:g3:token:x1", prefix) == "order_views.v2:*:token:*"
 
 
 def test_memory_by_kind_sums_and_folds_words_into_their_wildcard() -> None:
