@@ -17,13 +17,12 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.typing import EncodableT
 
-from bench.stats import glob_escape
 from common.contracts.envelopes import EventMetadata
 from common.domain import Registry, load_domains, stream_id
 from common.eventstore.database import create_pool, prepare_database
 from common.eventstore.store import CommandOutcome, EventStore, NewEvent
 from common.readmodel.keys import Keys, ProjectionKeys
-from common.readmodel.layout import ViewKeys
+from common.readmodel.layout import ViewKeys, glob_escape
 from common.readmodel.projection import Projection
 from common.settings import get_settings
 from orders.contracts import (
@@ -169,7 +168,7 @@ def registry() -> Registry:
 
 
 def order_views(prefix: str) -> ProjectionKeys:
-    return Keys(prefix).projection(ORDER_VIEWS)
+    return Keys(prefix).projection(OrderViews.keys_name())
 
 
 async def projection_lag(
@@ -192,7 +191,7 @@ async def projection_lag(
         await conn.close()
     lag = 0
     for name, head in heads.items():
-        projection_keys = keys.projection(name)
+        projection_keys = keys.projection(projections[name].keys_name())
         live = await redis.get(projection_keys.generation)
         if live is None:
             lag = max(lag, head)

@@ -178,10 +178,11 @@ def cpu_ms_per_command(
 
 
 def key_kind(key: str, prefix: str) -> str:
-    """`key` without `prefix`, each segment holding a digit (an id, a generation) as `*`:
-    `command:*`, `order_views:*:order:*`."""
-    name = key.removeprefix(prefix)
-    return ":".join("*" if any(c.isdigit() for c in part) else part for part in name.split(":"))
+    """`key` without `prefix`, each segment but the first (the projection's keys name, as
+    `order_views.v2`) holding a digit (an id, a generation) as `*`: `command:*`,
+    `order_views.v2:*:order:*`."""
+    first, *rest = key.removeprefix(prefix).split(":")
+    return ":".join([first, *("*" if any(c.isdigit() for c in part) else part for part in rest)])
 
 
 def memory_by_kind(usage: Iterable[tuple[str, int]], prefix: str) -> dict[str, dict[str, int]]:
@@ -200,8 +201,3 @@ def memory_by_kind(usage: Iterable[tuple[str, int]], prefix: str) -> dict[str, d
             kinds[wider]["keys"] += folded["keys"]
             kinds[wider]["bytes"] += folded["bytes"]
     return dict(sorted(kinds.items(), key=lambda item: -item[1]["bytes"]))
-
-
-def glob_escape(text: str) -> str:
-    """`text` as a literal in a Redis MATCH pattern."""
-    return "".join(f"\\{c}" if c in "*?[]\\^" else c for c in text)

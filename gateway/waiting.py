@@ -69,12 +69,16 @@ class Waiter:
         self._keys = keys
         self._registry = registry
         visible = sorted({a.visible_in for a in registry.aggregates.values()})
-        self._readers = {name: ProjectionReader(redis, keys.projection(name)) for name in visible}
+        self._readers = {
+            name: ProjectionReader(redis, keys.projection(registry.projections[name].keys_name()))
+            for name in visible
+        }
         self._commands: dict[str, set[asyncio.Future[CommandProgress]]] = {}
         self._versions: dict[str, set[tuple[int, asyncio.Future[int]]]] = {}
         """Keyed by `projection name + " " + stream id`."""
         self._projection_of_channel = {
-            keys.projection(name).versions_channel: name for name in visible
+            keys.projection(registry.projections[name].keys_name()).versions_channel: name
+            for name in visible
         }
         self._channels = (keys.command_outcomes_channel, *self._projection_of_channel)
         self._reader: asyncio.Task[None] | None = None

@@ -1,6 +1,7 @@
 """The keys of the order views inside one generation of the `order_views` projection.
 
-Every key is `{prefix}order_views:g{generation}:{suffix}` (see `common/readmodel/layout.py`).
+Every key is `{prefix}order_views.v2:g{generation}:{suffix}` (see `common/readmodel/layout.py`;
+`v2` is the projection's `layout`).
 The suffix functions below are the only place these suffixes are spelled.
 
 | suffix                             | type   | content                                        |

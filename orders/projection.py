@@ -177,6 +177,8 @@ class OrderViews(Projection[OrderView]):
     name = "order_views"
     categories = frozenset({STREAM_TYPE})
     keeps_history = True
+    layout = 2
+    """2: lines and address parts as fields of their own (`view.py`), no `members` set."""
 
     def evolve(self, before: OrderView | None, event: RecordedEvent, payload: Any) -> OrderView:
         return evolve(before, event, payload)

@@ -139,7 +139,7 @@ class OrderQueries:
     """The queries of the `order_views` projection, over one Redis client."""
 
     def __init__(self, redis: Redis, keys: Keys, max_candidates: int | None = None) -> None:
-        self._reader = ProjectionReader(redis, keys.projection(OrderViews.name))
+        self._reader = ProjectionReader(redis, keys.projection(OrderViews.keys_name()))
         self._search = redis.register_script(read_scripts.SEARCH)
         self.max_candidates = (
             OrdersSettings().search_max_candidates if max_candidates is None else max_candidates

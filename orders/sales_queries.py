@@ -70,7 +70,7 @@ class SalesQueries:
     """The queries of the `product_sales` projection, over one Redis client."""
 
     def __init__(self, redis: Redis, keys: Keys) -> None:
-        self._reader = ProjectionReader(redis, keys.projection(ProductSales.name))
+        self._reader = ProjectionReader(redis, keys.projection(ProductSales.keys_name()))
         self._top = redis.register_script(TOP)
 
     async def product(self, product_id: str) -> Sales | None:

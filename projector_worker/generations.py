@@ -29,6 +29,7 @@ class RebuildAborted(Exception):
 LOCK_TTL_MS = 30_000
 RENEW_EVERY_S = 5.0
 DELETE_BATCH = 500
+SCAN_COUNT = 1000
 
 
 @dataclass
@@ -156,14 +157,17 @@ class RebuildLock:
 
 
 async def drop_generation(redis: Redis, keys: ProjectionKeys, generation: int) -> int:
-    """Delete every key of `generation` in batches, from its members set (no SCAN)."""
-    members = keys.views(generation).members
+    """Delete every key of `generation`, found by SCAN of its base, in batches. Nothing writes
+    to it any more (APPLY writes only the generations the pointer and the marker name, checked
+    atomically), and SCAN returns every key that exists for its whole run, so none is left."""
     deleted = 0
-    while True:
-        batch = await redis.spop(members, DELETE_BATCH)
-        if not batch:
-            break
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=keys.views(generation).pattern, count=SCAN_COUNT):
+        batch.append(key)
+        if len(batch) >= DELETE_BATCH:
+            deleted += int(await redis.unlink(*batch))
+            batch = []
+    if batch:
         deleted += int(await redis.unlink(*batch))
-    await redis.unlink(members)
     await redis.srem(keys.generations, generation)
     return deleted

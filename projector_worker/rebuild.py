@@ -10,7 +10,7 @@
    projectors applied before step 2 has a position below that horizon.
 4. Catch up once more to a fresh horizon if the current generation's checkpoint moved past
    the replay, then switch the pointer and drop the marker atomically.
-5. Delete the old generation's keys in batches from its `members` set.
+5. Delete the old generation's keys in batches, found by SCAN of its base.
 
 On an empty Redis (no pointer) the same steps restore the views and, for a projection that
 aggregates are visible in, the command statuses (from the event store's command ledger);

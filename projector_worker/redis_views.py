@@ -17,7 +17,7 @@ from common.domain import split_stream_id
 from common.readmodel.commands import PROJECTED_VERSION_FIELD, STATUS_TTL_S, status_fields
 from common.readmodel.connection import connect_redis
 from common.readmodel.keys import Keys
-from common.readmodel.layout import CHECKPOINT, MEMBERS
+from common.readmodel.layout import CHECKPOINT
 from common.readmodel.notifications import projected_command_message, stream_version_message
 from common.readmodel.pipelining import AutoPipeline
 from common.readmodel.projection import Projection, ViewChange
@@ -136,7 +136,7 @@ class ViewWriter:
         self.status_ttl_s = status_ttl_s
         """Time to live of the command status hashes this writer records."""
         self.root_keys = keys
-        self.keys = keys.projection(projection.name)
+        self.keys = keys.projection(projection.keys_name())
         self.projection = projection
         self.visible_for = frozenset(visible_for)
         """The stream types whose aggregate is visible in this projection."""
@@ -197,7 +197,6 @@ class ViewWriter:
             keys += [
                 view_keys.key(change.view_key),
                 view_keys.checkpoint,
-                view_keys.members,
                 view_keys.key(change.history_key or change.view_key),
             ]
             keys += [view_keys.key(suffix) for suffix in index_keys]
@@ -335,7 +334,7 @@ class ViewWriter:
         projection passed without a change."""
         await self._advance(
             keys=[self.keys.generation, self.keys.rebuilding],
-            args=[self.keys.prefix, position, CHECKPOINT, MEMBERS],
+            args=[self.keys.prefix, position, CHECKPOINT],
         )
 
     async def live_state(self) -> LiveState | None:

@@ -5,8 +5,8 @@ of one projection (the one queries read and, during a rebuild, the one being bui
 
     KEYS[1] generation pointer, KEYS[2] rebuilding marker, KEYS[3] the command's status hash,
     KEYS[4] the projection's write count, then one block of `per_block` keys per generation:
-    block+1 view hash, block+2 checkpoint, block+3 members set, block+4 history list,
-    block+5.. the shared keys the change touches (referenced by their index in the change).
+    block+1 view hash, block+2 checkpoint, block+3 history list, block+4.. the shared keys
+    the change touches (referenced by their index in the change).
 
 ARGV[1] is a JSON object of named arguments (`APPLY_ARGS` lists them), ARGV[2] the change as
 one JSON array, decoded only when a block applies (encoding arguments is the client's main
@@ -32,7 +32,7 @@ BLOCK_APPLIED = 1
 BLOCK_GAP = 2
 
 FIXED_KEYS = 4
-BLOCK_FIXED_KEYS = 4
+BLOCK_FIXED_KEYS = 3
 
 APPLY_ARGS = (
     "expect_live",  # the pointer the caller saw, '' for none, '*' for any
@@ -78,11 +78,7 @@ for b = 0, a.blocks - 1 do
     --  {index, member...}, {index, field, delta...}, {index, member, delta...}}
     change = change or cjson.decode(ARGV[2])
     redis.call('HSET', KEYS[base + 1], unpack(change[1]))
-    local members = {KEYS[base + 1], KEYS[base + 2]}
-    if #change[2] > 0 then
-      redis.call('RPUSH', KEYS[base + 4], unpack(change[2]))
-      members[#members + 1] = KEYS[base + 4]
-    end
+    if #change[2] > 0 then redis.call('RPUSH', KEYS[base + 3], unpack(change[2])) end
     local removed = change[4]
     for i = 1, #removed, 2 do
       redis.call('ZREM', KEYS[base + removed[i]], removed[i + 1])
@@ -100,8 +96,6 @@ for b = 0, a.blocks - 1 do
       redis.call('ZINCRBY', KEYS[base + ranked[i]], ranked[i + 2], ranked[i + 1])
     end
     if a.position > checkpoint then redis.call('SET', KEYS[base + 2], a.position) end
-    for k = base + 5, base + a.per_block do members[#members + 1] = KEYS[k] end
-    redis.call('SADD', KEYS[base + 3], unpack(members))
     any_applied = true
     if b + 1 == a.live_block then live_applied = true end
   end
@@ -176,7 +170,7 @@ return 0
 """
 
 ADVANCE = """
--- KEYS: pointer, marker; ARGV: projection prefix, position, checkpoint and members suffixes
+-- KEYS: pointer, marker; ARGV: projection prefix, position, checkpoint suffix
 -- Move the checkpoint of every generation being written up to a position the projection has
 -- passed without a change (events of streams it does not follow), so its lag can reach 0.
 -- The generation base mirrors `layout.generation_base`, as in the read scripts.
@@ -187,7 +181,6 @@ for _, generation in ipairs({redis.call('GET', KEYS[1]), redis.call('GET', KEYS[
     local checkpoint = tonumber(redis.call('GET', base .. ARGV[3]) or '0')
     if position > checkpoint then
       redis.call('SET', base .. ARGV[3], position)
-      redis.call('SADD', base .. ARGV[4], base .. ARGV[3])
     end
   end
 end

@@ -34,7 +34,21 @@ ID_REUSED_REASON = "Idempotency-Key was used with a different request"
 fingerprint: a key reused after Redis forgot it. The gateway answers it with 422."""
 
 FINGERPRINT_FIELD = "fingerprint"
-"""The fingerprint of the request a status hash describes, when it had one."""
+"""The fingerprint of the request a status hash describes, when its id can be asked for again
+(`keeps_fingerprint`)."""
+
+
+def keeps_fingerprint(command_id: UUID | str) -> bool:
+    """Whether a command's status hash keeps its request's fingerprint: only for an id derived
+    from an Idempotency-Key (a name-based UUID, version 5), which another request can name
+    again. An id the gateway drew at random (version 4) belongs to one request for ever, so its
+    fingerprint (64 characters, a third of a small status hash) would never be compared. The
+    event store records every fingerprint regardless (the command worker compares those)."""
+    return UUID(str(command_id)).version == NAME_BASED_VERSION
+
+
+NAME_BASED_VERSION = 5
+"""The UUID version of ids derived from an Idempotency-Key (`uuid5`)."""
 
 _WRITE_IF_OURS = """
 local first = redis.call('HGET', KEYS[1], 'fingerprint')
@@ -88,7 +102,7 @@ def status_fields(
     if version is not None:
         fields["reason"] = reason or ""
         fields["version"] = str(version)
-    if fingerprint is not None:
+    if fingerprint is not None and keeps_fingerprint(command_id):
         fields[FINGERPRINT_FIELD] = fingerprint
     return fields
 

@@ -83,6 +83,16 @@ class Projection(ABC, Generic[View]):
     """The stream types it follows; every other event is acked and counted as ignored."""
     keeps_history: bool = False
     """Whether each stream's events are listed, one JSON entry per event, under `history_key`."""
+    layout: int = 1
+    """The version of the projection's Redis layout (its keys and what its hashes hold). Raise
+    it with any change that code reading the views cannot take in its old form: the
+    projection's keys are then named anew (`keys_name`), so an upgraded deployment finds no
+    views under them and rebuilds them from the event store instead of reading old shapes."""
+
+    @classmethod
+    def keys_name(cls) -> str:
+        """The name its Redis keys go under: `name`, then `name.v2` from layout 2 on."""
+        return cls.name if cls.layout == 1 else f"{cls.name}.v{cls.layout}"
 
     # --- what a projection defines -----------------------------------------------------------
 

@@ -21,6 +21,7 @@ from common.eventstore.store import EventStore, NewEvent, StoredEvent
 from common.readmodel.commands import ID_REUSED_REASON, CommandStatus
 from common.readmodel.keys import Keys
 from common.settings import Settings
+from gateway.idempotency import command_id_for
 from harness.load import envelope
 from orders.contracts import AddItem, CreateOrder, OrderLine, ShipOrder, ShippingAddress
 from orders.domain import DOMAIN, ORDER
@@ -282,7 +283,8 @@ async def test_one_duplicate_is_dropped_after_one_lookup_and_the_batch_still_com
 
 
 def keyed(command: CommandBase, command_id: uuid.UUID, fingerprint: str) -> CommandBase:
-    """`command` under an id a reused idempotency key gives, with its request's fingerprint."""
+    """`command` under an id a reused idempotency key gives (`command_id`, name-based, as
+    `command_id_for` makes), with its request's fingerprint."""
     return command.model_copy(update={"command_id": command_id, "fingerprint": fingerprint})
 
 
@@ -294,7 +296,7 @@ async def test_a_reused_command_id_with_another_fingerprint_is_refused_and_chang
     handler = CommandHandler(registry, store, redis_client, keys, conflict_retries=5)
     order_id = await created_order(handler)
     other_order = await created_order(handler)
-    reused_id = uuid.uuid4()
+    reused_id = command_id_for(f"reused-{uuid.uuid4()}")
     first = keyed(add(order_id, "first"), reused_id, "f" * 64)
     [done] = await handler.execute_batch([first])
     assert done.status is CommandStatus.SUCCEEDED
@@ -326,7 +328,7 @@ async def test_a_refusal_of_a_reused_id_is_the_status_once_redis_forgot_the_firs
 ) -> None:
     handler = CommandHandler(registry, EventStore(pg), redis_client, keys, conflict_retries=5)
     order_id = await created_order(handler)
-    reused_id = uuid.uuid4()
+    reused_id = command_id_for(f"reused-{uuid.uuid4()}")
     await handler.execute_batch([keyed(add(order_id, "first"), reused_id, "f" * 64)])
     await redis_client.delete(keys.command(reused_id))
     second = keyed(ShipOrder(**envelope(order_id)), reused_id, "e" * 64)

@@ -156,7 +156,7 @@ async def _send(ch: aio_pika.abc.AbstractChannel, topology: Topology, command: C
 
 
 async def _order_visible(redis: aioredis.Redis, keys: Keys, order_id: uuid.UUID) -> bool:
-    views = keys.projection(OrderViews.name)
+    views = keys.projection(OrderViews.keys_name())
     generation = await redis.get(views.generation)
     if generation is None:
         return False

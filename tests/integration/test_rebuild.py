@@ -20,6 +20,7 @@ from common.settings import Settings
 from harness.processes import ROOT, Processes
 from orders.contracts import ItemAdded, OrderCreated
 from orders.layout import order_suffix
+from orders.view import OrderView
 from projector_worker.rebuild import Rebuild
 from projector_worker.runner import writer_for
 from tests.conftest import settings_env
@@ -235,6 +236,6 @@ async def test_an_invalid_event_is_skipped_and_its_order_stops_before_it(
             view_keys = projection_keys(keys).views(summary.generation)
             view = await redis_client.hgetall(view_keys.key(order_suffix(str(bad))))
             assert view[b"version"] == b"2"
-            assert orjson.loads(view[b"items"])[-1]["product_id"] == "sku-2"
+            assert OrderView.from_hash(view).lines[-1].product_id == "sku-2"
     finally:
         await writer.close()

@@ -109,7 +109,7 @@ async def write_views(
 ) -> None:
     """Write each change (of an order new to the views) and make generation `GENERATION` the
     one queries read; pipelined, each sorted set's additions of a batch in one ZADD."""
-    projection = keys.projection(OrderViews.name)
+    projection = keys.projection(OrderViews.keys_name())
     view_keys = projection.views(GENERATION)
     for start in range(0, len(changes), batch):
         added: dict[str, dict[str, float]] = defaultdict(dict)

@@ -30,7 +30,9 @@ ORDER_VIEWS = OrderViews.name
 
 
 def projection_keys(keys: Keys | ProjectionKeys, projection: str = ORDER_VIEWS) -> ProjectionKeys:
-    return keys if isinstance(keys, ProjectionKeys) else keys.projection(projection)
+    if isinstance(keys, ProjectionKeys):
+        return keys
+    return keys.projection(registry_of().projections[projection].keys_name())
 
 
 async def live_generation(
@@ -92,9 +94,7 @@ async def dump_generation(
     """Every key of a projection's generation with its content, keyed by suffix (comparable
     across generations and prefixes)."""
     view_keys = projection_keys(keys, projection).views(generation)
-    # The members set names every key the generation ever wrote, to drop it: an index emptied
-    # since (a customer whose orders all moved on) is bookkeeping, not content.
-    members = sorted(await redis.smembers(view_keys.members))
+    members = sorted([key async for key in redis.scan_iter(match=view_keys.pattern, count=1000)])
     kinds = {key: (await redis.type(key)).decode() for key in members}
     members = [key for key in members if kinds[key] != "none"]
     base = view_keys.base.encode()
@@ -202,7 +202,7 @@ async def compare_with_replay(
             await writer.close()
             generation = await live_generation(redis, scratch, name)
             if generation is not None:
-                await drop_generation(redis, scratch.projection(name), generation)
+                await drop_generation(redis, projection_keys(scratch, name), generation)
             leftovers = await keys_with_prefix(redis, scratch.prefix)
             for start in range(0, len(leftovers), 500):
                 await redis.unlink(*leftovers[start : start + 500])

@@ -29,7 +29,6 @@ from bench.stats import (
     best_round,
     cpu_ms_per_command,
     cpu_ms_per_op,
-    glob_escape,
     key_kind,
     memory_by_kind,
     merge_results,
@@ -41,6 +40,7 @@ from bench.stats import (
 )
 from bench.system import CpuSnapshot, cpu_shares
 from bench.wire import ProtocolError, http_request, parse_resp, resp_command, split_response
+from common.readmodel.layout import glob_escape
 from projector_worker.generations import RebuildSummary
 
 # --- statistics ------------------------------------------------------------------------------
@@ -342,6 +342,7 @@ def test_a_key_s_kind_hides_its_ids_and_generation() -> None:
         "order_views:*:customer:*:created"
     )
     assert key_kind(f"{prefix}order_views:generation", prefix) == "order_views:generation"
+    assert key_kind(f"{prefix}order_views.v2:g3:token:x1", prefix) == "order_views.v2:*:token:*"
 
 
 def test_memory_by_kind_sums_and_folds_words_into_their_wildcard() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 
 import orjson
 import pytest
 
+from common.readmodel.commands import FINGERPRINT_FIELD, keeps_fingerprint, status_fields
 from common.readmodel.keys import Keys
 from common.readmodel.layout import ViewKeys
 from common.readmodel.notifications import (
@@ -14,6 +16,7 @@ from common.readmodel.notifications import (
     projected_command_message,
     stream_version_message,
 )
+from gateway.idempotency import command_id_for
 from gateway.waiting import prefer_wait
 from orders.layout import history_suffix, order_suffix
 from orders.queries import Page, SearchQuery
@@ -105,5 +108,15 @@ def test_view_keys_live_under_their_generation() -> None:
     assert keys == ViewKeys("orders:order_views:", 7)
     assert keys.key(order_suffix("o-1")) == "orders:order_views:g7:order:o-1"
     assert keys.key(history_suffix("o-1")) == "orders:order_views:g7:history:o-1"
-    assert keys.members == "orders:order_views:g7:members"
+    assert keys.pattern == "orders:order_views:g7:*"
+    assert Keys("a*[b]:").projection("p").views(1).pattern == "a\\*\\[b\\]:p:g1:*"
     assert keys.checkpoint == "orders:order_views:g7:checkpoint"
+
+
+def test_only_statuses_of_keyed_commands_keep_the_fingerprint() -> None:
+    keyed, drawn = command_id_for("key-1"), uuid.uuid4()
+    assert keeps_fingerprint(keyed)
+    assert keeps_fingerprint(str(keyed))
+    assert not keeps_fingerprint(drawn)
+    assert status_fields(keyed, "AddItem", "Order-1", fingerprint="f")[FINGERPRINT_FIELD] == "f"
+    assert FINGERPRINT_FIELD not in status_fields(drawn, "AddItem", "Order-1", fingerprint="f")

@@ -79,7 +79,7 @@ async def close_ticket(request: Request) -> Response:
 
 class TicketQueries:
     def __init__(self, redis: Any, keys: Keys) -> None:
-        self.reader = ProjectionReader(redis, keys.projection(TicketViews.name))
+        self.reader = ProjectionReader(redis, keys.projection(TicketViews.keys_name()))
 
 
 _VIEWS = TicketViews()
