@@ -7,8 +7,10 @@ import re
 from functools import cache
 from pathlib import Path
 
+import orjson
 import pytest
 
+from bench.ceilings_figures import table
 from common.settings import Settings
 from gateway.app import create_app
 from orders.settings import OrdersSettings
@@ -117,3 +119,24 @@ def test_the_chaos_table_lives_in_the_drills_output_only() -> None:
     assert header in text(CHAOS_TABLE)
     for path in MANUAL:
         assert header not in text(path), f"{path.name} copies the chaos table; link to it"
+
+
+SCALING_DOC = ROOT / "docs" / "scaling.md"
+CEILINGS = ROOT / "bench" / "ceilings.json"
+SETTING_NAME = re.compile(r"`([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)(?:=[^`]*)?`")
+COMING_SETTINGS = frozenset({"REDIS_READ_FROM"})
+"""Settings docs/scaling.md describes for the cluster support, which adds them."""
+
+
+def test_the_scaling_doc_names_only_real_settings() -> None:
+    real = {name.upper() for name in Settings.model_fields}
+    named = set(SETTING_NAME.findall(text(SCALING_DOC)))
+    assert "AMQP_URL" in named
+    assert named - real <= COMING_SETTINGS, sorted(named - real - COMING_SETTINGS)
+
+
+def test_the_scaling_table_is_the_last_ceilings_run() -> None:
+    results = orjson.loads(CEILINGS.read_bytes())
+    assert "failed" not in results
+    assert not results["plan"]["quick"]
+    assert table(results) in text(SCALING_DOC), "rerun the table from bench/ceilings.json"
