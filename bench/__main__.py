@@ -238,7 +238,11 @@ def main_ceilings(args: argparse.Namespace, services: Endpoints) -> int:
     log_dir = OUT / isolation.run_id
     log_dir.mkdir(parents=True, exist_ok=True)
     say(f"ceilings: run {isolation.run_id}, logs in {relative(log_dir)}")
-    results = measure(plan, isolation, log_dir, say)
+    try:
+        results = measure(plan, isolation, log_dir, say)
+    except KeyboardInterrupt:
+        print("ceilings: interrupted; processes stopped, slice removed", file=sys.stderr)
+        return 130
     prune_logs(OUT)
     output = args.output or (OUT if plan.quick or "failed" in results else ROOT / "bench")
     report.write_json(output / "ceilings.json", results)

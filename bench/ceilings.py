@@ -40,7 +40,7 @@ from bench import seed
 from bench.backlog import command_backlog, fill_commands_queue, kinds
 from bench.ceilings_figures import CeilingPlan, Window, figures, logged_at, metric_sum
 from bench.plan import PhaseFailed
-from bench.system import cpu_snapshot, run_on_uvloop_value
+from bench.system import CpuSnapshot, cpu_snapshot, run_on_uvloop_value
 from command_worker.relay import CHECKPOINT, RELAY_LOCK
 from common.eventstore.schema import APPEND_LOCK
 from common.messaging.topology import Topology
@@ -52,6 +52,10 @@ from harness.processes import Proc, Processes
 POLL_S = 0.1
 """How often a part's progress is read: a scrape of its metrics, or a Redis GET per
 projection. Cheap beside the work, and the error it leaves in a wall time."""
+
+
+QUIET_S = 2.0
+"""How long the services are watched, before each part, without it."""
 
 
 class Ceilings:
@@ -113,7 +117,7 @@ class Ceilings:
         async with HeldLock(self.iso.database_url, RELAY_LOCK) as relay_lock:
             worker = self.procs.start("command_worker", name="relay-worker")
             self.say(f"relay: publishing {events:,} events")
-            before = cpu_snapshot(self.procs.procs)
+            quiet, before = await self.quiet_baseline()
             await relay_lock.release()
             relayed = f"{self.metric_prefix}_events_relayed_total"
             await self.until(
@@ -124,7 +128,7 @@ class Ceilings:
         if leading is None:
             raise PhaseFailed(f"no 'relay leading' line:\n{worker.tail()}")
         wall = time.time() - (time.monotonic() - after.at) - leading.timestamp()
-        self.results["relay"] = figures(Window(worker.name, events, wall, before, after))
+        self.results["relay"] = figures(Window(worker.name, events, wall, before, after, quiet))
         worker.stop()
 
     async def projector_alone(
@@ -136,7 +140,7 @@ class Ceilings:
         redis = Redis.from_url(self.iso.redis_url)
         names = list(self.registry.projections)
         try:
-            before = cpu_snapshot(self.procs.procs)
+            quiet, before = await self.quiet_baseline()
             projector.signal(signal.SIGCONT)
 
             async def at_head() -> bool:
@@ -152,10 +156,16 @@ class Ceilings:
             after = cpu_snapshot(self.procs.procs)
         finally:
             await redis.aclose()
-        applied = metric_sum(
-            self.scrape(projector), f"{self.metric_prefix}_events_projected_total"
-        ) - metric_sum(metrics_before, f"{self.metric_prefix}_events_projected_total")
-        part = figures(Window(projector.name, events, after.at - before.at, before, after))
+        page = self.scrape(projector)
+        projected = f"{self.metric_prefix}_events_projected_total"
+        applied = metric_sum(page, projected) - metric_sum(metrics_before, projected)
+        if metric_sum(page, f"{self.metric_prefix}_rabbitmq_reconnects_total"):
+            self.notes.append(
+                "projector: reconnected to RabbitMQ (stopped past the heartbeat timeout?):"
+                " its figures include the reconnection"
+            )
+        wall = after.at - before.at
+        part = figures(Window(projector.name, events, wall, before, after, quiet))
         part["projections"] = names
         part["applied_by_all_projections"] = int(applied)
         self.results["projector"] = part
@@ -178,7 +188,7 @@ class Ceilings:
             worker = self.procs.start("command_worker", name="command-worker")
             await self.until_async(appends.waited_for, "the first append", worker)
             self.say(f"command worker: deciding and appending {len(commands):,} commands")
-            before = cpu_snapshot(self.procs.procs)
+            quiet, before = await self.quiet_baseline()
             started = time.monotonic()
             await appends.release()
             handled = f"{self.metric_prefix}_commands_total"
@@ -193,7 +203,7 @@ class Ceilings:
             await self.until(done, "the command worker", worker)
             after = cpu_snapshot(self.procs.procs)
             wall = time.monotonic() - started
-        part = figures(Window(worker.name, len(commands), wall, before, after))
+        part = figures(Window(worker.name, len(commands), wall, before, after, quiet))
         part["kinds"] = kinds(commands)
         part["outcomes"] = await self.outcomes([c.command_id for c in commands])
         part["left_in_queue"] = await self.ready_messages(self.topology.commands_queue)
@@ -203,6 +213,14 @@ class Ceilings:
         worker.stop()
 
     # --- reading progress ---------------------------------------------------------------------
+
+    async def quiet_baseline(self) -> tuple[CpuSnapshot, CpuSnapshot]:
+        """Two snapshots `QUIET_S` apart while the part waits at the door: what the services
+        and the machine do without it (other tenants of a shared machine), then the snapshot
+        the part's own figures start from."""
+        first = cpu_snapshot(self.procs.procs)
+        await asyncio.sleep(QUIET_S)
+        return first, cpu_snapshot(self.procs.procs)
 
     @staticmethod
     def scrape(proc: Proc) -> str:
@@ -292,6 +310,8 @@ def measure(
     content, notes included (a part that failed is named there and left out)."""
     settings = isolation.settings()
     procs = Processes(settings_env(settings), log_dir)
+    # SIGTERM unwinds like Ctrl-C, so a stopped projector gets SIGCONT and the slice goes.
+    signal.signal(signal.SIGTERM, _interrupted)
     ceilings = Ceilings(plan, isolation, procs, settings, say)
     isolation.create()
     failed: str | None = None
@@ -314,3 +334,7 @@ def measure(
     if failed:
         results["failed"] = failed.splitlines()[0]
     return results
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

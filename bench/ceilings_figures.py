@@ -50,6 +50,9 @@ class Window:
     wall_s: float
     before: CpuSnapshot
     after: CpuSnapshot
+    quiet: CpuSnapshot | None = None
+    """A snapshot taken a while before `before`, with the part waiting: what the services and
+    the machine did without it."""
 
 
 def cpu_seconds(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
@@ -78,6 +81,13 @@ def figures(window: Window) -> dict[str, Any]:
     services = {name: round(spent.get(name, 0.0), 3) for name in SERVICES}
     together = own + sum(services.values())
     snapshot_wall = max(window.after.at - window.before.at, 1e-9)
+    baseline: dict[str, float] = {}
+    if window.quiet is not None:
+        quiet_wall = max(window.before.at - window.quiet.at, 1e-9)
+        without = cpu_seconds(window.quiet, window.before)
+        baseline = {
+            name: round(without.get(name, 0.0) / quiet_wall, 2) for name in (*SERVICES, "machine")
+        }
     return {
         "count": window.count,
         "wall_s": round(window.wall_s, 3),
@@ -89,6 +99,7 @@ def figures(window: Window) -> dict[str, Any]:
         "per_cpu_s_with_services": per(window.count, together),
         "process_cores": round(own / snapshot_wall, 2),
         "machine_cores": round(spent["machine"] / snapshot_wall, 2),
+        "cores_before_the_part": baseline,
     }
 
 

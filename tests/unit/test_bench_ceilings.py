@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime
+from uuid import UUID
 
 import pytest
 
@@ -20,6 +21,7 @@ from bench.ceilings_figures import (
     table,
 )
 from bench.system import CpuSnapshot
+from orders.aggregate import Order
 from orders.domain import ORDER
 
 
@@ -31,8 +33,8 @@ def test_the_backlog_is_the_bench_mix_and_one_worker_taking_it_in_order_accepts_
     assert 0.3 < counts["CreateOrder"] / 3000 < 0.45
     assert 0.3 < counts["AddItem"] / 3000 < 0.5
     # Deciding each command on its order's state so far, in queue order, never rejects.
-    states: dict[object, object] = {}
-    versions: Counter[object] = Counter()
+    states: dict[UUID, Order] = {}
+    versions: Counter[UUID] = Counter()
     for command in commands:
         state = states.get(command.order_id, ORDER.initial)
         events = ORDER.decide_within_limit(state, versions[command.order_id], command)
@@ -150,3 +152,17 @@ def test_the_table_has_a_row_per_part_measured() -> None:
 def test_plans_seed_whole_orders(plan: CeilingPlan) -> None:
     assert plan.events % 5 == 0
     assert plan.commands > 0
+
+
+def test_what_the_services_did_before_the_part_is_reported_in_cores() -> None:
+    quiet = snapshot(8.0, {"projector": 2.0}, 99.0, 47.0)
+    before = snapshot(10.0, {"projector": 2.0}, 100.0, 50.0)
+    after = snapshot(14.0, {"projector": 4.0}, 100.5, 57.0)
+    part = figures(Window("projector", 10_000, 4.0, before, after, quiet))
+    assert part["cores_before_the_part"] == {
+        "rabbitmq": 0.5,
+        "postgresql": 0.5,
+        "redis": 0.5,
+        "machine": 1.5,
+    }
+    assert figures(Window("projector", 1, 4.0, before, after))["cores_before_the_part"] == {}
