@@ -177,6 +177,7 @@ class Ceilings:
     async def command_worker_alone(self) -> None:
         """One command worker draining a pre-filled commands queue; its relay stands by."""
         commands = command_backlog(self.plan.commands, 11, self.plan.customers)
+        events_before = await self.event_count()
         self.say(f"command worker: filling the commands queue with {len(commands):,} commands")
         await fill_commands_queue(
             self.iso.amqp_url, self.topology, self.settings.retry_base_delay_ms, commands
@@ -206,6 +207,9 @@ class Ceilings:
         part = figures(Window(worker.name, len(commands), wall, before, after, quiet))
         part["kinds"] = kinds(commands)
         part["outcomes"] = await self.outcomes([c.command_id for c in commands])
+        part["events_per_command"] = round(
+            (await self.event_count() - events_before) / len(commands), 3
+        )
         part["left_in_queue"] = await self.ready_messages(self.topology.commands_queue)
         self.results["command_worker"] = part
         if part["outcomes"] != {"succeeded": len(commands)}:
@@ -253,6 +257,9 @@ class Ceilings:
             return int(declared.declaration_result.message_count or 0)
         finally:
             await connection.close()
+
+    async def event_count(self) -> int:
+        return int(await seed.event_count(self.iso.database_url))
 
     async def outcomes(self, command_ids: list[Any]) -> dict[str, int]:
         conn = await asyncpg.connect(self.iso.database_url)

@@ -160,5 +160,37 @@ def table(results: Mapping[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def sizing_table(results: Mapping[str, Any], commands_per_s: int = 1000) -> str:
+    """The Markdown table of cores per `commands_per_s` commands of the load's mix, from
+    `bench/ceilings.json`: each part's process, and each service's CPU split by part (the
+    relay and the projector scaled by the events a command made)."""
+    per_command = {
+        "command_worker": 1.0,
+        "relay": results["command_worker"].get("events_per_command", 1.0),
+        "projector": results["command_worker"].get("events_per_command", 1.0),
+    }
+
+    def cores(part: str, cpu_s: float) -> float:
+        return float(cpu_s / results[part]["count"] * per_command[part] * commands_per_s)
+
+    rows = [
+        f"| per {commands_per_s:,} commands/s | cores"
+        " | of which: command worker / relay / projector |",
+        "|---|---:|---:|",
+    ]
+    for part, label in SIZED.items():
+        rows.append(f"| {label} | {cores(part, results[part]['cpu_s']):.2f} | |")
+    for service in SERVICES:
+        spent = [cores(part, results[part]["services_cpu_s"][service]) for part in SIZED]
+        split = " / ".join(f"{value:.2f}" for value in spent)
+        rows.append(f"| {SERVICE_NAMES[service]} | {sum(spent):.2f} | {split} |")
+    return "\n".join(rows)
+
+
+SIZED = {"command_worker": "command workers", "relay": "relay leader", "projector": "projectors"}
+"""The parts of the sizing table, in its order, and their rows' labels."""
+SERVICE_NAMES = {"rabbitmq": "RabbitMQ", "postgresql": "PostgreSQL", "redis": "Redis"}
+
+
 def _number(value: float | None) -> str:
     return "—" if value is None else f"{value:,.0f}"

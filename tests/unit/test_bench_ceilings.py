@@ -18,6 +18,7 @@ from bench.ceilings_figures import (
     figures,
     logged_at,
     metric_sum,
+    sizing_table,
     table,
 )
 from bench.system import CpuSnapshot
@@ -166,3 +167,25 @@ def test_what_the_services_did_before_the_part_is_reported_in_cores() -> None:
         "machine": 1.5,
     }
     assert figures(Window("projector", 1, 4.0, before, after))["cores_before_the_part"] == {}
+
+
+def test_sizing_scales_each_part_by_what_one_command_makes() -> None:
+    def part(count: int, cpu_s: float, rabbitmq: float, **extra: float) -> dict[str, object]:
+        services = {"rabbitmq": rabbitmq, "postgresql": 0.0, "redis": 0.0}
+        return {"count": count, "cpu_s": cpu_s, "services_cpu_s": services, **extra}
+
+    results = {
+        "command_worker": part(2000, 1.0, 0.5, events_per_command=2.0),
+        "relay": part(10_000, 0.5, 1.0),
+        "projector": part(10_000, 5.0, 2.0),
+    }
+    rows = sizing_table(results).splitlines()
+    # 1,000 commands/s: 0.5 cores of command worker; 2,000 events/s, so 0.1 of relay, 1.0 of
+    # projector; RabbitMQ 0.25 + 0.2 + 0.4.
+    assert rows[2:5] == [
+        "| command workers | 0.50 | |",
+        "| relay leader | 0.10 | |",
+        "| projectors | 1.00 | |",
+    ]
+    assert rows[5] == "| RabbitMQ | 0.85 | 0.25 / 0.20 / 0.40 |"
+    assert rows[6] == "| PostgreSQL | 0.00 | 0.00 / 0.00 / 0.00 |"
