@@ -194,3 +194,15 @@ SERVICE_NAMES = {"rabbitmq": "RabbitMQ", "postgresql": "PostgreSQL", "redis": "R
 
 def _number(value: float | None) -> str:
     return "—" if value is None else f"{value:,.0f}"
+
+
+if __name__ == "__main__":
+    # `python -m bench.ceilings_figures [results.json]`: the two tables docs/scaling.md shows.
+    import sys
+    from pathlib import Path
+
+    import orjson
+
+    source = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).with_name("ceilings.json"))
+    loaded = orjson.loads(source.read_bytes())
+    print(table(loaded), sizing_table(loaded), sep="\n\n")
