@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bench.system import CpuSnapshot
+from bench.system import CpuSnapshot, service_seconds
 
 SERVICES = ("rabbitmq", "postgresql", "redis")
 
@@ -63,8 +63,7 @@ def cpu_seconds(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
         for name in after.procs
         if name in before.procs
     }
-    for name, value in after.services.items():
-        spent[name] = max(value - before.services.get(name, 0.0), 0.0)
+    spent.update(service_seconds(before, after))
     spent["machine"] = max(after.busy - before.busy, 0.0)
     return spent
 

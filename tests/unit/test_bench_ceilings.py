@@ -21,7 +21,7 @@ from bench.ceilings_figures import (
     sizing_table,
     table,
 )
-from bench.system import CpuSnapshot
+from bench.system import CpuSnapshot, ServiceProc, service_seconds
 from orders.aggregate import Order
 from orders.domain import ORDER
 
@@ -189,3 +189,32 @@ def test_sizing_scales_each_part_by_what_one_command_makes() -> None:
     ]
     assert rows[5] == "| RabbitMQ | 0.85 | 0.25 / 0.20 / 0.40 |"
     assert rows[6] == "| PostgreSQL | 0.00 | 0.00 / 0.00 / 0.00 |"
+
+
+def test_service_cpu_is_counted_process_by_process() -> None:
+    def at(procs: dict[int, ServiceProc]) -> CpuSnapshot:
+        totals = {"rabbitmq": 0.0, "postgresql": 0.0, "redis": 0.0}
+        for proc in procs.values():
+            totals[proc.service] += proc.cpu_s
+        return CpuSnapshot(0.0, {}, totals, 0.0, 0.0, procs)
+
+    before = at(
+        {
+            10: ServiceProc("postgresql", 100, 5.0),  # the postmaster
+            11: ServiceProc("postgresql", 200, 40.0),  # a session that ends meanwhile
+            12: ServiceProc("postgresql", 300, 1.0),  # its pid is reused meanwhile
+            20: ServiceProc("redis", 100, 7.0),
+        }
+    )
+    after = at(
+        {
+            10: ServiceProc("postgresql", 100, 5.5),
+            12: ServiceProc("postgresql", 900, 0.25),
+            13: ServiceProc("postgresql", 950, 0.5),  # a session that started meanwhile
+            20: ServiceProc("redis", 100, 7.0),
+        }
+    )
+    # Totals alone would say PostgreSQL used nothing (46 s before, 6.25 s after).
+    assert service_seconds(before, after) == {"rabbitmq": 0.0, "postgresql": 1.25, "redis": 0.0}
+    before.service_procs = {}
+    assert service_seconds(before, after)["postgresql"] == 0.0
