@@ -54,10 +54,6 @@ POLL_S = 0.1
 projection. Cheap beside the work, and the error it leaves in a wall time."""
 
 
-QUIET_S = 2.0
-"""How long the services are watched, before each part, without it."""
-
-
 class Ceilings:
     """One run of the three parts on `isolation`, processes started through `procs`."""
 
@@ -219,11 +215,11 @@ class Ceilings:
     # --- reading progress ---------------------------------------------------------------------
 
     async def quiet_baseline(self) -> tuple[CpuSnapshot, CpuSnapshot]:
-        """Two snapshots `QUIET_S` apart while the part waits at the door: what the services
-        and the machine do without it (other tenants of a shared machine), then the snapshot
-        the part's own figures start from."""
+        """Two snapshots the plan's `quiet_s` apart while the part waits at the door: what the
+        services and the machine do without it (other tenants of a shared machine), then the
+        snapshot the part's own figures start from."""
         first = cpu_snapshot(self.procs.procs)
-        await asyncio.sleep(QUIET_S)
+        await asyncio.sleep(self.plan.quiet_s)
         return first, cpu_snapshot(self.procs.procs)
 
     @staticmethod
@@ -318,7 +314,7 @@ def measure(
     settings = isolation.settings()
     procs = Processes(settings_env(settings), log_dir)
     # SIGTERM unwinds like Ctrl-C, so a stopped projector gets SIGCONT and the slice goes.
-    signal.signal(signal.SIGTERM, _interrupted)
+    previous = signal.signal(signal.SIGTERM, _interrupted)
     ceilings = Ceilings(plan, isolation, procs, settings, say)
     isolation.create()
     failed: str | None = None
@@ -330,6 +326,7 @@ def measure(
         procs.stop_all()
         for problem in isolation.destroy():
             say(f"ceilings: clean-up: {problem}")
+        signal.signal(signal.SIGTERM, previous)
     results: dict[str, Any] = {
         **ceilings.results,
         "plan": dataclasses.asdict(plan),

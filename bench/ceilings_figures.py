@@ -30,6 +30,8 @@ class CeilingPlan:
     timeout_s: float
     """The longest any one part may take to drain its backlog."""
     customers: int = 500
+    quiet_s: float = 2.0
+    """How long the services are watched, before each part, without it."""
 
     @classmethod
     def full(cls) -> CeilingPlan:

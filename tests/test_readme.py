@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench.ceilings_figures import table
+from bench.ceilings_figures import sizing_table, table
 from common.settings import Settings
 from gateway.app import create_app
 from orders.settings import OrdersSettings
@@ -140,3 +140,4 @@ def test_the_scaling_table_is_the_last_ceilings_run() -> None:
     assert "failed" not in results
     assert not results["plan"]["quick"]
     assert table(results) in text(SCALING_DOC), "rerun the table from bench/ceilings.json"
+    assert sizing_table(results) in text(SCALING_DOC), "rerun the sizing from ceilings.json"
