@@ -124,15 +124,13 @@ def test_the_chaos_table_lives_in_the_drills_output_only() -> None:
 SCALING_DOC = ROOT / "docs" / "scaling.md"
 CEILINGS = ROOT / "bench" / "ceilings.json"
 SETTING_NAME = re.compile(r"`([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)(?:=[^`]*)?`")
-COMING_SETTINGS = frozenset({"REDIS_READ_FROM"})
-"""Settings docs/scaling.md describes for the cluster support, which adds them."""
 
 
 def test_the_scaling_doc_names_only_real_settings() -> None:
     real = {name.upper() for name in Settings.model_fields}
     named = set(SETTING_NAME.findall(text(SCALING_DOC)))
     assert "AMQP_URL" in named
-    assert named - real <= COMING_SETTINGS, sorted(named - real - COMING_SETTINGS)
+    assert named <= real, sorted(named - real)
 
 
 def test_the_scaling_table_is_the_last_ceilings_run() -> None:
