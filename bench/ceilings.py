@@ -141,7 +141,8 @@ class Ceilings:
 
             async def at_head() -> bool:
                 for name in names:
-                    projection = keys.projection(name)
+                    # A projection's keys carry its layout version (`order_views.v2`).
+                    projection = keys.projection(self.registry.projections[name].keys_name())
                     live = await redis.get(projection.generation)
                     checkpoint = live and await redis.get(projection.views(int(live)).checkpoint)
                     if int(checkpoint or 0) < head:
