@@ -133,6 +133,22 @@ def test_the_scaling_doc_names_only_real_settings() -> None:
     assert named <= real, sorted(named - real)
 
 
+def test_the_scaling_doc_names_only_real_metrics() -> None:
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from common.observability import metrics
+
+    real = set()
+    for value in vars(metrics).values():
+        if isinstance(value, Counter):
+            real.add(f"{value._name}_total")
+        elif isinstance(value, Gauge | Histogram):
+            real.add(value._name)
+    named = set(re.findall(rf"`(?:rate\()?({metrics.NAMESPACE}_[a-z_]+)", text(SCALING_DOC)))
+    assert "orders_relay_lag_positions" in named
+    assert named <= real, sorted(named - real)
+
+
 def test_the_scaling_table_is_the_last_ceilings_run() -> None:
     results = orjson.loads(CEILINGS.read_bytes())
     assert "failed" not in results
