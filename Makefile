@@ -20,7 +20,7 @@ PROJECTOR_WORKERS ?= 1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: help install lock services run test test-fast test-integration lint format clean bench chaos
+.PHONY: help install lock services run test test-fast test-integration lint format clean bench ceilings chaos
 
 help:
 	@echo "make install   create $(VENV) and install $(LOCK), then the project itself"
@@ -35,6 +35,8 @@ help:
 	@echo "make lint      ruff check, ruff format --check, mypy"
 	@echo "make format    ruff fixes and formatting"
 	@echo "make bench     the benchmark: ratios against floors measured in the same run (QUICK=1)"
+	@echo "make ceilings  the relay, a command worker and a projector, each alone over a backlog,"
+	@echo "               per CPU-second (bench/ceilings.json; QUICK=1 for a smoke run)"
 	@echo "make chaos     the fault drills: kills, broker/database/Redis restarts and freezes;"
 	@echo "               then the tests that measure latency under load (-m load)"
 	@echo "make clean     remove caches and build output ($(VENV) stays; rm -rf it to start over)"
@@ -104,6 +106,10 @@ clean:
 # QUICK=1: a smoke run of under a minute, written to bench/out/ (not the tracked figures).
 bench: install services
 	$(BIN)/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+# Each serial part alone over a backlog (docs/scaling.md); QUICK=1: small, to bench/out/.
+ceilings: install services
+	$(BIN)/python -m bench --ceilings $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 # The fault drills and their table (tests/chaos/last-run.md); CHAOS_ARGS='--quick' for a small
 # load, '--scenario NAME ...' for some. Restarts and freezes of RabbitMQ, PostgreSQL and Redis

@@ -19,8 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.ceilings import measure
+from bench.ceilings_figures import CeilingPlan
+from bench.ceilings_figures import table as ceilings_table
 from bench.phases import Bench, relative
 from bench.plan import PhaseFailed, Plan
+from bench.seed import EVENTS_PER_ORDER
 from bench.system import OUT
 from harness.isolation import Endpoints, Slice
 from harness.processes import ROOT
@@ -36,6 +40,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "of every process, creates alone against a naive FastStream peer.",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
+    parser.add_argument(
+        "--ceilings",
+        action="store_true",
+        help="instead of the benchmark: the relay, a command worker and a projector, each "
+        "alone over a backlog, in items per CPU-second (writes ceilings.json)",
+    )
+    parser.add_argument(
+        "--ceiling-events", type=int, help="events the relay and the projector work through"
+    )
+    parser.add_argument(
+        "--ceiling-commands", type=int, help="commands the command worker works through"
+    )
     parser.add_argument("--clients", type=int, help="concurrent clients of the closed loops")
     parser.add_argument("--duration", type=float, help="seconds of each closed command loop")
     parser.add_argument("--warmup", type=float, help="seconds left out of the steady window")
@@ -158,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.ceilings:
+        return main_ceilings(args, services)
     output = args.output or (OUT if plan.quick else ROOT / "bench")
     isolation = Slice(services, "bench")
     isolation.create()
@@ -204,6 +222,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"bench: wrote {written}")
     if failed:
         print(f"\nbench: FAILED: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main_ceilings(args: argparse.Namespace, services: Endpoints) -> int:
+    """`--ceilings`: each serial part alone (`bench.ceilings`); `ceilings.json` in `bench/`
+    (a full run) or `bench/out/` (`--quick`)."""
+    plan = CeilingPlan.smoke() if args.quick else CeilingPlan.full()
+    overrides = {"events": args.ceiling_events, "commands": args.ceiling_commands}
+    plan = dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v is not None})
+    if plan.events < EVENTS_PER_ORDER or plan.commands < 1:
+        raise SystemExit("--ceiling-events must be at least 5 and --ceiling-commands 1")
+    isolation = Slice(services, "bench")
+    log_dir = OUT / isolation.run_id
+    log_dir.mkdir(parents=True, exist_ok=True)
+    say(f"ceilings: run {isolation.run_id}, logs in {relative(log_dir)}")
+    try:
+        results = measure(plan, isolation, log_dir, say)
+    except KeyboardInterrupt:
+        print("ceilings: interrupted; processes stopped, slice removed", file=sys.stderr)
+        return 130
+    prune_logs(OUT)
+    output = args.output or (OUT if plan.quick or "failed" in results else ROOT / "bench")
+    report.write_json(output / "ceilings.json", results)
+    print()
+    print(ceilings_table(results))
+    for note in results["notes"]:
+        print(f"note: {note}")
+    say(f"ceilings: wrote {relative(output / 'ceilings.json')}")
+    if "failed" in results:
+        print(f"\nceilings: FAILED: {results['failed']}", file=sys.stderr)
         return 1
     return 0
 

@@ -7,8 +7,10 @@ import re
 from functools import cache
 from pathlib import Path
 
+import orjson
 import pytest
 
+from bench.ceilings_figures import sizing_table, table
 from common.settings import Settings
 from gateway.app import create_app
 from orders.settings import OrdersSettings
@@ -117,3 +119,39 @@ def test_the_chaos_table_lives_in_the_drills_output_only() -> None:
     assert header in text(CHAOS_TABLE)
     for path in MANUAL:
         assert header not in text(path), f"{path.name} copies the chaos table; link to it"
+
+
+SCALING_DOC = ROOT / "docs" / "scaling.md"
+CEILINGS = ROOT / "bench" / "ceilings.json"
+SETTING_NAME = re.compile(r"`([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)(?:=[^`]*)?`")
+
+
+def test_the_scaling_doc_names_only_real_settings() -> None:
+    real = {name.upper() for name in Settings.model_fields}
+    named = set(SETTING_NAME.findall(text(SCALING_DOC)))
+    assert "AMQP_URL" in named
+    assert named <= real, sorted(named - real)
+
+
+def test_the_scaling_doc_names_only_real_metrics() -> None:
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from common.observability import metrics
+
+    real = set()
+    for value in vars(metrics).values():
+        if isinstance(value, Counter):
+            real.add(f"{value._name}_total")
+        elif isinstance(value, Gauge | Histogram):
+            real.add(value._name)
+    named = set(re.findall(rf"`(?:rate\()?({metrics.NAMESPACE}_[a-z_]+)", text(SCALING_DOC)))
+    assert "orders_relay_lag_positions" in named
+    assert named <= real, sorted(named - real)
+
+
+def test_the_scaling_table_is_the_last_ceilings_run() -> None:
+    results = orjson.loads(CEILINGS.read_bytes())
+    assert "failed" not in results
+    assert not results["plan"]["quick"]
+    assert table(results) in text(SCALING_DOC), "rerun the table from bench/ceilings.json"
+    assert sizing_table(results) in text(SCALING_DOC), "rerun the sizing from ceilings.json"
