@@ -19,6 +19,7 @@ from common.readmodel.connection import ReadFrom
 from harness.isolation import Endpoints, answers, new_run_id, settings_env
 from harness.load import LoadShape
 from harness.processes import process_group
+from harness.rabbit_cluster import rabbit_cluster, unavailable_reason
 from harness.redis_sentinel import SentinelGroup
 from tests.chaos import services as shared
 from tests.chaos.report import Row, details, markdown
@@ -83,6 +84,9 @@ def _stop_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
 def run_one(
     scenario: Scenario, services: Endpoints, shape: LoadShape, logs: Path, freeze_s: float
 ) -> Row:
+    no_cluster = unavailable_reason() if scenario.cluster else None
+    if no_cluster is not None:
+        return Row(scenario.name, skipped=f"no local RabbitMQ cluster: {no_cluster}")
     if scenario.restarts is not None and not shared.wait_until_alone(say, scenario.restarts):
         return Row(scenario.name, skipped="other test or benchmark runs kept the machine busy")
     run = new_run_id()
@@ -90,7 +94,9 @@ def run_one(
     log_dir.mkdir(parents=True)
     try:
         with contextlib.ExitStack() as stack:
-            settings = stack.enter_context(isolated_settings(services, run))
+            cluster = stack.enter_context(rabbit_cluster(say=say)) if scenario.cluster else None
+            on = cluster.endpoints(services) if cluster is not None else services
+            settings = stack.enter_context(isolated_settings(on, run))
             group = None
             if scenario.sentinels:
                 group = stack.enter_context(SentinelGroup.started())
@@ -102,7 +108,14 @@ def run_one(
             )
             outcome = asyncio.run(
                 run_scenario(
-                    scenario, settings, started, services, shape, freeze_s=freeze_s, sentinels=group
+                    scenario,
+                    settings,
+                    started,
+                    on,
+                    shape,
+                    freeze_s=freeze_s,
+                    sentinels=group,
+                    cluster=cluster,
                 )
             )
             return outcome.row
