@@ -7,12 +7,16 @@ import asyncio
 import random
 from typing import Any, cast
 
+import aio_pika
+import aiormq
 import pytest
+from pamqp.commands import Basic
 from pydantic import ValidationError
 
 from common.messaging import connection as connection_module
-from common.messaging.connection import SupervisedConnection
+from common.messaging.connection import BrokerUnavailable, SupervisedConnection
 from common.messaging.nodes import NodeRotation, node_label, node_urls, vhost_of
+from common.messaging.publishing import ConfirmedPublisher
 from common.messaging.topology import (
     REPLICATED_DEAD_LETTERING,
     QueueRole,
@@ -175,3 +179,54 @@ async def test_declaring_deletes_the_retired_delay_queues_only_if_empty() -> Non
     topology = Topology("shop", ("a",))
     await declare_topology(cast(Any, channel), topology, 250)
     assert channel.deleted == list(declarations(topology, 250).retired)
+
+
+class NackingExchange:
+    def __init__(self, nack: bool) -> None:
+        self.nack = nack
+        self.published = 0
+
+    async def publish(self, message: Any, routing_key: str, **_: Any) -> None:
+        if self.nack:
+            raise aiormq.exceptions.DeliveryError(None, Basic.Nack(delivery_tag=1))
+        self.published += 1
+
+
+class FakeChannel:
+    def __init__(self, nack: bool) -> None:
+        self.is_closed = False
+        self.exchange = NackingExchange(nack)
+
+    async def get_exchange(self, name: str, *, ensure: bool) -> NackingExchange:
+        assert not self.is_closed
+        return self.exchange
+
+    async def close(self) -> None:
+        self.is_closed = True
+
+
+class FakeConnection:
+    """Hands out a channel that nacks everything, then channels that confirm."""
+
+    is_closed = False
+
+    def __init__(self) -> None:
+        self.channels: list[FakeChannel] = []
+
+    async def channel(self, **_: Any) -> FakeChannel:
+        self.channels.append(FakeChannel(nack=not self.channels))
+        return self.channels[-1]
+
+
+async def test_a_nack_retires_the_channel_and_the_next_publish_opens_a_fresh_one() -> None:
+    """A channel opened during a leader election can stay stuck nacking (the kill-9 cluster
+    drill's relay): the publisher must not keep using it."""
+    connection = FakeConnection()
+    publisher = await ConfirmedPublisher.open(cast(Any, connection), timeout_s=1)
+    with pytest.raises(BrokerUnavailable, match="DeliveryError"):
+        await publisher.publish("x", "k", aio_pika.Message(b"1"))
+    assert connection.channels[0].is_closed
+    assert publisher.is_open, "a fresh channel can be had: the owner need not reconnect"
+    await publisher.publish("x", "k", aio_pika.Message(b"2"))
+    assert len(connection.channels) == 2
+    assert connection.channels[1].exchange.published == 1
