@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +12,8 @@ import aiormq
 from aio_pika.abc import AbstractChannel
 
 from common.messaging.connection import BrokerUnavailable
+
+log = logging.getLogger(__name__)
 
 PUBLISH_ERRORS = (
     aio_pika.exceptions.AMQPError,
@@ -110,6 +113,7 @@ class ConfirmedPublisher:
         """Close `channel` after a nack or a missing confirm (see the class docstring); other
         publishes in flight on it fail too, as they would have."""
         if channel is self._channel and not channel.is_closed:
+            log.warning("publisher channel retired after a nack or a missing confirm")
             try:
                 await asyncio.wait_for(channel.close(), self._timeout_s)
             except (*PUBLISH_ERRORS, RuntimeError):
