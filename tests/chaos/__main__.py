@@ -126,13 +126,16 @@ def run_one(
             shared.ensure_all(services)
 
 
-def write_report(path: Path, rows: list[Row], shape: LoadShape, quick: bool) -> str:
+def write_report(
+    path: Path, rows: list[Row], shape: LoadShape, quick: bool, chosen: list[str] | None = None
+) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = "\n".join(
         [
             "# Last chaos run",
             "",
-            f"`python -m tests.chaos{' --quick' if quick else ''}`, {when}, on"
+            f"`python -m tests.chaos{' --quick' if quick else ''}"
+            f"{' --scenario ' + ' '.join(chosen) if chosen else ''}`, {when}, on"
             f" {os.cpu_count()} cores. Each scenario: {shape.orders} orders, about"
             f" {shape.commands} commands over HTTP ({shape.concurrency} in flight, at most"
             f" {shape.rate:.0f} a second), 2 command workers and 2 projectors; the fault comes"
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shared.ensure_all(services)
     say("")
-    say(write_report(args.output, rows, shape, args.quick))
+    say(write_report(args.output, rows, shape, args.quick, args.scenario))
     say(f"{len(rows)} scenarios in {time.monotonic() - started:.0f}s; table in {args.output}")
     if all(row.passed for row in rows) and not args.keep_logs:
         shutil.rmtree(logs, ignore_errors=True)
