@@ -5,9 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.messaging.nodes import node_urls
 from common.observability.logging import LogFormat
 from common.readmodel.connection import ReadFrom, check_redis_url
 
@@ -15,7 +16,10 @@ from common.readmodel.connection import ReadFrom, check_redis_url
 class Settings(BaseSettings):
     """Every setting of every process. Environment variables use the upper-case field name."""
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+    # An error must not echo a value: URLs carry passwords.
+    model_config = SettingsConfigDict(
+        env_file=None, extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     domains: str = "orders"
     """Comma-separated packages whose `DOMAIN` this deployment runs; every process loads the
@@ -26,7 +30,10 @@ class Settings(BaseSettings):
     dashboards group them."""
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    """RabbitMQ URL; its path names the vhost (`%2F` is the default vhost)."""
+    """RabbitMQ URL; its path names the vhost (`%2F` is the default vhost). For a cluster, a
+    comma-separated list of every node's URL (same vhost): each process connects to one, in a
+    shuffled order, and moves on to the next when it loses it
+    (https://www.rabbitmq.com/docs/clustering)."""
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/orders"
     """PostgreSQL URL of the event store; the database is created on start-up if missing."""
@@ -134,6 +141,12 @@ class Settings(BaseSettings):
     """Also write every finished trace span to this file, one JSON object per line (tests, or
     a look at traces without a collector). Tracing is otherwise configured by the standard
     `OTEL_*` variables and off without them."""
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_nodes_parse(cls, value: str) -> str:
+        node_urls(value)
+        return value
 
     @model_validator(mode="before")
     @classmethod

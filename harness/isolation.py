@@ -40,7 +40,15 @@ class Endpoints:
 
     amqp_host: str = "127.0.0.1"
     amqp_port: int = 5672
-    management_port: int = 15672
+    amqp_nodes: tuple[int, ...] = ()
+    """AMQP ports of more nodes of the same cluster on `amqp_host` (`harness.rabbit_cluster`)."""
+    management_port: int | None = 15672
+    """None: no management API; vhosts are then made with rabbitmqctl."""
+    rabbitmq_nodes: tuple[str, ...] = ()
+    """The nodes rabbitmqctl is pointed at (`-n`), tried in turn; none: the machine's own."""
+    rabbitmq_disposable: bool = False
+    """The broker is removed after the run (a local cluster): a slice leaves its vhost to go
+    with it. (Deleting a vhost waits minutes on a quorum queue whose member node is down.)"""
     pg_host: str = "127.0.0.1"
     pg_port: int = 5432
     pg_user: str = "postgres"
@@ -52,7 +60,11 @@ class Endpoints:
     containers: list[Any] = field(default_factory=list)
 
     def amqp_url(self, vhost: str) -> str:
-        return f"amqp://guest:guest@{self.amqp_host}:{self.amqp_port}/{vhost}"
+        """The URL of every node (one, or a comma-separated list for a cluster)."""
+        return ",".join(
+            f"amqp://guest:guest@{self.amqp_host}:{port}/{vhost}"
+            for port in (self.amqp_port, *self.amqp_nodes)
+        )
 
     def database_url(self, database: str) -> str:
         auth = self.pg_user + (f":{self.pg_password}" if self.pg_password else "")
@@ -66,14 +78,17 @@ class Endpoints:
         """Names of the services that do not accept connections."""
         ports = {
             "RabbitMQ": (self.amqp_host, self.amqp_port),
-            "RabbitMQ management": (self.amqp_host, self.management_port),
             "PostgreSQL": (self.pg_host, self.pg_port),
             "Redis": (self.redis_host, self.redis_port),
         }
+        if self.management_port is not None:
+            ports["RabbitMQ management"] = (self.amqp_host, self.management_port)
         return [name for name, (host, port) in ports.items() if not answers(host, port)]
 
     def management(self, method: str, path: str, body: Any = None) -> Any:
-        """Call the RabbitMQ management HTTP API as guest."""
+        """Call the RabbitMQ management HTTP API as guest (`OSError` when there is none)."""
+        if self.management_port is None:
+            raise OSError("this RabbitMQ has no management API")
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
             f"http://{self.amqp_host}:{self.management_port}/api{path}",
@@ -203,17 +218,18 @@ class Slice:
                 {"configure": ".*", "write": ".*", "read": ".*"},
             )
         except (urllib.error.URLError, OSError):
-            _rabbitmqctl("add_vhost", self.vhost)
-            _rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
+            self._rabbitmqctl("add_vhost", self.vhost)
+            self._rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
 
     def destroy(self) -> list[str]:
         """Remove the vhost, the database and the keys; the list of what could not be."""
         problems = []
         try:
-            self.endpoints.management("DELETE", f"/vhosts/{self.vhost}")
+            if not self.endpoints.rabbitmq_disposable:
+                self.endpoints.management("DELETE", f"/vhosts/{self.vhost}")
         except (urllib.error.URLError, OSError) as exc:
             try:
-                _rabbitmqctl("delete_vhost", self.vhost)
+                self._rabbitmqctl("delete_vhost", self.vhost)
             except (subprocess.CalledProcessError, OSError):
                 problems.append(f"vhost {self.vhost}: {exc}")
         try:
@@ -225,6 +241,20 @@ class Slice:
         except Exception as exc:
             problems.append(f"redis prefix {self.prefix}: {exc!r}")
         return problems
+
+    def _rabbitmqctl(self, *args: str) -> None:
+        """On the machine's node, or on the first of the endpoints' nodes that answers."""
+        nodes = self.endpoints.rabbitmq_nodes
+        if not nodes:
+            _rabbitmqctl(*args)
+            return
+        for node in nodes:
+            try:
+                _rabbitmqctl("-n", node, *args)
+                return
+            except subprocess.CalledProcessError:
+                if node == nodes[-1]:
+                    raise
 
     async def _drop_database(self) -> None:
         conn = await asyncpg.connect(self.endpoints.database_url("postgres"))

@@ -108,6 +108,10 @@ class System:
                         latest = (at, proc)
         return latest[1] if latest else self.alive(self.command_workers)[0]
 
+    def on_node(self, node: str) -> list[Proc]:
+        """The running processes whose latest RabbitMQ session is on `node` (`host:port`)."""
+        return [p for p in self.alive(self.procs) if amqp_sessions(p)[-1:] == [node]]
+
     def exited(self) -> list[str]:
         """Processes that died without being asked to, with the end of their logs."""
         return [
@@ -115,3 +119,15 @@ class System:
             for p in self.procs
             if not p.running and p.exit_code not in (0, -9)
         ]
+
+
+def amqp_sessions(proc: Proc) -> list[str]:
+    """The node (`host:port`) of each RabbitMQ session the process opened, in order, from the
+    `rabbitmq connected` lines of its log."""
+    nodes = []
+    for line in proc.log().splitlines():
+        if '"rabbitmq connected"' not in line:
+            continue
+        with contextlib.suppress(ValueError, AttributeError, KeyError):
+            nodes.append(str(json.loads(line)["node"]))
+    return nodes

@@ -4,6 +4,10 @@ Robust connections that replay declarations piecemeal are where "the queues came
 consumers did not" comes from. Here a lost connection ends the session: the supervisor connects
 anew and runs `on_connected` again, which declares the topology and starts every consumer, so
 nothing can be restored half way.
+
+`AMQP_URL` may name every node of a cluster (`common.messaging.nodes`): the supervisor walks
+them in a shuffled order, one session on one node at a time, and after a loss or a failed attempt
+goes on to the next, so a stopped node costs one reconnect, not a wait for that node.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from functools import partial
 
 import aio_pika
 
+from common.messaging.nodes import NodeRotation, node_label, node_urls
 from common.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -32,7 +38,8 @@ class BrokerUnavailable(Exception):
 
 
 class SupervisedConnection:
-    """Keeps one AMQP connection open, reconnecting with capped exponential backoff."""
+    """Keeps one AMQP connection open to one of the nodes of `url` (one URL or a comma-separated
+    list), reconnecting to the next node with capped exponential backoff."""
 
     def __init__(
         self,
@@ -41,8 +48,9 @@ class SupervisedConnection:
         name: str,
         on_connected: OnConnected,
         max_backoff_s: float = 5.0,
+        rng: random.Random | None = None,
     ) -> None:
-        self._url = url
+        self._nodes = NodeRotation(node_urls(url), rng)
         self._name = name
         self._on_connected = on_connected
         self._max_backoff_s = max_backoff_s
@@ -52,6 +60,10 @@ class SupervisedConnection:
         self.sessions = 0
         """How many times a connection was made and set up; tests use it to see a reconnect."""
         self._reconnects = metrics.RECONNECTS.labels(name)
+        self.node: str | None = None
+        """`host:port` of the node of the current session (None between sessions)."""
+        self.nodes_used: list[str] = []
+        """The node of every session so far, in order; tests use it to see a move."""
 
     @property
     def connection(self) -> aio_pika.abc.AbstractConnection:
@@ -81,9 +93,12 @@ class SupervisedConnection:
         backoff = 0.1
         while True:
             lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            url = self._nodes.current
+            node = node_label(url)
+            where = {"connection": self._name, "node": node}
             try:
                 connection = await aio_pika.connect(
-                    self._url,
+                    url,
                     timeout=CONNECT_TIMEOUT_S,
                     client_properties={"connection_name": self._name},
                 )
@@ -93,17 +108,23 @@ class SupervisedConnection:
                 if self.sessions:
                     self._reconnects.inc()
                 self.sessions += 1
+                self.node = node
+                self.nodes_used.append(node)
+                metrics.SESSIONS.labels(self._name, node).inc()
                 self.ready.set()
-                log.info("rabbitmq connected", extra={"connection": self._name})
+                log.info("rabbitmq connected", extra=where)
                 backoff = 0.1
                 await lost
-                log.warning("rabbitmq connection lost", extra={"connection": self._name})
+                log.warning("rabbitmq connection lost", extra=where)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("rabbitmq connect failed: %r", exc, extra={"connection": self._name})
+                log.warning("rabbitmq connect failed: %r", exc, extra=where)
             finally:
                 self.ready.clear()
+                self.node = None
+            # Another node next: the one just lost or refused is the likeliest to be down.
+            self._nodes.advance()
             conn = self._connection
             if conn is not None and not conn.is_closed:
                 try:

@@ -17,6 +17,7 @@ from common.messaging.consuming import (
     QUEUE_HEADER,
     REASON_HEADER,
 )
+from common.messaging.nodes import connect_any
 from common.messaging.publishing import ConfirmedPublisher
 from common.messaging.topology import Topology, declare_topology, dlq_name
 from common.settings import Settings
@@ -81,7 +82,7 @@ async def list_dead_letters(
     settings: Settings, topology: Topology, queue: str, limit: int
 ) -> list[DeadLetter]:
     """Up to `limit` dead letters, oldest first; they stay in the queue."""
-    connection = await aio_pika.connect(settings.amqp_url)
+    connection = await connect_any(settings.amqp_url)
     try:
         channel = await connection.channel()
         await declare_topology(channel, topology, settings.retry_base_delay_ms)
@@ -107,7 +108,7 @@ async def replay_dead_letters(
     message_id: str | None = None,
 ) -> int:
     """Move up to `limit` dead letters (or only `message_id`) back to `queue`."""
-    connection = await aio_pika.connect(settings.amqp_url)
+    connection = await connect_any(settings.amqp_url)
     moved = 0
     try:
         channel = await connection.channel()

@@ -7,18 +7,34 @@ together in the management console:
 - `<app>.events` (fanout exchange) -> `<app>.projection.<name>` (quorum queue), one per
   projection, read by the projectors running it.
 - `<app>.dead-letter` (direct exchange) -> `<queue>.dlq` for each work queue.
-- `<app>.retry` (direct exchange) -> `<queue>.retry.<delay>ms` delay queues whose TTL dead-letters
+- `<app>.retry` (direct exchange) -> `<queue>.delay.<delay>ms` delay queues whose TTL dead-letters
   the message back to its work queue, giving exponential backoff without a hot requeue loop.
+
+Every queue is a quorum queue, replicated over the nodes of a cluster, and every queue the broker
+dead-letters from (work queues past their delivery limit, delay queues at their TTL) does so
+`at-least-once`: the message stays in its queue until the target queue confirmed it, so a message
+on its way to a DLQ or back to its work queue survives the loss of a node
+(https://www.rabbitmq.com/docs/quorum-queues#dead-lettering). That strategy needs
+`x-overflow: reject-publish`; these queues have no length limit, so nothing is rejected for it.
+
+Upgrading a deployment of an earlier release: queue arguments cannot change on an existing
+queue. Its work queues (declared without the two arguments above) are accepted as they are
+(`QueueDeclaration.legacy_arguments`), with a warning; its classic delay queues
+(`<queue>.retry.<delay>ms`) are no longer used and are deleted once empty (`retire_legacy`).
+See docs/operations.md, "Upgrading to replicated delay queues".
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +91,20 @@ def retry_delays_ms(base_delay_ms: int) -> list[int]:
 
 def retry_queue_name(queue: str, delay_ms: int) -> str:
     """Delay queues carry their TTL in the name, so two settings never clash on one queue."""
+    return f"{queue}.delay.{delay_ms}ms"
+
+
+def legacy_retry_queue_name(queue: str, delay_ms: int) -> str:
+    """The classic (unreplicated) delay queue of earlier releases, retired by `retire_legacy`."""
     return f"{queue}.retry.{delay_ms}ms"
+
+
+REPLICATED_DEAD_LETTERING: Mapping[str, str] = {
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
+"""Arguments of a quorum queue that dead-letters at least once (the strategy needs the overflow
+behaviour; without it the broker falls back to at-most-once)."""
 
 
 def retry_delay_for(base_delay_ms: int, attempt: int) -> int:
@@ -91,7 +120,7 @@ class QueueRole(StrEnum):
     DEAD_LETTER = "dead-letter"
     """`<work queue>.dlq`: messages given up on, read by nobody but a person."""
     DELAY = "delay"
-    """`<work queue>.retry.<delay>ms`: read by nobody; its TTL sends a message back to the work
+    """`<work queue>.delay.<delay>ms`: read by nobody; its TTL sends a message back to the work
     queue through the default exchange."""
 
 
@@ -118,6 +147,9 @@ class QueueDeclaration:
     durable: bool = True
     delay_ms: int | None = None
     """A delay queue's TTL."""
+    legacy_arguments: Mapping[str, int | str] | None = None
+    """The arguments an earlier release declared this queue with: an existing queue that has
+    them is used as it is (arguments of an existing queue cannot change)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +159,8 @@ class Declarations:
 
     exchanges: tuple[ExchangeDeclaration, ...]
     queues: tuple[QueueDeclaration, ...]
+    retired: tuple[str, ...] = ()
+    """Queues of earlier releases no longer used: deleted once empty, never declared."""
 
 
 def declarations(topology: Topology, retry_base_delay_ms: int) -> Declarations:
@@ -144,6 +178,7 @@ def declarations(topology: Topology, retry_base_delay_ms: int) -> Declarations:
         (topology.projection_queue(p), topology.events_exchange, "") for p in topology.projections
     ]
     queues: list[QueueDeclaration] = []
+    retired: list[str] = []
     for queue_name, source, routing_key in sources:
         dlq = dlq_name(queue_name)
         queues.append(
@@ -156,6 +191,12 @@ def declarations(topology: Topology, retry_base_delay_ms: int) -> Declarations:
                 arguments={"x-queue-type": "quorum"},
             )
         )
+        work_arguments: dict[str, int | str] = {
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": topology.dead_letter_exchange,
+            "x-dead-letter-routing-key": dlq,
+            "x-delivery-limit": DELIVERY_LIMIT,
+        }
         queues.append(
             QueueDeclaration(
                 name=queue_name,
@@ -163,21 +204,20 @@ def declarations(topology: Topology, retry_base_delay_ms: int) -> Declarations:
                 work_queue=queue_name,
                 exchange=source,
                 routing_key=routing_key,
-                arguments={
-                    "x-queue-type": "quorum",
-                    "x-dead-letter-exchange": topology.dead_letter_exchange,
-                    "x-dead-letter-routing-key": dlq,
-                    "x-delivery-limit": DELIVERY_LIMIT,
-                },
+                arguments={**work_arguments, **REPLICATED_DEAD_LETTERING},
+                legacy_arguments=work_arguments,
             )
         )
         for delay_ms in retry_delays_ms(retry_base_delay_ms):
             name = retry_queue_name(queue_name, delay_ms)
             arguments: dict[str, int | str] = {
+                "x-queue-type": "quorum",
                 "x-message-ttl": delay_ms,
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": queue_name,
+                **REPLICATED_DEAD_LETTERING,
             }
+            retired.append(legacy_retry_queue_name(queue_name, delay_ms))
             queues.append(
                 QueueDeclaration(
                     name=name,
@@ -189,7 +229,7 @@ def declarations(topology: Topology, retry_base_delay_ms: int) -> Declarations:
                     delay_ms=delay_ms,
                 )
             )
-    return Declarations(exchanges, tuple(queues))
+    return Declarations(exchanges, tuple(queues), tuple(retired))
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,13 +251,54 @@ async def declare_topology(
             exchange.name, exchange.type, durable=exchange.durable
         )
     for declared in plan.queues:
-        queue = await channel.declare_queue(
-            declared.name, durable=declared.durable, arguments=dict(declared.arguments)
-        )
+        queue = await _declare_queue(channel, declared)
         await queue.bind(exchanges[declared.exchange], routing_key=declared.routing_key)
+    await retire_legacy(channel, plan.retired)
     return Exchanges(
         commands=exchanges[topology.commands_exchange],
         events=exchanges[topology.events_exchange],
         dead_letter=exchanges[topology.dead_letter_exchange],
         retry=exchanges[topology.retry_exchange],
     )
+
+
+async def _declare_queue(
+    channel: AbstractChannel, declared: QueueDeclaration
+) -> aio_pika.abc.AbstractQueue:
+    """Declare `declared`; an existing queue with its `legacy_arguments` is used as it is."""
+    try:
+        return await channel.declare_queue(
+            declared.name, durable=declared.durable, arguments=dict(declared.arguments)
+        )
+    except aio_pika.exceptions.ChannelPreconditionFailed:
+        if declared.legacy_arguments is None:
+            raise
+    # The failed declare closed the channel; the legacy arguments fail just as loudly if the
+    # queue has yet other ones.
+    await channel.reopen()
+    queue = await channel.declare_queue(
+        declared.name, durable=declared.durable, arguments=dict(declared.legacy_arguments)
+    )
+    log.warning(
+        "queue %s has the arguments of an earlier release: it dead-letters at most once until"
+        " it is migrated (docs/operations.md)",
+        declared.name,
+        extra={"queue": declared.name},
+    )
+    return queue
+
+
+async def retire_legacy(channel: AbstractChannel, names: Sequence[str]) -> list[str]:
+    """Delete the queues `names` that exist and are empty (the broker checks emptiness and
+    deletes in one step, so no message is lost); the ones still holding messages are left to
+    drain (a legacy delay queue's TTL moves each message to its work queue) and returned."""
+    kept = []
+    for name in names:
+        try:
+            await channel.queue_delete(name, if_empty=True)
+        except aio_pika.exceptions.ChannelPreconditionFailed:
+            kept.append(name)
+            await channel.reopen()
+    if kept:
+        log.info("earlier delay queues still draining, deleted at a later start: %s", kept)
+    return kept

@@ -195,6 +195,14 @@ RECONNECTS = Counter(
     namespace=NAMESPACE,
     registry=None,
 )
+SESSIONS = Counter(
+    "rabbitmq_sessions_total",
+    "Sessions opened to RabbitMQ, by connection name and node (`host:port` of `AMQP_URL`): "
+    "which node of a cluster each process is on, and where it went after a loss.",
+    ["connection", "node"],
+    namespace=NAMESPACE,
+    registry=None,
+)
 DEPENDENCY_UP = Gauge(
     "dependency_up",
     "1 while a service this worker's handlers need (postgres, redis) answered its last probe.",
@@ -289,6 +297,7 @@ GATEWAY: tuple[Collector, ...] = (
     WAITS_PENDING,
     WAITS_REFUSED,
     RECONNECTS,
+    SESSIONS,
     GC_PAUSES,
 )
 COMMAND_WORKER: tuple[Collector, ...] = (
@@ -301,6 +310,7 @@ COMMAND_WORKER: tuple[Collector, ...] = (
     RELAY_LAG,
     RELAY_BLOCKED,
     RECONNECTS,
+    SESSIONS,
     GC_PAUSES,
     *CONSUMER,
 )
@@ -314,6 +324,7 @@ PROJECTOR: tuple[Collector, ...] = (
     STREAMS_RECOVERED,
     STATUSES_RECOVERED,
     RECONNECTS,
+    SESSIONS,
     GC_PAUSES,
     *CONSUMER,
 )

@@ -19,6 +19,7 @@ from common.readmodel.connection import ReadFrom
 from harness.isolation import Endpoints, answers, new_run_id, settings_env
 from harness.load import LoadShape
 from harness.processes import process_group
+from harness.rabbit_cluster import rabbit_cluster, unavailable_reason
 from harness.redis_sentinel import SentinelGroup
 from tests.chaos import services as shared
 from tests.chaos.report import Row, details, markdown
@@ -83,6 +84,9 @@ def _stop_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
 def run_one(
     scenario: Scenario, services: Endpoints, shape: LoadShape, logs: Path, freeze_s: float
 ) -> Row:
+    no_cluster = unavailable_reason() if scenario.cluster else None
+    if no_cluster is not None:
+        return Row(scenario.name, skipped=f"no local RabbitMQ cluster: {no_cluster}")
     if scenario.restarts is not None and not shared.wait_until_alone(say, scenario.restarts):
         return Row(scenario.name, skipped="other test or benchmark runs kept the machine busy")
     run = new_run_id()
@@ -90,7 +94,9 @@ def run_one(
     log_dir.mkdir(parents=True)
     try:
         with contextlib.ExitStack() as stack:
-            settings = stack.enter_context(isolated_settings(services, run))
+            cluster = stack.enter_context(rabbit_cluster(say=say)) if scenario.cluster else None
+            on = cluster.endpoints(services) if cluster is not None else services
+            settings = stack.enter_context(isolated_settings(on, run))
             group = None
             if scenario.sentinels:
                 group = stack.enter_context(SentinelGroup.started())
@@ -102,7 +108,14 @@ def run_one(
             )
             outcome = asyncio.run(
                 run_scenario(
-                    scenario, settings, started, services, shape, freeze_s=freeze_s, sentinels=group
+                    scenario,
+                    settings,
+                    started,
+                    on,
+                    shape,
+                    freeze_s=freeze_s,
+                    sentinels=group,
+                    cluster=cluster,
                 )
             )
             return outcome.row
@@ -113,13 +126,16 @@ def run_one(
             shared.ensure_all(services)
 
 
-def write_report(path: Path, rows: list[Row], shape: LoadShape, quick: bool) -> str:
+def write_report(
+    path: Path, rows: list[Row], shape: LoadShape, quick: bool, chosen: list[str] | None = None
+) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = "\n".join(
         [
             "# Last chaos run",
             "",
-            f"`python -m tests.chaos{' --quick' if quick else ''}`, {when}, on"
+            f"`python -m tests.chaos{' --quick' if quick else ''}"
+            f"{' --scenario ' + ' '.join(chosen) if chosen else ''}`, {when}, on"
             f" {os.cpu_count()} cores. Each scenario: {shape.orders} orders, about"
             f" {shape.commands} commands over HTTP ({shape.concurrency} in flight, at most"
             f" {shape.rate:.0f} a second), 2 command workers and 2 projectors; the fault comes"
@@ -162,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shared.ensure_all(services)
     say("")
-    say(write_report(args.output, rows, shape, args.quick))
+    say(write_report(args.output, rows, shape, args.quick, args.scenario))
     say(f"{len(rows)} scenarios in {time.monotonic() - started:.0f}s; table in {args.output}")
     if all(row.passed for row in rows) and not args.keep_logs:
         shutil.rmtree(logs, ignore_errors=True)

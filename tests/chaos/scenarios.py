@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from uuid import UUID
@@ -19,15 +18,18 @@ from uuid import UUID
 import asyncpg
 import httpx
 
+from common.messaging.nodes import vhost_of
 from common.readmodel import reading
 from common.readmodel.connection import connect_redis
 from common.settings import Settings
 from harness.isolation import Endpoints, new_run_id
 from harness.load import LoadDriver, LoadShape, time_to_read, time_to_recover
 from harness.processes import Proc, Processes
+from harness.rabbit_cluster import RabbitCluster
 from harness.redis_sentinel import SentinelGroup
 from harness.system import System
 from tests.chaos import services as shared
+from tests.chaos.cluster import lose_commands_leader
 from tests.chaos.freezing import Process, frozen
 from tests.chaos.report import Row
 from tests.chaos.system import wait_for_quiet
@@ -63,10 +65,12 @@ class Drill:
     """How long a freeze lasts."""
     sentinels: SentinelGroup | None = None
     """The system's own Redis primary, replicas and Sentinels, for a scenario that has them."""
+    cluster: RabbitCluster | None = None
+    """The RabbitMQ cluster the system runs on, for a cluster scenario."""
 
     @property
     def vhost(self) -> str:
-        return urllib.parse.unquote(urllib.parse.urlsplit(self.settings.amqp_url).path[1:])
+        return vhost_of(self.settings.amqp_url)
 
 
 Inject = Callable[[Drill], Awaitable[None]]
@@ -90,6 +94,8 @@ class Scenario:
     """Run the system on a Redis primary, two replicas and three Sentinels of its own
     (`harness/redis_sentinel.py`), reading views from the replicas, instead of the shared
     Redis."""
+    cluster: bool = False
+    """Runs on a three-node RabbitMQ cluster of its own, started and removed by the drill."""
 
 
 # --- the injections -----------------------------------------------------------------------------
@@ -230,6 +236,9 @@ def freeze(service: FrozenService) -> Inject:
     return inject
 
 
+CLUSTER = "the machine (three more RabbitMQ nodes)"
+"""What a cluster scenario disturbs: nothing shared, but two cores' worth of CPU."""
+
 POSTGRES = FrozenService("PostgreSQL", shared.postmaster_pid, shared.ensure_postgres)
 REDIS = FrozenService("Redis", shared.redis_pid, shared.ensure_redis)
 RABBITMQ = FrozenService(
@@ -327,6 +336,22 @@ SCENARIOS = (
         sentinels=True,
         expect_logged="after Redis lost writes",
     ),
+    Scenario(
+        "rabbit-node-stop",
+        "on a three-node cluster, stop the node leading the commands queue (rabbitmqctl stop);"
+        " its processes must carry on through another node",
+        lose_commands_leader(kill=False),
+        restarts=CLUSTER,
+        cluster=True,
+    ),
+    Scenario(
+        "rabbit-node-kill-9",
+        "on a three-node cluster, kill -9 the VM of the node leading the commands queue; its"
+        " processes must carry on through another node",
+        lose_commands_leader(kill=True),
+        restarts=CLUSTER,
+        cluster=True,
+    ),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}
 
@@ -355,11 +380,14 @@ async def run_scenario(
     quiet_timeout_s: float = 180.0,
     freeze_s: float = FREEZE_S,
     sentinels: SentinelGroup | None = None,
+    cluster: RabbitCluster | None = None,
 ) -> ScenarioResult:
     system = await asyncio.to_thread(
         System.start, processes, command_workers=command_workers, projectors=projectors
     )
-    drill = Drill(services, settings, system, say, freeze_s=freeze_s, sentinels=sentinels)
+    drill = Drill(
+        services, settings, system, say, freeze_s=freeze_s, sentinels=sentinels, cluster=cluster
+    )
     run = new_run_id()
     async with httpx.AsyncClient(base_url=system.gateway.base_url, timeout=30) as client:
         driver = LoadDriver(client, shape)

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from command_worker.relay import CHECKPOINT
 from common.domain import load_domains
+from common.messaging.nodes import connect_any
 from common.messaging.topology import Topology, retry_delays_ms, retry_queue_name
 from common.readmodel.connection import connect_redis
 from common.readmodel.keys import Keys
@@ -51,7 +52,7 @@ async def queue_backlog(settings: Settings) -> int:
             for delay in retry_delays_ms(settings.retry_base_delay_ms)
         ),
     ]
-    connection = await aio_pika.connect(settings.amqp_url)
+    connection = await connect_any(settings.amqp_url)
     try:
         ch = await connection.channel()
         return sum([await depth(ch, name) for name in names])

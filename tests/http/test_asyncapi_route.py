@@ -52,7 +52,7 @@ async def test_the_gateway_serves_the_document_of_its_settings(gateway: FastAPI)
     document = response.json()
     assert document == expected
     assert schema_errors(document) == []
-    assert "queue.shop.projection.ticket_views.retry.9600ms" in document["channels"]
+    assert "queue.shop.projection.ticket_views.delay.9600ms" in document["channels"]
 
 
 async def test_it_needs_a_key_like_every_other_route(gateway: FastAPI) -> None:

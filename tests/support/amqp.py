@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from common.messaging.messages import EVENT_BATCH, command_message
+from common.messaging.nodes import connect_any
 from common.messaging.topology import Topology, declare_topology
 from common.settings import Settings
 from orders.contracts import Command
@@ -25,7 +25,7 @@ async def channel(
 ) -> AsyncIterator[AbstractChannel]:
     """A channel on a connection with the topology declared (by default, the one of the
     environment's settings: every projection of the loaded domains)."""
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect_any(amqp_url)
     try:
         ch = await connection.channel()
         await declare_topology(ch, topology or topology_of(), retry_base_delay_ms)

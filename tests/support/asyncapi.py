@@ -68,6 +68,8 @@ class RecordingChannel:
         """name -> (durable, arguments)"""
         self.bindings: dict[str, list[tuple[str, str]]] = {}
         """queue -> [(exchange, routing key)]"""
+        self.deleted: list[str] = []
+        """Queues deleted if empty (none of them exists here)."""
 
     async def declare_exchange(
         self, name: str, type: aio_pika.ExchangeType | str, *, durable: bool = False
@@ -80,6 +82,10 @@ class RecordingChannel:
     ) -> _RecordedQueue:
         self.queues[name] = (durable, dict(arguments or {}))
         return _RecordedQueue(self, name)
+
+    async def queue_delete(self, name: str, *, if_empty: bool = False) -> None:
+        assert if_empty, "only empty queues are ever deleted"
+        self.deleted.append(name)
 
 
 class _RecordedQueue:

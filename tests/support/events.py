@@ -14,13 +14,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TypeVar
 
-import aio_pika
 import asyncpg
 
 from common.contracts.envelopes import EventMetadata, RecordedEvent
 from common.domain import stream_id
 from common.eventstore.store import EventStore, NewEvent
 from common.messaging.messages import event_message, events_message
+from common.messaging.nodes import connect_any
 from common.messaging.publishing import ConfirmedPublisher
 from common.messaging.topology import declare_topology
 from common.settings import Settings
@@ -174,7 +174,7 @@ async def event_publisher(
     (confirmed): every projection's queue gets them. Each in a message of its own, or with
     `batched` all in one message (`event-batch`)."""
     topology = topology_of(settings)
-    connection = await aio_pika.connect(settings.amqp_url)
+    connection = await connect_any(settings.amqp_url)
     try:
         channel = await connection.channel()
         await declare_topology(channel, topology, settings.retry_base_delay_ms)

@@ -6,11 +6,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from uuid import UUID
 
-import aio_pika
 import asyncpg
 from redis.asyncio import Redis
 
 from command_worker.relay import CHECKPOINT
+from common.messaging.nodes import connect_any
 from common.messaging.topology import Topology, dlq_name
 from common.readmodel.keys import Keys
 from common.settings import Settings
@@ -117,7 +117,7 @@ async def dead_letters(amqp_url: str, topology: Topology | None = None) -> dict[
     """Messages waiting in the dead-letter queue of each work queue (the commands queue and
     every projection's queue)."""
     queues = (topology or topology_of()).work_queues
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect_any(amqp_url)
     try:
         ch = await connection.channel()
         return {dlq_name(q): await depth(ch, dlq_name(q)) for q in queues}

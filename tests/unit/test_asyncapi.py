@@ -209,9 +209,9 @@ def test_every_route_reaches_a_declared_queue(both: dict[str, Any]) -> None:
 
 
 def test_the_delay_queues_are_the_retry_routes_values(both: dict[str, Any]) -> None:
-    retry = both["channels"]["route.shop.retry.shop.commands.retry"]
+    retry = both["channels"]["route.shop.retry.shop.commands.delay"]
     assert routing_keys(retry) == [
-        f"shop.commands.retry.{BASE_DELAY_MS * 2**tier}ms" for tier in range(6)
+        f"shop.commands.delay.{BASE_DELAY_MS * 2**tier}ms" for tier in range(6)
     ]
     for routing_key in routing_keys(retry):
         delay = both["channels"][f"queue.{routing_key}"]["bindings"]["amqp"]
@@ -301,7 +301,7 @@ def test_commands_reach_only_the_command_queues(both: dict[str, Any]) -> None:
     assert "Ticket.TicketOpened" in events
     assert not set(commands) & set(events)
     assert both["channels"]["queue.shop.commands.dlq"]["messages"] == commands
-    assert both["channels"]["queue.shop.commands.retry.250ms"]["messages"] == commands
+    assert both["channels"]["queue.shop.commands.delay.250ms"]["messages"] == commands
 
 
 def sample_commands() -> list[tuple[str, CommandBase]]:

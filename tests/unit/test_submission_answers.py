@@ -35,10 +35,19 @@ class SilentChannel:
     async def get_exchange(self, name: str, *, ensure: bool) -> SilentExchange:
         return SilentExchange()
 
+    async def close(self) -> None:
+        self.is_closed = True
+
 
 async def test_a_missing_confirm_raises_confirm_timeout() -> None:
-    publisher = ConfirmedPublisher(cast(AbstractChannel, SilentChannel()), timeout_s=0.05)
+    channel = SilentChannel()
+    publisher = ConfirmedPublisher(cast(AbstractChannel, channel), timeout_s=0.05)
     with pytest.raises(ConfirmTimeout):
+        await publisher.publish("commands", "commands", aio_pika.Message(b"{}"))
+    # A channel that stopped confirming is retired; without a connection to open another,
+    # the next publish is refused at once.
+    assert channel.is_closed
+    with pytest.raises(BrokerUnavailable, match="channel closed"):
         await publisher.publish("commands", "commands", aio_pika.Message(b"{}"))
 
 

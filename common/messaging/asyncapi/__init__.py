@@ -15,12 +15,12 @@ the event model without its `type`, which travels beside it in the envelope.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from common.domain import Registry
 from common.messaging.asyncapi.catalogue import message_catalogue
 from common.messaging.asyncapi.channels import Wiring
 from common.messaging.messages import JSON
+from common.messaging.nodes import vhost_of
 from common.messaging.topology import Topology, declarations
 
 __all__ = ["ASYNCAPI_VERSION", "PROCESSES", "PROPERTIES", "asyncapi_document", "vhost_of"]
@@ -49,11 +49,6 @@ PROPERTIES = {
     "app_id": "`gateway` for commands, `relay` for events",
 }
 """The AMQP basic properties every message carries."""
-
-
-def vhost_of(amqp_url: str) -> str:
-    """The virtual host an AMQP URL names (`/` when its path is empty)."""
-    return unquote(urlsplit(amqp_url).path[1:]) or "/"
 
 
 def asyncapi_document(

@@ -141,7 +141,7 @@ class Wiring:
     @staticmethod
     def _retry_template(work: str, delays: Iterable[QueueDeclaration]) -> str:
         """The routing key of the delay queues, `{delay}` in place of each one's delay."""
-        template = f"{work}.retry.{{delay}}ms"
+        template = f"{work}.delay.{{delay}}ms"
         for queue in delays:
             if queue.routing_key != template.replace("{delay}", str(queue.delay_ms)):
                 raise ValueError(f"{queue.routing_key} does not follow {template}")
