@@ -1,7 +1,7 @@
 """The keys of the order views inside one generation of the `order_views` projection.
 
-Every key is `{prefix}order_views.v2:g{generation}:{suffix}` (see `common/readmodel/layout.py`;
-`v2` is the projection's `layout`).
+Every key is `{prefix}order_views.v3:g{generation}:{suffix}` (see `common/readmodel/layout.py`;
+`v3` is the projection's `layout`).
 The suffix functions below are the only place these suffixes are spelled.
 
 | suffix                             | type   | content                                        |
@@ -14,6 +14,7 @@ The suffix functions below are the only place these suffixes are spelled.
 | `orders:by_created`                | zset   | every order id by creation time                |
 | `orders:by_total`                  | zset   | every order id by total amount                 |
 | `token:{token}`                    | zset   | order ids by creation time, per search token   |
+|                                    |        | (customer, product, address; not the order id) |
 """
 
 from __future__ import annotations

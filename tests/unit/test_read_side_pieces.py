@@ -86,15 +86,29 @@ def test_prefer_wait(header: str | None, seconds: float | None) -> None:
 
 
 def test_search_picks_the_narrowest_sets() -> None:
+    def suffixes(query: SearchQuery) -> list[str]:
+        return [suffix for suffix, _order_id in query.filter_sets()]
+
     assert SearchQuery().filter_sets() == []
-    assert SearchQuery(q="London  sku-1 london").filter_sets() == ["token:london", "token:sku-1"]
-    assert SearchQuery(status=ViewStatus.CREATED).filter_sets() == ["status:created"]
-    assert SearchQuery(customer_id="c-1").filter_sets() == ["customer:c-1"]
+    assert suffixes(SearchQuery(q="London  sku-1 london")) == ["token:london", "token:sku-1"]
+    assert suffixes(SearchQuery(status=ViewStatus.CREATED)) == ["status:created"]
+    assert suffixes(SearchQuery(customer_id="c-1")) == ["customer:c-1"]
     both = SearchQuery(q="x", customer_id="c-1", status=ViewStatus.SHIPPED)
-    assert both.filter_sets() == ["token:x", "customer:c-1:shipped"]
+    assert suffixes(both) == ["token:x", "customer:c-1:shipped"]
     many = SearchQuery(q=" ".join(f"w{i}" for i in range(20)))
     assert len(many.filter_sets()) == 8
     assert SearchQuery(min_total=Decimal("1.5")).filter_sets() == []
+
+
+def test_a_term_shaped_like_an_order_id_also_names_that_order() -> None:
+    order_id = "0b9a4d0e-9d7e-4a53-9a51-3c1f3c6d7e01"
+    query = SearchQuery(q=f"{order_id.upper()} london 0b9a4d0e9d7e4a539a513c1f3c6d7e01")
+    assert query.filter_sets() == [
+        (f"token:{order_id}", order_id),
+        ("token:london", ""),
+        ("token:0b9a4d0e9d7e4a539a513c1f3c6d7e01", ""),
+    ]
+    assert SearchQuery(customer_id=order_id).filter_sets() == [(f"customer:{order_id}", "")]
 
 
 def test_pages_count_their_pages() -> None:
