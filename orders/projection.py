@@ -179,9 +179,9 @@ class OrderViews(Projection[OrderView]):
     name = "order_views"
     categories = frozenset({STREAM_TYPE})
     keeps_history = True
-    layout = 3
+    layout = 4
     """2: lines and address parts as fields of their own (`view.py`), no `members` set;
-    3: no token set for an order's own id."""
+    3: no token set for an order's own id; 4: history entries as compact arrays."""
 
     def evolve(self, before: OrderView | None, event: RecordedEvent, payload: Any) -> OrderView:
         return evolve(before, event, payload)

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from common.contracts.envelopes import RecordedEvent
 from common.messaging.topology import dlq_name
 from common.readmodel.keys import Keys
+from common.readmodel.projection import history_event_json
 from common.settings import Settings
 from harness.processes import Processes
 from orders.projection import OrderViews, replay
@@ -244,7 +245,7 @@ async def test_three_command_workers_and_two_projectors_lose_nothing(
             history = (await http.get(f"/orders/{order_id}/history?limit=1000")).json()
             assert history["next"] is None
             assert history["events"] == [
-                orjson.loads(OrderViews().history_entry(e)) for e in stream
+                orjson.loads(history_event_json(OrderViews().history_entry(e))) for e in stream
             ]
             if order_id in sent.added:
                 quantities = Counter(
