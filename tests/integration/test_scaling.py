@@ -37,6 +37,7 @@ from tests.support.events import all_events, order_stream, until
 from tests.support.invariants import relay_caught_up, write_side_problems
 from tests.support.projector import run_rebuild
 from tests.support.scrape import scrape
+from tests.support.statuses import stored_statuses
 from tests.support.views import (
     dump_differences,
     dump_live,
@@ -158,11 +159,8 @@ async def drive(http: httpx.AsyncClient) -> tuple[Sent, list[uuid.UUID]]:
 
 
 async def statuses(redis: Redis, keys: Keys, command_ids: list[uuid.UUID]) -> list[bytes | None]:
-    async with redis.pipeline(transaction=False) as pipe:
-        for command_id in command_ids:
-            pipe.hget(keys.command(command_id), "status")
-        found: list[bytes | None] = await pipe.execute()
-    return found
+    found = await stored_statuses(redis, keys, command_ids)
+    return [status["status"].encode() if status else None for status in found]
 
 
 def by_stream(events: list[RecordedEvent]) -> dict[str, list[RecordedEvent]]:
