@@ -138,3 +138,19 @@ async def test_expired_statuses_are_hidden_then_swept_and_old_hashes_read(
         "reason": "",
         "expires_at": pytest.approx(time.time() + 1000, abs=5),
     }
+
+
+async def test_a_projector_sweeps_expired_statuses(
+    processes: Processes, redis_client: Redis, isolated_settings: Settings
+) -> None:
+    keys = Keys(isolated_settings.redis_key_prefix)
+    expired = uuid.uuid4()
+    await mark_accepted(redis_client, keys, expired, "CreateOrder", "Order-x", ttl_s=1)
+    (shard, _), field = status_store.location(keys, expired)
+    # TTL 24 s: a sweep every second.
+    processes.start("projector_worker", extra_env={"COMMAND_STATUS_TTL_S": "24"})
+
+    async def swept() -> bool:
+        return not await redis_client.hexists(shard, field)
+
+    await eventually(swept, what="the sweep", timeout=30)
