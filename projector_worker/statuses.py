@@ -32,6 +32,7 @@ async def restore_command_statuses(
     restored = 0
     last = None
     ttl = timedelta(seconds=writer.status_ttl_s)
+    write_status = writer.redis.register_script(status_store.WRITE_STATUS)
     while True:
         records = await store.read_commands(last, COMMAND_BATCH, since)
         if not records:
@@ -54,19 +55,19 @@ async def restore_command_statuses(
                 expires_at = math.ceil((record.recorded_at + ttl).timestamp())
                 write = {"set": items, "expires_at": expires_at}
                 names, field = status_store.location(writer.root_keys, record.command_id)
-                pipe.eval(
-                    status_store.WRITE_STATUS, 2, *names, field, status_store.write_args(write)
-                )
+                args = [field, status_store.write_args(write)]
+                await write_status(names, args, client=pipe)
             await pipe.execute()
         restored += len(visible)
 
 
 async def _unsettled(writer: ViewWriter, records: list[CommandRecord]) -> list[CommandRecord]:
     """The records whose status is missing or not terminal."""
+    read_status = writer.redis.register_script(status_store.READ_STATUS)
     async with writer.redis.pipeline(transaction=False) as pipe:
         for record in records:
             names, field = status_store.location(writer.root_keys, record.command_id)
-            pipe.eval(status_store.READ_STATUS, 2, *names, field)
+            await read_status(names, [field], client=pipe)
         statuses = [status_store.decode(raw) for raw in await pipe.execute()]
     terminal = {status.value for status in TERMINAL}
     return [

@@ -111,14 +111,15 @@ async def mark_accepted(
         "ttl_s": ttl_s,
     }
     names, field = status_store.location(keys, command_id)
-    await redis.eval(status_store.WRITE_STATUS, 2, *names, field, status_store.write_args(write))
+    args = [field, status_store.write_args(write)]
+    await redis.register_script(status_store.WRITE_STATUS)(names, args)
 
 
 async def read_status(redis: Redis, keys: Keys, command_id: UUID | str) -> dict[str, Any] | None:
     """A command's live status by `status_store.RECORD` item, None when none is known: one
     round trip, the old per-command hash included."""
     names, field = status_store.location(keys, command_id)
-    raw = await redis.eval(status_store.READ_STATUS, 2, *names, field)
+    raw = await redis.register_script(status_store.READ_STATUS)(names, [field])
     return status_store.decode(raw)
 
 
@@ -145,6 +146,7 @@ async def record_results(
 ) -> None:
     """Write terminal statuses and announce refusals, in one pipelined round trip. A refusal
     of a reused command id never overwrites the status of the request that first used it."""
+    write_status = redis.register_script(status_store.WRITE_STATUS)
     async with redis.pipeline(transaction=False) as pipe:
         for result in results:
             items = status_items(
@@ -160,7 +162,7 @@ async def record_results(
             if result.refuses_reused_id:
                 write["check"] = result.fingerprint or ""
             names, field = status_store.location(keys, result.command_id)
-            pipe.eval(status_store.WRITE_STATUS, 2, *names, field, status_store.write_args(write))
+            await write_status(names, [field, status_store.write_args(write)], client=pipe)
             if result.status is not CommandStatus.SUCCEEDED:
                 # A success settles a waiter only once it is visible: the projector announces
                 # that. Rejections and failures never reach a projector, so they go out here.
