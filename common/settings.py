@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     it (`limit_concurrency`). Keep it above `MAX_WAITERS`."""
 
     command_status_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
-    """Lifetime of a command's status hash (`GET /commands/{command_id}`), renewed by each write."""
+    """Lifetime of a command's status (`GET /commands/{command_id}`), renewed by each write."""
 
     recovery_margin_s: float = Field(default=60.0, ge=0)
     """When a projector finds that Redis lost writes (an older snapshot restored, a replica that

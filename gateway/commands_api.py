@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from common.domain import Aggregate
+from common.readmodel.commands import read_status
 from common.readmodel.notifications import CommandProgress
 from gateway import idempotency
 from gateway.middleware import CORRELATION_HEADER
@@ -113,10 +114,10 @@ async def command_status(
 ) -> Response:
     runtime = runtime_of(request)
     try:
-        raw = await runtime.redis.hgetall(runtime.keys.command(command_id))
+        stored = await read_status(runtime.redis, runtime.keys, command_id)
     except REDIS_ERRORS as exc:
         raise unavailable("Command statuses cannot be read now.") from exc
-    progress = CommandProgress.from_hash(cast(dict[bytes, bytes], raw))
+    progress = CommandProgress.from_status(str(command_id), stored)
     if progress is None:
         raise Problem(404, f"No command {command_id} is known.", type_=ProblemType.NOT_FOUND)
     aggregate = runtime.registry.aggregate_of_command.get(progress.type or "")

@@ -3,7 +3,7 @@
 The ids are derived from the key (uuid5), not stored first and read back, so concurrent
 duplicates agree on them without a race; with API keys on, from the key and the API key, so two
 clients never share a command. Redis remembers the request's fingerprint for a day to refuse the
-key for a different request, and the command's status hash remembers it for as long as it lives.
+key for a different request, and the command's status remembers it for as long as it lives.
 Past both, the command worker compares the fingerprint the event store recorded with the command
 and refuses a different request (`ID_REUSED_REASON`, answered with 422 here too). A repeated
 request is published again: the command worker deduplicates by command id, and republishing
@@ -22,7 +22,8 @@ from uuid import UUID
 
 import orjson
 
-from common.readmodel.commands import FINGERPRINT_FIELD, ID_REUSED_REASON
+from common.readmodel import status_store
+from common.readmodel.commands import ID_REUSED_REASON
 from common.readmodel.keys import Keys
 from common.readmodel.pipelining import AutoPipeline
 from gateway.problems import Problem, ProblemType, unavailable, validation_problem
@@ -97,15 +98,21 @@ def fingerprint(method: str, path: str, canonical_body: bytes) -> str:
     return digest.hexdigest()
 
 
-_CLAIM = f"""
+_CLAIM = (
+    status_store.STATUS_LUA
+    + """
+-- KEYS: the key's record, the status shard hash, the old status hash;
+-- ARGV: this use's record, its fingerprint, the record's TTL, the status field
 local previous = redis.call('GET', KEYS[1])
 if previous then return previous end
-local first = redis.call('HGET', KEYS[2], '{FINGERPRINT_FIELD}')
-if first and first ~= ARGV[2] then return cjson.encode({{fingerprint = first}}) end
+local status = status_get(KEYS[2], ARGV[4], KEYS[3])
+local first = status and status.fingerprint
+if first and first ~= ARGV[2] then return cjson.encode({fingerprint = first}) end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 return false
 """
-"""The record of the key's first use: the one stored, else what the command's status hash
+)
+"""The record of the key's first use: the one stored, else what the command's status
 says (it outlives the record), else none and this use's record is stored."""
 
 
@@ -113,7 +120,7 @@ async def claim(
     batch: AutoPipeline, keys: Keys, key: str, ids: CommandIds, request_fingerprint: str
 ) -> None:
     """Remember `key` (scoped) for this request, or check that it was first used for the same
-    one, by its record or by the status hash of its command.
+    one, by its record or by the status of its command.
 
     One round trip (`_CLAIM`). Raises 422 if the key belongs to a different request, 503 if
     Redis cannot tell.
@@ -125,16 +132,18 @@ async def claim(
             "fingerprint": request_fingerprint,
         }
     )
+    status_names, status_field = status_store.location(keys, ids.command_id)
     try:
         [previous] = await batch.run(
             lambda pipe: pipe.eval(
                 _CLAIM,
-                2,
+                3,
                 keys.idempotency(key),
-                keys.command(ids.command_id),
+                *status_names,
                 record,
                 request_fingerprint,
                 TTL_S,
+                status_field,
             )
         )
     except REDIS_ERRORS as exc:

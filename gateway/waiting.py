@@ -32,6 +32,7 @@ from starlette.requests import Request
 
 from common.domain import Registry
 from common.observability import metrics
+from common.readmodel.commands import read_status
 from common.readmodel.keys import Keys
 from common.readmodel.notifications import CommandProgress
 from common.readmodel.reading import ProjectionReader, ViewsUnavailable
@@ -153,8 +154,8 @@ class Waiter:
         )
 
     async def _read_command(self, command_id: str) -> CommandProgress | None:
-        raw = await self._redis.hgetall(self._keys.command(command_id))
-        return CommandProgress.from_hash(cast(dict[bytes, bytes], raw))
+        stored = await read_status(self._redis, self._keys, command_id)
+        return CommandProgress.from_status(command_id, stored)
 
     async def _view_version(self, key: str) -> int:
         projection, _, stream_id = key.partition(" ")

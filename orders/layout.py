@@ -1,19 +1,20 @@
 """The keys of the order views inside one generation of the `order_views` projection.
 
-Every key is `{prefix}order_views.v2:g{generation}:{suffix}` (see `common/readmodel/layout.py`;
-`v2` is the projection's `layout`).
+Every key is `{prefix}order_views.v4:g{generation}:{suffix}` (see `common/readmodel/layout.py`;
+`v4` is the projection's `layout`).
 The suffix functions below are the only place these suffixes are spelled.
 
 | suffix                             | type   | content                                        |
 |------------------------------------|--------|------------------------------------------------|
 | `order:{order_id}`                 | hash   | the order view (see `view.py`)                 |
-| `history:{order_id}`               | list   | one JSON entry per event, in version order     |
+| `history:{order_id}`               | list   | one JSON array per event, in version order     |
 | `customer:{customer_id}`           | zset   | order ids by creation time                     |
 | `customer:{customer_id}:{status}`  | zset   | the same, one set per status                   |
 | `status:{status}`                  | zset   | order ids by creation time, one set per status |
 | `orders:by_created`                | zset   | every order id by creation time                |
 | `orders:by_total`                  | zset   | every order id by total amount                 |
 | `token:{token}`                    | zset   | order ids by creation time, per search token   |
+|                                    |        | (customer, product, address; not the order id) |
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
+from uuid import UUID
 
 import orjson
 from redis.asyncio import Redis
@@ -104,13 +105,18 @@ class SearchQuery:
     page: int = 1
     page_size: int = 20
 
-    def filter_sets(self) -> list[str]:
-        """The suffixes of the sorted sets every hit must be in."""
-        sets = [token_suffix(term) for term in query_terms(self.q)[:MAX_TERMS]]
+    def filter_sets(self) -> list[tuple[str, str]]:
+        """The sorted sets every hit must be in: each set's suffix, and the order id a term
+        names when it is shaped like one ('' otherwise), since an order's own id is no token
+        (`projection.search_tokens`): the search finds that order from its view instead."""
+        sets = [
+            (token_suffix(term), term if _is_order_id(term) else "")
+            for term in query_terms(self.q)[:MAX_TERMS]
+        ]
         if self.customer_id is not None:
-            sets.append(customer_suffix(self.customer_id, self.status))
+            sets.append((customer_suffix(self.customer_id, self.status), ""))
         elif self.status is not None:
-            sets.append(status_suffix(self.status))
+            sets.append((status_suffix(self.status), ""))
         return sets
 
     def filter_fields(self) -> list[str]:
@@ -125,6 +131,14 @@ class SearchQuery:
     def range_fields(self) -> list[str]:
         bounds = {"min_total": self.min_total, "max_total": self.max_total}
         return [name for name, bound in bounds.items() if bound is not None]
+
+
+def _is_order_id(term: str) -> bool:
+    """`term` is an id as orders are named (a UUID in its canonical text; terms are lower-case)."""
+    try:
+        return str(UUID(term)) == term
+    except ValueError:
+        return False
 
 
 def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -200,7 +214,7 @@ class OrderQueries:
             money_str(query.max_total) if query.max_total is not None else "+inf",
             self.max_candidates,
             len(sets),
-            *sets,
+            *(part for pair in sets for part in pair),
         )
         if candidates:
             raise self._refusal(query, int(candidates))

@@ -19,6 +19,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from starlette.responses import Response
 
 from common.domain import stream_id
+from common.readmodel.projection import history_event_json
 from gateway import reads
 from gateway.openapi import (
     header_parameter,
@@ -267,7 +268,7 @@ async def order_history(
         next_page = f"/orders/{order_id}/history?after_version={next_version}&limit={limit}"
     body = b'{"order_id":"%s","events":[%s],"next":%s}' % (
         str(order_id).encode(),
-        b",".join(page),
+        b",".join(history_event_json(entry) for entry in page),
         orjson.dumps(next_page),
     )
     return Response(body, media_type=JSON)

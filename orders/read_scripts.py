@@ -12,7 +12,10 @@ SEARCH = (
 -- [5] scratch suffix, [6] 'created_at' | 'total_amount', [7] 'asc' | 'desc',
 -- [8] offset, [9] count, [10] min total or '-inf', [11] max total or '+inf',
 -- [12] most candidates scratch work may examine, [13] number of filter sets,
--- [14..] filter set suffixes (all scored by creation time).
+-- [14..] filter sets, each as two arguments: its suffix (scored by creation time) and an
+-- order id or '': an order's own id is in no token set, so a term shaped like an order id
+-- matches that order too when it exists (it is in the by-created set), besides the orders whose
+-- token set it names (a customer or product id could look the same).
 -- Returns {1, total, views, 0}, or {1, 0, {}, candidates} when the search would examine
 -- more candidates than [12] in scratch sets (nothing is copied: refine the search).
 local by_created = base .. ARGV[3]
@@ -29,10 +32,29 @@ local max_candidates = tonumber(ARGV[12])
 
 local sets = {}
 local smallest = nil
+local own_id_sets = {}
+local function drop_own_id_sets()
+  if #own_id_sets > 0 then redis.call('DEL', unpack(own_id_sets)) end
+end
 for i = 1, tonumber(ARGV[13]) do
-  local key = base .. ARGV[13 + i]
+  local key = base .. ARGV[12 + 2 * i]
+  local order_id = ARGV[13 + 2 * i]
+  if order_id ~= '' then
+    local created = redis.call('ZSCORE', by_created, order_id)
+    if created then
+      -- The term's token set with the order of that id added, in a scratch set of its own.
+      local own = scratch .. ':' .. i
+      own_id_sets[#own_id_sets + 1] = own
+      redis.call('ZUNIONSTORE', own, 1, key)
+      redis.call('ZADD', own, created, order_id)
+      key = own
+    end
+  end
   local size = redis.call('ZCARD', key)
-  if size == 0 then return {1, 0, {}, 0} end
+  if size == 0 then
+    drop_own_id_sets()
+    return {1, 0, {}, 0}
+  end
   if smallest == nil or size < smallest then smallest = size end
   sets[#sets + 1] = key
 end
@@ -47,7 +69,10 @@ else
   -- Scratch work walks the smallest filter set (or the range's slice of the totals): measure
   -- it first, in O(K + log N), and refuse before copying anything.
   local candidates = smallest or redis.call('ZCOUNT', by_total, low, high)
-  if candidates > max_candidates then return {1, 0, {}, candidates} end
+  if candidates > max_candidates then
+    drop_own_id_sets()
+    return {1, 0, {}, candidates}
+  end
   scratch_used = true
   if #sets == 0 then
     -- Only a range: the matching slice of the totals, then their creation times.
@@ -99,6 +124,7 @@ end
 local views = {}
 for i, id in ipairs(ids) do views[i] = redis.call('HGETALL', base .. ARGV[2] .. id) end
 if scratch_used then redis.call('DEL', scratch) end
+drop_own_id_sets()
 return {1, total, views, 0}
 """
 )

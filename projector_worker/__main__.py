@@ -61,7 +61,7 @@ def parse_args(registry: Registry, argv: list[str] | None = None) -> argparse.Na
     rebuild.add_argument(
         "--restore-commands",
         action="store_true",
-        help="also rewrite the status hash of every command whose aggregate is visible in "
+        help="also rewrite the status of every command whose aggregate is visible in "
         "the projection, from the event store",
     )
     rebuild.add_argument(

@@ -14,7 +14,8 @@ from redis.exceptions import NoScriptError
 
 from common.contracts.envelopes import RecordedEvent
 from common.domain import split_stream_id
-from common.readmodel.commands import PROJECTED_VERSION_FIELD, STATUS_TTL_S, status_fields
+from common.readmodel import status_store
+from common.readmodel.commands import STATUS_TTL_S, CommandStatus, status_items
 from common.readmodel.connection import connect_redis
 from common.readmodel.keys import Keys
 from common.readmodel.layout import CHECKPOINT
@@ -120,7 +121,7 @@ class ViewWriter:
     by every handler.
 
     When the projection is the one an event's aggregate is `visible_in`, applying the event to
-    the generation queries read also records it on the command's status hash and notifies
+    the generation queries read also records it on the command's status and notifies
     waiting gateways (see `common/readmodel/notifications.py`)."""
 
     def __init__(
@@ -134,7 +135,7 @@ class ViewWriter:
     ) -> None:
         self.redis = redis
         self.status_ttl_s = status_ttl_s
-        """Time to live of the command status hashes this writer records."""
+        """Time to live of the command statuses this writer records."""
         self.root_keys = keys
         self.keys = keys.projection(projection.keys_name())
         self.projection = projection
@@ -186,11 +187,15 @@ class ViewWriter:
         }
         per_block = scripts.BLOCK_FIXED_KEYS + len(index_keys)
 
+        (status_key, legacy_status_key), status_field = status_store.location(
+            self.root_keys, command_id
+        )
         keys = [
             self.keys.generation,
             self.keys.rebuilding,
-            self.root_keys.command(command_id),
+            status_key,
             self.keys.writes,
+            legacy_status_key,
         ]
         for generation in targets:
             view_keys = self.keys.views(generation)
@@ -230,15 +235,15 @@ class ViewWriter:
         }
         if record_command:
             metadata = event.metadata
-            status = status_fields(
-                command_id,
-                metadata.command_type or event.type,
-                stream_id,
-                version=change.version,
+            items = status_items(
+                command_id, metadata.command_type or event.type, stream_id, version=change.version
             )
-            named["command"] = [item for pair in status.items() for item in pair]
-            named["projected_field"] = PROJECTED_VERSION_FIELD
-            named["status_ttl_s"] = self.status_ttl_s
+            named["command"] = {
+                "fill": items,
+                "set": {"status": CommandStatus.SUCCEEDED.value},
+                "projected": change.version,
+                "ttl_s": self.status_ttl_s,
+            }
         if notify:
             named["notify"] = [
                 [
@@ -250,7 +255,7 @@ class ViewWriter:
                     stream_version_message(stream_id, change.version).decode(),
                 ],
             ]
-        return keys, [orjson.dumps(named), encoded]
+        return keys, [orjson.dumps(named), encoded, status_field if record_command else b""]
 
     async def apply_live(
         self, event: RecordedEvent, change: ViewChange, generations: Generations

@@ -42,6 +42,7 @@ from projector_worker.losses import LossDetector, Trigger
 from projector_worker.rebuild import ensure_views
 from projector_worker.recovery import Recovery
 from projector_worker.redis_views import ViewWriter, open_redis
+from projector_worker.statuses import sweep_expired_statuses
 
 log = logging.getLogger(__name__)
 
@@ -413,6 +414,8 @@ class Projector:
         queues = [runner.queue for runner in self.runners]
         depths = QueueDepths(self.connection, [*queues, *map(dlq_name, queues)])
         background.append(asyncio.create_task(depths.run(), name="queue-depths"))
+        sweep = sweep_expired_statuses(self.redis, self.keys, settings.command_status_ttl_s)
+        background.append(asyncio.create_task(sweep, name="status-sweep"))
         try:
             # Connected first: a session declares every queue before any rebuild reads the log,
             # so a projection new to the deployment holds every event its first rebuild does

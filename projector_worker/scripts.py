@@ -3,14 +3,16 @@
 APPLY is the only script on the hot path: one call per event, covering one or two generations
 of one projection (the one queries read and, during a rebuild, the one being built). Its keys:
 
-    KEYS[1] generation pointer, KEYS[2] rebuilding marker, KEYS[3] the command's status hash,
-    KEYS[4] the projection's write count, then one block of `per_block` keys per generation:
+    KEYS[1] generation pointer, KEYS[2] rebuilding marker, KEYS[3] the shard hash of the
+    command's status, KEYS[4] the projection's write count, KEYS[5] the command's old status
+    hash (`status_store.py`), then one block of `per_block` keys per generation:
     block+1 view hash, block+2 checkpoint, block+3 history list, block+4.. the shared keys
     the change touches (referenced by their index in the change).
 
 ARGV[1] is a JSON object of named arguments (`APPLY_ARGS` lists them), ARGV[2] the change as
 one JSON array, decoded only when a block applies (encoding arguments is the client's main
-cost; one argument is cheaper than a hundred). A rebuild may apply a run of consecutive events
+cost; one argument is cheaper than a hundred), ARGV[3] the command's field in its status shard
+hash ('' when no status is recorded). A rebuild may apply a run of consecutive events
 of one stream in one call: `version` is then the run's last version and `first` its first,
 the history entries are all of the run's, and the shared keys change by the run's net effect.
 A block whose version is inside the run (neither before it nor past it) answers gap.
@@ -25,13 +27,15 @@ that sees either lower than it already knew has found Redis to have lost writes.
 
 from __future__ import annotations
 
+from common.readmodel.status_store import STATUS_LUA
+
 APPLY_EMPTY = -2
 APPLY_STALE = -1
 BLOCK_DUPLICATE = 0
 BLOCK_APPLIED = 1
 BLOCK_GAP = 2
 
-FIXED_KEYS = 4
+FIXED_KEYS = 5
 BLOCK_FIXED_KEYS = 3
 
 APPLY_ARGS = (
@@ -43,14 +47,14 @@ APPLY_ARGS = (
     "blocks",  # generations written
     "per_block",  # keys per generation
     "live_block",  # 1-based block of the generation queries read; 0 if none is written
-    "command",  # [field, value, ...] of the command's status hash, when it is recorded
-    "projected_field",  # the status hash's field for the version visible to queries
-    "status_ttl_s",  # the status hash's time to live, set when it is recorded
+    "command",  # the write of the command's status (`status_write`), when it is recorded
     "notify",  # [[channel, message], ...] published when the live block applied
 )
 """The named arguments of APPLY, in ARGV[1]; `ViewWriter` builds them."""
 
-APPLY = """
+APPLY = (
+    STATUS_LUA
+    + """
 local a = cjson.decode(ARGV[1])
 local pointer = redis.call('GET', KEYS[1])
 local marker = redis.call('GET', KEYS[2])
@@ -65,7 +69,7 @@ local out = {}
 local any_applied = false
 local live_applied = false
 for b = 0, a.blocks - 1 do
-  local base = 4 + b * a.per_block
+  local base = 5 + b * a.per_block
   local current = tonumber(redis.call('HGET', KEYS[base + 1], 'version') or '0')
   local checkpoint = tonumber(redis.call('GET', KEYS[base + 2]) or '0')
   local code = 1
@@ -106,19 +110,13 @@ end
 local writes = tonumber(redis.call('GET', KEYS[4]) or '0')
 if any_applied then redis.call('INCR', KEYS[4]) end
 out[#out + 1] = writes
-if any_applied and a.command then
-  local fields = a.command
-  for i = 1, #fields, 2 do redis.call('HSETNX', KEYS[3], fields[i], fields[i + 1]) end
-  redis.call('HSET', KEYS[3], 'status', 'succeeded')
-  local projected = tonumber(redis.call('HGET', KEYS[3], a.projected_field) or '0')
-  if version > projected then redis.call('HSET', KEYS[3], a.projected_field, version) end
-  redis.call('EXPIRE', KEYS[3], a.status_ttl_s)
-end
+if any_applied and a.command then status_write(KEYS[3], ARGV[3], KEYS[5], a.command) end
 if live_applied and a.notify then
   for _, note in ipairs(a.notify) do redis.call('PUBLISH', note[1], note[2]) end
 end
 return out
 """
+)
 
 BEGIN_REBUILD = """
 -- KEYS: lock, counter, pointer, generations, marker; ARGV: token, marker ttl ms

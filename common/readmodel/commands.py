@@ -2,8 +2,9 @@
 
 The outcome is written after the event store commit and before the message is acked, so a
 crash in between only means a redelivery writes it again; `accepted` never overwrites it.
-Every writer of a status hash (these functions, the projector's APPLY script, a rebuild's
-restore) sets its time to live to `COMMAND_STATUS_TTL_S`.
+Every writer of a status (these functions, the projector's APPLY script, a rebuild's restore)
+sets its expiry to `COMMAND_STATUS_TTL_S` from then; where and how statuses are stored is
+`status_store.py`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 from uuid import UUID
 
 import orjson
 from redis.asyncio import Redis
 
+from common.readmodel import status_store
 from common.readmodel.keys import Keys
 from common.settings import Settings
 
@@ -34,15 +37,15 @@ ID_REUSED_REASON = "Idempotency-Key was used with a different request"
 fingerprint: a key reused after Redis forgot it. The gateway answers it with 422."""
 
 FINGERPRINT_FIELD = "fingerprint"
-"""The fingerprint of the request a status hash describes, when its id can be asked for again
+"""The fingerprint of the request a status describes, when its id can be asked for again
 (`keeps_fingerprint`)."""
 
 
 def keeps_fingerprint(command_id: UUID | str) -> bool:
-    """Whether a command's status hash keeps its request's fingerprint: only for an id derived
+    """Whether a command's status keeps its request's fingerprint: only for an id derived
     from an Idempotency-Key (a name-based UUID, version 5), which another request can name
     again. An id the gateway drew at random (version 4) belongs to one request for ever, so its
-    fingerprint (64 characters, a third of a small status hash) would never be compared. The
+    fingerprint (64 characters, a third of a status) would never be compared. The
     event store records every fingerprint regardless (the command worker compares those)."""
     return UUID(str(command_id)).version == NAME_BASED_VERSION
 
@@ -50,40 +53,15 @@ def keeps_fingerprint(command_id: UUID | str) -> bool:
 NAME_BASED_VERSION = 5
 """The UUID version of ids derived from an Idempotency-Key (`uuid5`)."""
 
-_WRITE_IF_OURS = """
-local first = redis.call('HGET', KEYS[1], 'fingerprint')
-if redis.call('EXISTS', KEYS[1]) == 1 and first ~= ARGV[1] then return 0 end
-"""
-"""A status hash is written only if it is new or describes the same request (ARGV[1] is the
-request's fingerprint): a request that reuses another one's command id must not overwrite it."""
-
-_MARK_ACCEPTED = (
-    _WRITE_IF_OURS
-    + """
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-redis.call('HSETNX', KEYS[1], 'status', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
-)
-
-_RECORD_REFUSAL = (
-    _WRITE_IF_OURS
-    + """
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-)
-
 STATUS_TTL_S: int = Settings.model_fields["command_status_ttl_s"].default
 """The default of `COMMAND_STATUS_TTL_S`, for callers not given the setting."""
 
 PROJECTED_VERSION_FIELD = "projected_version"
-"""The stream version the command's aggregate has reached in the views queries read."""
+"""The stream version the command's aggregate has reached in the views queries read (an
+item of a status, `status_store.RECORD`)."""
 
 
-def status_fields(
+def status_items(
     command_id: UUID | str,
     command_type: str,
     stream_id: str,
@@ -92,19 +70,25 @@ def status_fields(
     reason: str | None = None,
     version: int | None = None,
     fingerprint: str | None = None,
-) -> dict[str, str]:
-    """The fields of a command's status hash: the one definition of its layout, used by the
-    gateway (`accepted`), the command worker (outcomes), the projector (a projected success,
-    with HSETNX) and a rebuild restoring statuses from the event store."""
-    fields = {"command_id": str(command_id), "type": command_type, "stream_id": stream_id}
+) -> dict[str, str | int]:
+    """The items of a command's status (`status_store.RECORD`) a writer sets: the one
+    definition of what each writer records, used by the gateway (`accepted`), the command
+    worker (outcomes), the projector (a projected success) and a rebuild restoring statuses from
+    the event store."""
+    items: dict[str, str | int] = {"type": command_type, "stream_id": stream_id}
     if status is not None:
-        fields["status"] = status.value
+        items["status"] = status.value
     if version is not None:
-        fields["reason"] = reason or ""
-        fields["version"] = str(version)
+        items["reason"] = reason or ""
+        items["version"] = version
     if fingerprint is not None and keeps_fingerprint(command_id):
-        fields[FINGERPRINT_FIELD] = fingerprint
-    return fields
+        items[FINGERPRINT_FIELD] = fingerprint
+    return items
+
+
+def outcome_message(command_id: UUID | str, items: dict[str, str | int]) -> bytes:
+    """The message announcing a rejection or failure on the command channel."""
+    return orjson.dumps({"command_id": str(command_id), **items})
 
 
 async def mark_accepted(
@@ -118,18 +102,25 @@ async def mark_accepted(
     ttl_s: int = STATUS_TTL_S,
 ) -> None:
     """Record that the gateway queued the command, unless an outcome got there first or the
-    hash describes another request with the same command id."""
-    fields = status_fields(command_id, command_type, stream_id, fingerprint=fingerprint)
-    flat = [item for pair in fields.items() for item in pair]
-    await redis.eval(
-        _MARK_ACCEPTED,
-        1,
-        keys.command(command_id),
-        fingerprint or "",
-        CommandStatus.ACCEPTED.value,
-        ttl_s,
-        *flat,
-    )
+    status describes another request with the same command id."""
+    items = status_items(command_id, command_type, stream_id, fingerprint=fingerprint)
+    write = {
+        "check": fingerprint or "",
+        "set": items,
+        "fill": {"status": CommandStatus.ACCEPTED.value},
+        "ttl_s": ttl_s,
+    }
+    names, field = status_store.location(keys, command_id)
+    args = [field, status_store.write_args(write)]
+    await redis.register_script(status_store.WRITE_STATUS)(names, args)
+
+
+async def read_status(redis: Redis, keys: Keys, command_id: UUID | str) -> dict[str, Any] | None:
+    """A command's live status by `status_store.RECORD` item, None when none is known: one
+    round trip, the old per-command hash included."""
+    names, field = status_store.location(keys, command_id)
+    raw = await redis.register_script(status_store.READ_STATUS)(names, [field])
+    return status_store.decode(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +146,10 @@ async def record_results(
 ) -> None:
     """Write terminal statuses and announce refusals, in one pipelined round trip. A refusal
     of a reused command id never overwrites the status of the request that first used it."""
+    write_status = redis.register_script(status_store.WRITE_STATUS)
     async with redis.pipeline(transaction=False) as pipe:
         for result in results:
-            fields = status_fields(
+            items = status_items(
                 result.command_id,
                 result.command_type,
                 result.stream_id,
@@ -166,18 +158,15 @@ async def record_results(
                 version=result.version,
                 fingerprint=result.fingerprint,
             )
-            key = keys.command(result.command_id)
+            write: dict[str, Any] = {"set": items, "ttl_s": ttl_s}
             if result.refuses_reused_id:
-                flat = [item for pair in fields.items() for item in pair]
-                pipe.eval(_RECORD_REFUSAL, 1, key, result.fingerprint or "", ttl_s, *flat)
-            else:
-                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-                pipe.expire(key, ttl_s)
+                write["check"] = result.fingerprint or ""
+            names, field = status_store.location(keys, result.command_id)
+            await write_status(names, [field, status_store.write_args(write)], client=pipe)
             if result.status is not CommandStatus.SUCCEEDED:
                 # A success settles a waiter only once it is visible: the projector announces
                 # that. Rejections and failures never reach a projector, so they go out here.
                 pipe.publish(
-                    keys.command_outcomes_channel,
-                    orjson.dumps({**fields, "version": result.version}),
+                    keys.command_outcomes_channel, outcome_message(result.command_id, items)
                 )
         await pipe.execute()

@@ -14,8 +14,19 @@ class Keys:
 
     prefix: str = "orders:"
 
+    def command_statuses(self, shard: str) -> str:
+        """Hash: the statuses of the commands whose id starts with `shard` (see
+        `status_store.py`)."""
+        return f"{self.prefix}statuses:{shard}"
+
+    @property
+    def status_sweep_lease(self) -> str:
+        """String with a TTL: held by the projector deleting expired statuses this interval."""
+        return f"{self.prefix}status-sweep"
+
     def command(self, command_id: UUID | str) -> str:
-        """Hash: a command's status (see `commands.py`)."""
+        """Hash: a command's status as written before statuses went into shard hashes; still
+        read while it lives (see `status_store.py`)."""
         return f"{self.prefix}command:{command_id}"
 
     def idempotency(self, key: str) -> str:

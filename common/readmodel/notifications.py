@@ -1,7 +1,7 @@
 """The read-your-writes protocol between projectors and gateways.
 
 State first, message second, both in one atomic Redis script: when a projector applies an event
-to the generation queries read, it sets `projected_version` on the command's status hash and
+to the generation queries read, it sets `projected_version` on the command's status and
 publishes, on the same script call,
 
 - on `Keys.command_outcomes_channel`:
@@ -85,19 +85,21 @@ class CommandProgress:
         }
 
     @classmethod
-    def from_hash(cls, raw: Mapping[bytes, bytes]) -> CommandProgress | None:
-        """From the command's status hash; None when it does not exist (yet)."""
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
-        if "command_id" not in fields or "status" not in fields:
+    def from_status(
+        cls, command_id: str, status: Mapping[str, Any] | None
+    ) -> CommandProgress | None:
+        """From the command's stored status (`commands.read_status`); None when there is none
+        (yet) or it names no status."""
+        if status is None or "status" not in status:
             return None
         return cls(
-            command_id=fields["command_id"],
-            status=fields["status"],
-            stream_id=fields.get("stream_id") or None,
-            type=fields.get("type") or None,
-            reason=fields.get("reason") or None,
-            version=_int(fields.get("version")),
-            projected_version=_int(fields.get(PROJECTED_VERSION_FIELD)),
+            command_id=command_id,
+            status=str(status["status"]),
+            stream_id=status.get("stream_id") or None,
+            type=status.get("type") or None,
+            reason=status.get("reason") or None,
+            version=_int(status.get("version")),
+            projected_version=_int(status.get(PROJECTED_VERSION_FIELD)),
         )
 
     @classmethod
@@ -115,5 +117,5 @@ class CommandProgress:
         )
 
 
-def _int(text: str | None) -> int | None:
-    return int(text) if text else None
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) else None

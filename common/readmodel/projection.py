@@ -17,8 +17,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
+from uuid import UUID
 
 import orjson
 
@@ -137,20 +138,9 @@ class Projection(ABC, Generic[View]):
         return {}
 
     def history_entry(self, event: RecordedEvent) -> bytes:
-        """One entry of a stream's history: where and when the event happened, and its data."""
-        occurred_at = event.metadata.occurred_at
-        if occurred_at.tzinfo is None:
-            occurred_at = occurred_at.replace(tzinfo=UTC)
-        return orjson.dumps(
-            {
-                "position": event.position,
-                "version": event.version,
-                "type": event.type,
-                "data": event.data,
-                "time": occurred_at.astimezone(UTC).isoformat(),
-                "command_id": str(event.metadata.command_id),
-            }
-        )
+        """One entry of a stream's history: where and when the event happened, and its data,
+        as a compact JSON array (`history_event_json` gives the object the API answers)."""
+        return history_entry(event)
 
     def index_change(
         self, stream_id: str, before: View | None, after: View
@@ -226,3 +216,43 @@ def _difference(
         if delta or key not in before:
             deltas.append((key[0], key[1], delta))
     return tuple(sorted(deltas))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def history_entry(event: RecordedEvent) -> bytes:
+    """A history entry as stored: `[position, version, type, data, time, command_id]`, the time
+    in microseconds since the epoch and the command id as 32 hex digits. An array without key
+    names, an integer time and an id without dashes are ~70 bytes an entry shorter than the
+    object the API answers (`history_event_json`)."""
+    occurred_at = event.metadata.occurred_at
+    if occurred_at.tzinfo is None:
+        occurred_at = occurred_at.replace(tzinfo=UTC)
+    return orjson.dumps(
+        [
+            event.position,
+            event.version,
+            event.type,
+            event.data,
+            (occurred_at - _EPOCH) // _MICROSECOND,
+            event.metadata.command_id.hex,
+        ]
+    )
+
+
+def history_event_json(entry: bytes) -> bytes:
+    """A stored history entry as the API shows it: `{position, version, type, data, time,
+    command_id}`, the time in ISO 8601 (UTC) and the command id as a UUID."""
+    position, version, type_, data, micros, command_id = orjson.loads(entry)
+    return orjson.dumps(
+        {
+            "position": position,
+            "version": version,
+            "type": type_,
+            "data": data,
+            "time": (_EPOCH + micros * _MICROSECOND).isoformat(),
+            "command_id": str(UUID(hex=command_id)),
+        }
+    )

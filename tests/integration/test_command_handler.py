@@ -26,6 +26,7 @@ from harness.load import envelope
 from orders.contracts import AddItem, CreateOrder, OrderLine, ShipOrder, ShippingAddress
 from orders.domain import DOMAIN, ORDER
 from tests.support.domains import registry_of
+from tests.support.statuses import forget_status, stored_status
 
 pytestmark = pytest.mark.integration
 
@@ -192,9 +193,9 @@ async def test_a_batch_decides_in_order_and_records_everything_once(
     again = await handler.execute_batch(batch)
     assert again == outcomes
     assert len(await store.load_stream(order_stream(known))) == 3
-    status = await redis_client.hgetall(keys.command(ship_unknown.command_id))
-    assert status[b"status"] == b"rejected"
-    assert status[b"stream_id"] == order_stream(ship_unknown.order_id).encode()
+    status = await stored_status(redis_client, keys, ship_unknown.command_id)
+    assert status["status"] == "rejected"
+    assert status["stream_id"] == order_stream(ship_unknown.order_id)
 
 
 async def test_a_batch_that_meets_another_writer_falls_back_and_loses_nothing(
@@ -245,9 +246,9 @@ async def test_a_stream_at_its_events_limit_takes_no_more_on_either_path(
     store = EventStore(pg)
     for order_id in (one_by_one, batched):
         assert [e.version for e in await store.load_stream(order_stream(order_id))] == [1, 2, 3]
-    status = await redis_client.hgetall(keys.command(commands[2].command_id))
-    assert status[b"status"] == b"rejected"
-    assert status[b"reason"] == b"the order has reached its limit of 3 events"
+    status = await stored_status(redis_client, keys, commands[2].command_id)
+    assert status["status"] == "rejected"
+    assert status["reason"] == "the order has reached its limit of 3 events"
 
 
 async def test_one_duplicate_is_dropped_after_one_lookup_and_the_batch_still_commits_at_once(
@@ -300,7 +301,8 @@ async def test_a_reused_command_id_with_another_fingerprint_is_refused_and_chang
     first = keyed(add(order_id, "first"), reused_id, "f" * 64)
     [done] = await handler.execute_batch([first])
     assert done.status is CommandStatus.SUCCEEDED
-    first_status = await redis_client.hgetall(keys.command(reused_id))
+    first_status = await stored_status(redis_client, keys, reused_id)
+    assert first_status["fingerprint"] == "f" * 64
 
     second = keyed(ShipOrder(**envelope(other_order)), reused_id, "e" * 64)
     if path == "one at a time":
@@ -316,7 +318,7 @@ async def test_a_reused_command_id_with_another_fingerprint_is_refused_and_chang
     assert record is not None
     assert (record.type, record.status, record.fingerprint) == ("AddItem", "succeeded", "f" * 64)
     # The first request's status is intact: the refusal never overwrites it.
-    assert await redis_client.hgetall(keys.command(reused_id)) == first_status
+    assert await stored_status(redis_client, keys, reused_id) == first_status
 
     # A genuine redelivery of the first request still gets its outcome.
     assert await handler.execute_batch([first]) == [done]
@@ -330,11 +332,11 @@ async def test_a_refusal_of_a_reused_id_is_the_status_once_redis_forgot_the_firs
     order_id = await created_order(handler)
     reused_id = command_id_for(f"reused-{uuid.uuid4()}")
     await handler.execute_batch([keyed(add(order_id, "first"), reused_id, "f" * 64)])
-    await redis_client.delete(keys.command(reused_id))
+    await forget_status(redis_client, keys, reused_id)
     second = keyed(ShipOrder(**envelope(order_id)), reused_id, "e" * 64)
     await handler.execute_batch([second, second])
-    status = await redis_client.hgetall(keys.command(reused_id))
-    assert status[b"status"] == b"rejected"
-    assert status[b"reason"] == ID_REUSED_REASON.encode()
-    assert status[b"type"] == b"ShipOrder"
-    assert status[b"fingerprint"] == b"e" * 64
+    status = await stored_status(redis_client, keys, reused_id)
+    assert status["status"] == "rejected"
+    assert status["reason"] == ID_REUSED_REASON
+    assert status["type"] == "ShipOrder"
+    assert status["fingerprint"] == "e" * 64

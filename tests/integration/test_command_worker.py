@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import aio_pika
 import asyncpg
@@ -31,6 +32,7 @@ from orders.contracts import (
 from tests.support.amqp import channel, depth, eventually, take, take_events, tap_events
 from tests.support.bodies import ADDRESS
 from tests.support.domains import topology_of
+from tests.support.statuses import stored_status
 
 pytestmark = pytest.mark.integration
 
@@ -159,13 +161,13 @@ async def test_rejections_append_nothing_and_say_why(
     assert await pg.fetchval(count, order_stream(unknown)) == 0
     assert await pg.fetchval(count, order_stream(order_id)) == 2
 
-    async def status_of(command: Command) -> dict[bytes, bytes]:
-        return await redis_client.hgetall(keys.command(command.command_id))
+    async def status_of(command: Command) -> dict[str, Any]:
+        return await stored_status(redis_client, keys, command.command_id)
 
     status = await eventually(lambda: status_of(add_after_cancel), what="status in redis")
-    assert status[b"status"] == b"rejected"
-    assert status[b"reason"] == b"order is cancelled"
-    assert (await status_of(cancel))[b"status"] == b"succeeded"
+    assert status["status"] == "rejected"
+    assert status["reason"] == "order is cancelled"
+    assert (await status_of(cancel))["status"] == "succeeded"
 
 
 async def test_a_redelivered_command_takes_effect_once(

@@ -29,6 +29,7 @@ from tests.support.events import (
     until,
 )
 from tests.support.projector import order_views_queue, run_rebuild
+from tests.support.statuses import stored_status
 from tests.support.views import (
     dump_live,
     keys_with_prefix,
@@ -61,10 +62,10 @@ async def test_live_events_become_views(
     assert view.to_api()["total_amount"] == "30.35"
     assert view.item_count == 4
     assert view.status == "shipped"
-    command = await redis_client.hgetall(keys.command(command_id))
-    assert command[b"status"] == b"succeeded"
-    assert command[b"projected_version"] == b"3"
-    assert command[b"type"] == b"ShipOrder"
+    command = await stored_status(redis_client, keys, command_id)
+    assert command["status"] == "succeeded"
+    assert command["projected_version"] == 3
+    assert command["type"] == "ShipOrder"
     checkpoint = await redis_client.get(order_keys.checkpoint)
     assert int(checkpoint) == (await all_events(pg))[-1].position
 
@@ -142,9 +143,9 @@ async def test_a_projector_on_an_empty_redis_rebuilds_alone_then_consumes(
         said = f"no views of {name} in Redis: rebuilding them from the event store"
         rebuilders = [p for p in projectors if said in p.log()]
         assert len(rebuilders) == 1, name
-    status = await redis_client.hgetall(keys.command(added))
-    assert status[b"status"] == b"succeeded"
-    assert status[b"type"] == b"AddItem"
+    status = await stored_status(redis_client, keys, added)
+    assert status["status"] == "succeeded"
+    assert status["type"] == "AddItem"
 
     # Redis loses everything at once (a restart without persistence): the next event rebuilds
     # it. One DEL, atomic: deleting key by key would race the rebuild and delete its new keys.
@@ -156,7 +157,7 @@ async def test_a_projector_on_an_empty_redis_rebuilds_alone_then_consumes(
     await until(lambda: views_reached(redis_client, keys, ledger.versions), 30, "the rebuild")
     await until(lambda: views_match_streams(redis_client, keys, pg), 30, "every projection")
     assert new_order in ledger.versions
-    assert (await redis_client.hgetall(keys.command(added)))[b"status"] == b"succeeded"
+    assert (await stored_status(redis_client, keys, added))["status"] == "succeeded"
 
 
 async def test_poison_events_are_dead_lettered(

@@ -182,6 +182,20 @@ async def test_every_query(
     one = everything[3]
     ids = await all_pages(client, "/orders/search", q=one["order_id"])
     assert ids == [one["order_id"]]
+    # An order's id is found from its view (no token set of its own), with any other filter.
+    other_status = next(s for s in ("created", "shipped", "cancelled") if s != one["status"])
+    total = Decimal(one["total_amount"])
+    for params, found in [
+        ({"q": one["order_id"].upper(), "status": one["status"]}, [one["order_id"]]),
+        ({"q": one["order_id"], "status": other_status}, []),
+        ({"q": f"{one['order_id']} {one['customer_id']}"}, [one["order_id"]]),
+        ({"q": f"{one['order_id']} {everything[4]['order_id']}"}, []),
+        ({"q": one["order_id"], "min_total": str(total), "sort_by": "total_amount"}, ids),
+        ({"q": one["order_id"], "min_total": str(total + 1)}, []),
+        ({"q": str(uuid.uuid4())}, []),
+    ]:
+        assert await all_pages(client, "/orders/search", **params) == found, params
+    assert not [k async for k in redis_client.scan_iter(match=f"{keys.prefix}*scratch*")]
     assert (await client.get("/orders/search", params={"q": "no-such-word"})).json()["total"] == 0
     beyond = (await client.get("/orders/search", params={"page": 99})).json()
     assert beyond["items"] == []

@@ -19,6 +19,7 @@ from harness.processes import Processes
 from tests.support.amqp import eventually
 from tests.support.bodies import ORDER
 from tests.support.scrape import scrape
+from tests.support.statuses import forget_status
 
 pytestmark = pytest.mark.integration
 
@@ -231,7 +232,8 @@ async def test_a_reused_idempotency_key_never_reports_success_whatever_redis_for
     assert (await client.get(status_url)).json() == first_status
 
     # Redis lost both: the command worker refuses it from the event store's record.
-    await redis_client.delete(keys.idempotency(key), keys.command(command_id))
+    await redis_client.delete(keys.idempotency(key))
+    await forget_status(redis_client, keys, command_id)
     refused = await client.post("/orders", json=other, headers={**WAIT, HEADER: key})
     assert refused.status_code == 422, refused.text
     assert refused.json()["type"] == "urn:orders:problem:idempotency-key-reused"
@@ -239,7 +241,8 @@ async def test_a_reused_idempotency_key_never_reports_success_whatever_redis_for
     assert (status["status"], status["reason"]) == ("rejected", ID_REUSED_REASON)
 
     # Without waiting, the 202's status shows the refusal and never a success.
-    await redis_client.delete(keys.idempotency(key), keys.command(command_id))
+    await redis_client.delete(keys.idempotency(key))
+    await forget_status(redis_client, keys, command_id)
     accepted = await client.post(
         f"/orders/{created.json()['order_id']}/ship", headers={HEADER: key}
     )

@@ -36,6 +36,7 @@ from tests.support.events import (
     publish,
     until,
 )
+from tests.support.statuses import stored_statuses
 from tests.support.views import (
     ORDER_VIEWS,
     dump_generation,
@@ -184,10 +185,9 @@ async def test_a_second_rebuild_waits_its_turn_and_an_empty_redis_is_restored(
     assert await views_match_streams(redis_client, keys, pg)
     command_ids = [r["command_id"] for r in await pg.fetch("SELECT command_id FROM commands")]
     assert command_ids
-    for command_id in command_ids:
-        status = await redis_client.hgetall(keys.command(command_id))
-        assert status[b"status"] == b"succeeded"
-        assert int(status[b"projected_version"]) == int(status[b"version"])
+    for status in await stored_statuses(redis_client, keys, command_ids):
+        assert status["status"] == "succeeded"
+        assert status["projected_version"] == status["version"]
 
     await redis_client.set(projection_keys(keys).rebuild_lock, "someone-else", px=60_000)
     code, stderr = await rebuild(isolated_settings, ORDER_VIEWS)

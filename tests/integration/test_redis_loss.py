@@ -29,6 +29,7 @@ from tests.support.events import Ledger, all_events, line, until
 from tests.support.invariants import not_terminal_in_redis
 from tests.support.scrape import scrape
 from tests.support.snapshots import restore_snapshot, take_snapshot
+from tests.support.statuses import stored_statuses
 from tests.support.views import (
     ORDER_VIEWS,
     compare_with_replay,
@@ -232,28 +233,24 @@ class Run:
         return not await self.wrong_statuses()
 
     async def wrong_statuses(self) -> list[str]:
-        """Accepted commands whose status hash disagrees with the command ledger."""
+        """Accepted commands whose status disagrees with the command ledger."""
         rows = await self.pg.fetch(
             "SELECT command_id, status, reason, version FROM commands"
             " WHERE command_id = ANY($1::uuid[])",
             self.client.accepted,
         )
         assert len(rows) == len(self.client.accepted)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for row in rows:
-                pipe.hgetall(self.keys.command(row["command_id"]))
-            hashes = await pipe.execute()
+        hashes = await stored_statuses(self.redis, self.keys, [r["command_id"] for r in rows])
         wrong = []
         for row, status in zip(rows, hashes, strict=True):
             shown = (
-                status.get(b"status", b"").decode(),
-                status.get(b"reason", b"").decode(),
-                status.get(b"version", b"").decode(),
+                status.get("status", ""),
+                status.get("reason", ""),
+                str(status.get("version", "")),
             )
             recorded = (row["status"], row["reason"] or "", str(row["version"]))
             visible = (
-                row["status"] != "succeeded"
-                or status.get(b"projected_version") == str(row["version"]).encode()
+                row["status"] != "succeeded" or status.get("projected_version") == row["version"]
             )
             if shown != recorded or not visible:
                 wrong.append(f"{row['command_id']}: {shown} in Redis, {recorded} recorded")

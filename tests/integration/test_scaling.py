@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from common.contracts.envelopes import RecordedEvent
 from common.messaging.topology import dlq_name
 from common.readmodel.keys import Keys
+from common.readmodel.projection import history_event_json
 from common.settings import Settings
 from harness.processes import Processes
 from orders.projection import OrderViews, replay
@@ -36,6 +37,7 @@ from tests.support.events import all_events, order_stream, until
 from tests.support.invariants import relay_caught_up, write_side_problems
 from tests.support.projector import run_rebuild
 from tests.support.scrape import scrape
+from tests.support.statuses import stored_statuses
 from tests.support.views import (
     dump_differences,
     dump_live,
@@ -157,11 +159,8 @@ async def drive(http: httpx.AsyncClient) -> tuple[Sent, list[uuid.UUID]]:
 
 
 async def statuses(redis: Redis, keys: Keys, command_ids: list[uuid.UUID]) -> list[bytes | None]:
-    async with redis.pipeline(transaction=False) as pipe:
-        for command_id in command_ids:
-            pipe.hget(keys.command(command_id), "status")
-        found: list[bytes | None] = await pipe.execute()
-    return found
+    found = await stored_statuses(redis, keys, command_ids)
+    return [status["status"].encode() if status else None for status in found]
 
 
 def by_stream(events: list[RecordedEvent]) -> dict[str, list[RecordedEvent]]:
@@ -244,7 +243,7 @@ async def test_three_command_workers_and_two_projectors_lose_nothing(
             history = (await http.get(f"/orders/{order_id}/history?limit=1000")).json()
             assert history["next"] is None
             assert history["events"] == [
-                orjson.loads(OrderViews().history_entry(e)) for e in stream
+                orjson.loads(history_event_json(OrderViews().history_entry(e))) for e in stream
             ]
             if order_id in sent.added:
                 quantities = Counter(

@@ -16,6 +16,7 @@ from common.readmodel.keys import Keys
 from common.settings import Settings
 from tests.support.amqp import depth
 from tests.support.domains import registry_of, topology_of
+from tests.support.statuses import stored_statuses
 from tests.support.views import ViewComparison, compare_with_replay
 
 TERMINAL = frozenset({b"succeeded", b"rejected", b"failed"})
@@ -106,11 +107,12 @@ async def relay_caught_up(pool: asyncpg.Pool) -> bool:
 async def not_terminal_in_redis(redis: Redis, keys: Keys, sent: Iterable[UUID]) -> list[UUID]:
     """Commands whose status, as `GET /commands/{id}` shows it, is missing or not terminal."""
     ids = list(dict.fromkeys(sent))
-    async with redis.pipeline(transaction=False) as pipe:
-        for command_id in ids:
-            pipe.hget(keys.command(command_id), "status")
-        statuses = await pipe.execute()
-    return [c for c, status in zip(ids, statuses, strict=True) if status not in TERMINAL]
+    statuses = await stored_statuses(redis, keys, ids)
+    return [
+        c
+        for c, status in zip(ids, statuses, strict=True)
+        if status.get("status", "").encode() not in TERMINAL
+    ]
 
 
 async def dead_letters(amqp_url: str, topology: Topology | None = None) -> dict[str, int]:

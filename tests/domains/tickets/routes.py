@@ -11,6 +11,7 @@ from starlette.responses import Response
 from common.contracts.base import Contract, Text
 from common.domain import stream_id
 from common.readmodel.keys import Keys
+from common.readmodel.projection import history_event_json
 from common.readmodel.reading import ProjectionReader
 from gateway import reads
 from gateway.bodies import read_json
@@ -113,4 +114,5 @@ async def ticket_history(request: Request) -> Response:
     )
     if entries is None:
         raise _not_found(ticket_id)
-    return Response(b"[" + b",".join(entries) + b"]", media_type=JSON)
+    events = b",".join(history_event_json(entry) for entry in entries)
+    return Response(b"[" + events + b"]", media_type=JSON)
