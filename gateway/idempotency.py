@@ -135,15 +135,9 @@ async def claim(
     status_names, status_field = status_store.location(keys, ids.command_id)
     try:
         [previous] = await batch.run(
-            lambda pipe: pipe.eval(
-                _CLAIM,
-                3,
-                keys.idempotency(key),
-                *status_names,
-                record,
-                request_fingerprint,
-                TTL_S,
-                status_field,
+            lambda pipe: pipe.register_script(_CLAIM)(
+                [keys.idempotency(key), *status_names],
+                [record, request_fingerprint, TTL_S, status_field],
             )
         )
     except REDIS_ERRORS as exc:

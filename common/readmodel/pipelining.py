@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ any function written for a `Redis` client works, e.g. `lambda p: mark_accepted(p
 
 _Pending = tuple[Stage, "asyncio.Future[list[Any]]"]
 Commands = list[tuple[tuple[str | bytes, ...], Mapping[str, Any]]]
+Scripts = dict[str, Any]
+"""The Lua source of every script a batch calls by `EVALSHA`, by SHA."""
 
 
 class AutoPipeline:
@@ -76,8 +78,10 @@ class AutoPipeline:
 
     async def _send(self, batch: list[_Pending]) -> None:
         try:
-            commands, spans = await self._collect(batch)
+            commands, spans, scripts = await self._collect(batch)
             replies = await self._round_trip(commands)
+            if scripts and any(isinstance(reply, NoScriptError) for reply in replies):
+                replies = await self._load_and_resend(commands, replies, scripts)
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()
@@ -97,7 +101,9 @@ class AutoPipeline:
             else:
                 future.set_result(mine)
 
-    async def _collect(self, batch: list[_Pending]) -> tuple[Commands, list[tuple[int, int]]]:
+    async def _collect(
+        self, batch: list[_Pending]
+    ) -> tuple[Commands, list[tuple[int, int]], Scripts]:
         stage = self._stage
         stage.command_stack = []
         spans = []
@@ -107,7 +113,27 @@ class AutoPipeline:
             spans.append((start, len(stage)))
         commands = stage.command_stack
         stage.command_stack = []
-        return commands, spans
+        # A registered script called on a pipeline adds itself to its `scripts` (a pipeline
+        # loads them before it executes; this one never executes): taken here, or the set
+        # would keep one script object for every call ever staged.
+        scripts = {script.sha: script.script for script in stage.scripts}
+        stage.scripts.clear()
+        return commands, spans, scripts
+
+    async def _load_and_resend(
+        self, commands: Commands, replies: list[Any], scripts: Scripts
+    ) -> list[Any]:
+        """Redis did not know some scripts (it restarted, failed over, or flushed its cache):
+        load every script of the batch and send again the calls it refused. A refused call did
+        not run, so sending it again runs it once."""
+        for source in scripts.values():
+            await self._round_trip([(("SCRIPT", "LOAD", source), {})])
+        refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        again = await self._round_trip([commands[i] for i in refused])
+        replies = list(replies)
+        for i, reply in zip(refused, again, strict=True):
+            replies[i] = reply
+        return replies
 
     async def _round_trip(self, commands: Commands) -> list[Any]:
         reused = self._connection is not None
