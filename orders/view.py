@@ -180,6 +180,28 @@ def _lines_and_address(fields: Mapping[str, str]) -> tuple[list[dict[str, Any]],
     return [_line_json(packed) for _, packed in lines], address
 
 
+_ITEM_PREFIX = ITEM_FIELD.encode()
+_RAW_ADDRESS_FIELDS = tuple(((ADDRESS_FIELD + part).encode(), part) for part in ADDRESS_PARTS)
+
+
+def _raw_lines_and_address(
+    raw: Mapping[bytes, bytes],
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """`_lines_and_address` of a hash as Redis returns it, decoding only the lines' and
+    address's values (the query path: every other field is read by name)."""
+    lines: list[tuple[int, bytes]] = []
+    for name, value in raw.items():
+        if name.startswith(_ITEM_PREFIX):
+            lines.append((int(name[len(_ITEM_PREFIX) :]), value))
+    lines.sort()
+    address = {}
+    for field, part in _RAW_ADDRESS_FIELDS:
+        value = raw.get(field)
+        if value is not None:
+            address[part] = value.decode()
+    return [_line_json(packed.decode()) for _, packed in lines], address
+
+
 def api_json(raw: Mapping[bytes, bytes]) -> bytes:
     """`OrderView.from_hash(raw).to_api()` as JSON, the same bytes, without building the view:
     the hash already holds each value as the API shows it (money and times as strings, each
@@ -189,9 +211,7 @@ def api_json(raw: Mapping[bytes, bytes]) -> bytes:
     for name in _TEXT_FIELDS:
         body[name.decode()] = raw[name].decode()
     body["item_count"] = int(raw[b"item_count"])
-    body["items"], body["shipping_address"] = _lines_and_address(
-        {_text(k): _text(v) for k, v in raw.items()}
-    )
+    body["items"], body["shipping_address"] = _raw_lines_and_address(raw)
     for name in _TIME_FIELDS:
         body[name.decode()] = raw[name].decode()
     for name in _OPTIONAL_FIELDS:
