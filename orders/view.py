@@ -196,9 +196,9 @@ def _raw_lines_and_address(
     lines.sort()
     address = {}
     for field, part in _RAW_ADDRESS_FIELDS:
-        value = raw.get(field)
-        if value is not None:
-            address[part] = value.decode()
+        stored = raw.get(field)
+        if stored is not None:
+            address[part] = stored.decode()
     return [_line_json(packed.decode()) for _, packed in lines], address
 
 
