@@ -340,6 +340,10 @@ class ProjectionRunner:
                         await self.recovery.watch()
                 except Exception as exc:
                     log.debug("could not check the views of %s: %r", self.name, exc)
+                    # An idle projector learns of an outage here first: its consumers pause
+                    # now, not when the next event fails to apply.
+                    if self.projector.dependencies is not None:
+                        await self.projector.dependencies.outage()
         finally:
             self.recovery.cancel()
 

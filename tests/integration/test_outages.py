@@ -160,5 +160,31 @@ async def test_a_frozen_redis_pauses_the_projector_until_it_answers(
     assert projector.popen.poll() is None
 
 
+async def test_an_idle_projector_pauses_when_its_watchdog_finds_redis_frozen(
+    isolated_settings: Settings,
+    processes: Processes,
+    pg: asyncpg.Pool,
+    redis_client: Redis,
+    redis_proxy: FreezableProxy,
+) -> None:
+    """No event to apply: the projector's once-a-second check of the views is what finds the
+    outage, and its consumers pause before any event can fail on it."""
+    processes.start("command_worker")
+    projector = processes.start(
+        "projector_worker",
+        extra_env={**IMPATIENT, "REDIS_URL": through(isolated_settings.redis_url, redis_proxy)},
+    )
+    redis_proxy.freeze()
+    await paused_for(isolated_settings, projector, "redis")
+    redis_proxy.thaw()
+    creates, rest = command_mix(orders=3, additions_per_order=1)
+    await publish_commands(isolated_settings, creates + rest)
+    keys = Keys(isolated_settings.redis_key_prefix)
+    await eventually(
+        lambda: views_match_streams(redis_client, keys, pg), timeout=60, what="views caught up"
+    )
+    await no_retry_spent(isolated_settings, projector)
+
+
 async def _recorded_all(pool: asyncpg.Pool, n: int) -> bool:
     return await recorded(pool) >= n
