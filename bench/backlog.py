@@ -12,6 +12,7 @@ from decimal import Decimal
 import aio_pika
 
 from bench.mix import Mix, OrderBook
+from bench.seed import ADDRESS
 from common.domain import stream_id
 from common.messaging.messages import command_message
 from common.messaging.publishing import ConfirmedPublisher
@@ -23,17 +24,8 @@ from orders.contracts import (
     OrderCommand,
     OrderLine,
     ShipOrder,
-    ShippingAddress,
 )
 from orders.domain import ORDER
-
-ADDRESS = ShippingAddress(
-    recipient="Backlog Buyer",
-    street="1 Queue Lane",
-    city="Rabbitburg",
-    postal_code="10115",
-    country="DE",
-)
 
 PUBLISH_CHUNK = 500
 """Commands published per round of confirms."""

@@ -122,6 +122,15 @@ async def test_a_frozen_postgres_pauses_the_command_worker_until_it_answers(
     assert worker.popen.poll() is None
 
 
+def _start_behind_proxy(processes: Processes, settings: Settings, proxy: FreezableProxy) -> Proc:
+    """A command worker, and a projector reaching Redis through `proxy`."""
+    processes.start("command_worker")
+    return processes.start(
+        "projector_worker",
+        extra_env={**IMPATIENT, "REDIS_URL": through(settings.redis_url, proxy)},
+    )
+
+
 async def test_a_frozen_redis_pauses_the_projector_until_it_answers(
     isolated_settings: Settings,
     processes: Processes,
@@ -129,11 +138,7 @@ async def test_a_frozen_redis_pauses_the_projector_until_it_answers(
     redis_client: Redis,
     redis_proxy: FreezableProxy,
 ) -> None:
-    processes.start("command_worker")
-    projector = processes.start(
-        "projector_worker",
-        extra_env={**IMPATIENT, "REDIS_URL": through(isolated_settings.redis_url, redis_proxy)},
-    )
+    projector = _start_behind_proxy(processes, isolated_settings, redis_proxy)
     topology = topology_of(isolated_settings)
     queue = topology.projection_queue("order_views")
     creates, rest = command_mix(orders=10, additions_per_order=3)
@@ -169,11 +174,7 @@ async def test_an_idle_projector_pauses_when_its_watchdog_finds_redis_frozen(
 ) -> None:
     """No event to apply: the projector's once-a-second check of the views is what finds the
     outage, and its consumers pause before any event can fail on it."""
-    processes.start("command_worker")
-    projector = processes.start(
-        "projector_worker",
-        extra_env={**IMPATIENT, "REDIS_URL": through(isolated_settings.redis_url, redis_proxy)},
-    )
+    projector = _start_behind_proxy(processes, isolated_settings, redis_proxy)
     redis_proxy.freeze()
     await paused_for(isolated_settings, projector, "redis")
     redis_proxy.thaw()
