@@ -25,7 +25,7 @@ import orjson
 from common.readmodel import status_store
 from common.readmodel.commands import ID_REUSED_REASON
 from common.readmodel.keys import Keys
-from common.readmodel.pipelining import AutoPipeline
+from common.readmodel.pipelining import AutoPipeline, shared_script
 from gateway.problems import Problem, ProblemType, unavailable, validation_problem
 from gateway.runtime import REDIS_ERRORS
 
@@ -135,9 +135,10 @@ async def claim(
     status_names, status_field = status_store.location(keys, ids.command_id)
     try:
         [previous] = await batch.run(
-            lambda pipe: pipe.register_script(_CLAIM)(
+            lambda pipe: shared_script(_CLAIM)(
                 [keys.idempotency(key), *status_names],
                 [record, request_fingerprint, TTL_S, status_field],
+                client=pipe,
             )
         )
     except REDIS_ERRORS as exc:

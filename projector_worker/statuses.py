@@ -15,6 +15,7 @@ from common.eventstore.store import CommandRecord, EventStore
 from common.readmodel import status_store
 from common.readmodel.commands import TERMINAL, CommandStatus, status_items
 from common.readmodel.keys import Keys
+from common.readmodel.pipelining import shared_script
 from projector_worker.redis_views import ViewWriter
 
 COMMAND_BATCH = 2_000
@@ -32,7 +33,7 @@ async def restore_command_statuses(
     restored = 0
     last = None
     ttl = timedelta(seconds=writer.status_ttl_s)
-    write_status = writer.redis.register_script(status_store.WRITE_STATUS)
+    write_status = shared_script(status_store.WRITE_STATUS)
     while True:
         records = await store.read_commands(last, COMMAND_BATCH, since)
         if not records:
@@ -63,7 +64,7 @@ async def restore_command_statuses(
 
 async def _unsettled(writer: ViewWriter, records: list[CommandRecord]) -> list[CommandRecord]:
     """The records whose status is missing or not terminal."""
-    read_status = writer.redis.register_script(status_store.READ_STATUS)
+    read_status = shared_script(status_store.READ_STATUS)
     async with writer.redis.pipeline(transaction=False) as pipe:
         for record in records:
             names, field = status_store.location(writer.root_keys, record.command_id)

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from common.readmodel import status_store
 from common.readmodel.keys import Keys
+from common.readmodel.pipelining import shared_script
 from common.settings import Settings
 
 
@@ -112,14 +113,14 @@ async def mark_accepted(
     }
     names, field = status_store.location(keys, command_id)
     args = [field, status_store.write_args(write)]
-    await redis.register_script(status_store.WRITE_STATUS)(names, args)
+    await shared_script(status_store.WRITE_STATUS)(names, args, client=redis)
 
 
 async def read_status(redis: Redis, keys: Keys, command_id: UUID | str) -> dict[str, Any] | None:
     """A command's live status by `status_store.RECORD` item, None when none is known: one
     round trip, the old per-command hash included."""
     names, field = status_store.location(keys, command_id)
-    raw = await redis.register_script(status_store.READ_STATUS)(names, [field])
+    raw = await shared_script(status_store.READ_STATUS)(names, [field], client=redis)
     return status_store.decode(raw)
 
 
@@ -146,7 +147,7 @@ async def record_results(
 ) -> None:
     """Write terminal statuses and announce refusals, in one pipelined round trip. A refusal
     of a reused command id never overwrites the status of the request that first used it."""
-    write_status = redis.register_script(status_store.WRITE_STATUS)
+    write_status = shared_script(status_store.WRITE_STATUS)
     async with redis.pipeline(transaction=False) as pipe:
         for result in results:
             items = status_items(
