@@ -9,7 +9,7 @@ and third join the first (`rabbitmqctl -n NODE stop_app / join_cluster / start_a
 
 Two clusters side by side never collide: node names carry a run id, and ports are free ones
 the kernel hands out (far from 5672/15672/25672), chosen and bound under a lock, one start at a
-time. Standard library only.
+time (`harness.processes.free_port`). Standard library and the harness only.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.isolation import Endpoints, answers
+from harness.processes import free_port
 
 USER = "rabbitmq"
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
@@ -62,12 +62,6 @@ def unavailable_reason() -> str | None:
     except KeyError:
         return f"there is no {USER} user"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -273,9 +267,7 @@ def rabbit_cluster(size: int = 3, say: Say = lambda _: None) -> Iterator[RabbitC
     try:
         with _lock():
             for n in range(1, size + 1):
-                node = Node(
-                    f"orders-{run}-{n}@localhost", _free_port(), _free_port(), home / str(n)
-                )
+                node = Node(f"orders-{run}-{n}@localhost", free_port(), free_port(), home / str(n))
                 node.prepare()
                 cluster.nodes.append(node)
             for node in cluster.nodes:

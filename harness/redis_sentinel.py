@@ -32,7 +32,7 @@ from pathlib import Path
 
 import redis
 
-from harness.processes import _die_with_parent, free_port, wait_for
+from harness.processes import die_with_parent, free_port, wait_for
 
 SERVICE = "drill"
 """The Sentinel service name of the group's primary."""
@@ -178,7 +178,7 @@ class SentinelGroup:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except OSError as exc:
             raise ServersUnavailable(f"redis-server would not start: {exc}") from exc

@@ -35,6 +35,7 @@ import orjson
 from redis.asyncio import Redis
 
 from common.readmodel.keys import Keys
+from common.readmodel.pipelining import shared_script
 
 SHARD_HEX_DIGITS = 2
 
@@ -226,4 +227,4 @@ async def sweep_statuses(redis: Redis, keys: Keys) -> int:
 
 
 async def _delete_expired(redis: Redis, shard: str, fields: list[bytes]) -> int:
-    return int(await redis.eval(DELETE_EXPIRED, 1, shard, *fields))
+    return int(await shared_script(DELETE_EXPIRED)([shard], fields, client=redis))
