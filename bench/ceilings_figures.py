@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bench.system import CpuSnapshot, service_seconds
+from bench.system import CpuSnapshot, cpu_seconds
 
 SERVICES = ("rabbitmq", "postgresql", "redis")
 
@@ -55,19 +55,6 @@ class Window:
     quiet: CpuSnapshot | None = None
     """A snapshot taken a while before `before`, with the part waiting: what the services and
     the machine did without it."""
-
-
-def cpu_seconds(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
-    """CPU seconds each process and service used between two snapshots, and the whole
-    machine's busy seconds (`machine`)."""
-    spent = {
-        name: max(after.procs[name] - before.procs[name], 0.0)
-        for name in after.procs
-        if name in before.procs
-    }
-    spent.update(service_seconds(before, after))
-    spent["machine"] = max(after.busy - before.busy, 0.0)
-    return spent
 
 
 def per(count: float, seconds: float) -> float | None:

@@ -165,18 +165,27 @@ def cpu_snapshot(procs: list[Proc]) -> CpuSnapshot:
     )
 
 
-def cpu_shares(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
-    """Cores used by each process and service between two snapshots, and by the machine."""
-    wall = max(after.at - before.at, 1e-9)
-    shares = {
-        name: round((after.procs[name] - before.procs.get(name, 0.0)) / wall, 3)
+def cpu_seconds(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+    """CPU seconds each process and service used between two snapshots, and the whole
+    machine's busy seconds (`machine`)."""
+    spent = {
+        name: max(after.procs[name] - before.procs[name], 0.0)
         for name in after.procs
         if name in before.procs
     }
-    for name, spent in service_seconds(before, after).items():
-        shares[name] = round(spent / wall, 3)
+    spent.update(service_seconds(before, after))
+    spent["machine"] = max(after.busy - before.busy, 0.0)
+    return spent
+
+
+def cpu_shares(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+    """Cores used by each process and service between two snapshots, by the machine, and by
+    whatever else ran on it (`outside`)."""
+    wall = max(after.at - before.at, 1e-9)
+    spent = cpu_seconds(before, after)
+    machine = spent.pop("machine") / wall
+    shares = {name: round(seconds / wall, 3) for name, seconds in spent.items()}
     ours = sum(shares.values())  # the services count as ours
-    machine = max(after.busy - before.busy, 0.0) / wall
     shares["machine"] = round(machine, 3)
     shares["outside"] = round(max(machine - ours, 0.0), 3)
     return shares

@@ -14,14 +14,13 @@ from bench.ceilings_figures import (
     SERVICES,
     CeilingPlan,
     Window,
-    cpu_seconds,
     figures,
     logged_at,
     metric_sum,
     sizing_table,
     table,
 )
-from bench.system import CpuSnapshot, ServiceProc, service_seconds
+from bench.system import CpuSnapshot, ServiceProc, cpu_seconds, service_seconds
 from orders.aggregate import Order
 from orders.domain import ORDER
 
