@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError
 
 from common.contracts.envelopes import RecordedEvent
 from common.domain import split_stream_id
@@ -279,14 +278,10 @@ class ViewWriter:
         """One EVALSHA of APPLY, sharing a round trip with the other handlers' calls."""
 
         async def stage(pipe: Pipeline) -> None:
-            pipe.evalsha(self._apply.sha, len(keys), *keys, *args)
+            # A Redis that restarted or flushed its scripts: the pipeline loads it and calls again.
+            await self._apply(keys, args, client=pipe)
 
-        try:
-            [reply] = await self._pipeline.run(stage)
-        except NoScriptError:
-            # Redis restarted or flushed its script cache: load it once, call again.
-            self._apply.sha = await self.redis.script_load(self._apply.script)
-            [reply] = await self._pipeline.run(stage)
+        [reply] = await self._pipeline.run(stage)
         return reply
 
     async def replay_into(
